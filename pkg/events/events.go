@@ -1,0 +1,209 @@
+// Package events is Herald's producer contract: how an application puts an
+// event into NATS JetStream so that Herald delivers it.
+//
+// An event is published to the subject herald.events.<namespace>.<type>
+// on the HERALD_EVENTS stream. Its body is the JSON envelope receivers get,
+// byte for byte; its headers carry what the dispatcher needs without parsing
+// the body:
+//
+//	Nats-Msg-Id     the event id (required); JetStream drops a second
+//	                publish with the same id inside the duplicate window
+//	Herald-Key      the ordering key, the record the event is about (optional)
+//	Herald-Version  an integer that grows per key; newer versions win (optional)
+//	Herald-Time     the event time, RFC 3339
+//
+// Publish validates before it sends and returns errors that wrap the
+// sentinels below, so callers can tell their users what to fix.
+package events
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+)
+
+// NATS names of the producer contract.
+const (
+	// StreamName is the stream that holds events.
+	StreamName = "HERALD_EVENTS"
+	// SubjectPrefix is the first two tokens of every event subject.
+	SubjectPrefix = "herald.events"
+
+	HeaderID      = "Nats-Msg-Id"
+	HeaderKey     = "Herald-Key"
+	HeaderVersion = "Herald-Version"
+	HeaderTime    = "Herald-Time"
+
+	// DefaultMaxBodyBytes is the largest envelope accepted by default.
+	DefaultMaxBodyBytes = 64 << 10
+	// HeaderAllowance is added to the body limit for the stream's
+	// max_msg_size, which counts headers too.
+	HeaderAllowance = 4 << 10
+
+	maxIDLength  = 128
+	maxKeyLength = 256
+	maxTypeLen   = 255
+)
+
+// Errors returned by Validate and Publish, matched with errors.Is.
+var (
+	ErrMissingID        = errors.New("event id is required")
+	ErrInvalidID        = errors.New("event id must be 1-128 characters of letters, digits, '_' and '-'")
+	ErrInvalidType      = errors.New("event type must be dot-separated parts of letters, digits, '_' and '-', such as invoice.paid")
+	ErrInvalidNamespace = errors.New("namespace must be a Kubernetes namespace name (a DNS label)")
+	ErrInvalidKey       = errors.New("ordering key must be at most 256 printable characters")
+	ErrInvalidVersion   = errors.New("version must not be negative")
+	ErrBodyNotJSON      = errors.New("event data must be valid JSON")
+	ErrBodyTooLarge     = errors.New("event is over the size limit")
+)
+
+var (
+	idPattern        = regexp.MustCompile(`^[A-Za-z0-9_-]{1,128}$`)
+	typePattern      = regexp.MustCompile(`^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$`)
+	namespacePattern = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+)
+
+// Event is one change to deliver.
+type Event struct {
+	// ID identifies the event across every attempt and replay (webhook-id).
+	ID string
+	// Namespace is the Kubernetes namespace whose endpoints receive it.
+	Namespace string
+	// Type such as subscription.updated; its dots are subject tokens.
+	Type string
+	// Key is the record the event is about (sub_123); events of one key are
+	// delivered in order. Empty means unordered.
+	Key string
+	// Version grows per key; 0 means none given, and then stream order
+	// decides which event of a key is newer.
+	Version int64
+	// Time is when the change happened; zero means now.
+	Time time.Time
+	// Data is the JSON the receiver needs.
+	Data json.RawMessage
+}
+
+// Envelope is the JSON body every receiver gets.
+type Envelope struct {
+	Type      string          `json:"type"`
+	ID        string          `json:"id"`
+	Timestamp time.Time       `json:"timestamp"`
+	Key       string          `json:"key,omitempty"`
+	Version   int64           `json:"version,omitempty"`
+	Data      json.RawMessage `json:"data"`
+}
+
+// Subject is the NATS subject an event of this namespace and type goes to.
+func Subject(namespace, eventType string) string {
+	return SubjectPrefix + "." + namespace + "." + eventType
+}
+
+// NamespaceSubjects matches every event of one namespace.
+func NamespaceSubjects(namespace string) string {
+	return SubjectPrefix + "." + namespace + ".>"
+}
+
+// Validate checks the event's fields, not its size (see Encode).
+func (e Event) Validate() error {
+	switch {
+	case e.ID == "":
+		return ErrMissingID
+	case len(e.ID) > maxIDLength || !idPattern.MatchString(e.ID):
+		return fmt.Errorf("%w: %q", ErrInvalidID, e.ID)
+	case len(e.Type) > maxTypeLen || !typePattern.MatchString(e.Type):
+		return fmt.Errorf("%w: %q", ErrInvalidType, e.Type)
+	case !namespacePattern.MatchString(e.Namespace):
+		return fmt.Errorf("%w: %q", ErrInvalidNamespace, e.Namespace)
+	case len(e.Key) > maxKeyLength || strings.IndexFunc(e.Key, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0:
+		return fmt.Errorf("%w: %q", ErrInvalidKey, e.Key)
+	case e.Version < 0:
+		return fmt.Errorf("%w: %d", ErrInvalidVersion, e.Version)
+	case len(e.Data) == 0 || !json.Valid(e.Data):
+		return ErrBodyNotJSON
+	}
+	return nil
+}
+
+// Encode validates the event and returns the body and headers it is
+// published with. The body is the receiver's envelope, at most maxBody bytes.
+func (e Event) Encode(maxBody int) ([]byte, map[string]string, error) {
+	if e.Time.IsZero() {
+		e.Time = time.Now()
+	}
+	if err := e.Validate(); err != nil {
+		return nil, nil, err
+	}
+	var data bytes.Buffer
+	if err := json.Compact(&data, e.Data); err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrBodyNotJSON, err)
+	}
+	body, err := json.Marshal(Envelope{
+		Type: e.Type, ID: e.ID, Timestamp: e.Time.UTC(), Key: e.Key, Version: e.Version, Data: data.Bytes(),
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("encoding envelope: %w", err)
+	}
+	if len(body) > maxBody {
+		return nil, nil, fmt.Errorf("%w: %d bytes, limit %d", ErrBodyTooLarge, len(body), maxBody)
+	}
+	h := map[string]string{
+		HeaderID:   e.ID,
+		HeaderTime: e.Time.UTC().Format(time.RFC3339Nano),
+	}
+	if e.Key != "" {
+		h[HeaderKey] = e.Key
+	}
+	if e.Version > 0 {
+		h[HeaderVersion] = strconv.FormatInt(e.Version, 10)
+	}
+	return body, h, nil
+}
+
+// Meta is what the dispatcher reads from a stored event's subject and
+// headers.
+type Meta struct {
+	ID        string
+	Namespace string
+	Type      string
+	Key       string
+	Version   int64
+	Time      time.Time
+}
+
+// ParseMeta reads an event's metadata back from its subject and headers.
+// get is a header lookup such as nats.Header.Get.
+func ParseMeta(subject string, get func(string) string) (Meta, error) {
+	rest, ok := strings.CutPrefix(subject, SubjectPrefix+".")
+	if !ok {
+		return Meta{}, fmt.Errorf("subject %q is not an event subject", subject)
+	}
+	ns, typ, ok := strings.Cut(rest, ".")
+	if !ok {
+		return Meta{}, fmt.Errorf("subject %q has no event type", subject)
+	}
+	m := Meta{ID: get(HeaderID), Namespace: ns, Type: typ, Key: get(HeaderKey)}
+	if m.ID == "" {
+		return m, ErrMissingID
+	}
+	if v := get(HeaderVersion); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			return m, fmt.Errorf("%w: header %s=%q", ErrInvalidVersion, HeaderVersion, v)
+		}
+		m.Version = n
+	}
+	if t := get(HeaderTime); t != "" {
+		ts, err := time.Parse(time.RFC3339Nano, t)
+		if err != nil {
+			return m, fmt.Errorf("header %s=%q is not RFC 3339: %w", HeaderTime, t, err)
+		}
+		m.Time = ts
+	}
+	return m, nil
+}
