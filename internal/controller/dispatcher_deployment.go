@@ -1,0 +1,304 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	appsac "k8s.io/client-go/applyconfigurations/apps/v1"
+	coreac "k8s.io/client-go/applyconfigurations/core/v1"
+	metaac "k8s.io/client-go/applyconfigurations/meta/v1"
+	rbacac "k8s.io/client-go/applyconfigurations/rbac/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	v1 "github.com/herald-dev/herald/api/v1alpha1"
+)
+
+// DispatcherName names every per-namespace dispatcher object: the
+// Deployment, its ServiceAccount, Role and RoleBinding.
+const DispatcherName = "herald-dispatcher"
+
+// Labels on the dispatcher objects. The manager's cache only holds objects
+// with managedByLabel=managedByValue, so it never caches every Deployment
+// or Role of the cluster.
+const (
+	managedByLabel = "app.kubernetes.io/managed-by"
+	managedByValue = "herald"
+	nameLabel      = "app.kubernetes.io/name"
+	componentLabel = "app.kubernetes.io/component"
+)
+
+// Ports of the dispatcher container.
+const (
+	DispatcherMetricsPort = 8080
+	DispatcherHealthPort  = 8081
+)
+
+func dispatcherLabels() map[string]string {
+	return map[string]string{nameLabel: DispatcherName, componentLabel: "dispatcher", managedByLabel: managedByValue}
+}
+
+// CacheByObject restricts the manager's cache of the kinds it creates per
+// namespace to its own objects.
+func CacheByObject() map[client.Object]cache.ByObject {
+	sel := labels.SelectorFromSet(labels.Set{managedByLabel: managedByValue})
+	return map[client.Object]cache.ByObject{
+		&appsv1.Deployment{}:     {Label: sel},
+		&corev1.ServiceAccount{}: {Label: sel},
+		&rbacv1.Role{}:           {Label: sel},
+		&rbacv1.RoleBinding{}:    {Label: sel},
+	}
+}
+
+// DispatcherConfig is what every dispatcher Deployment runs.
+type DispatcherConfig struct {
+	Image           string
+	ImagePullPolicy corev1.PullPolicy
+	NATSURL         string
+	// Resources default to DefaultDispatcherResources.
+	Resources *corev1.ResourceRequirements
+}
+
+// DefaultDispatcherResources suit a namespace with a few busy endpoints.
+func DefaultDispatcherResources() corev1.ResourceRequirements {
+	return corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("50m"), corev1.ResourceMemory: resource.MustParse("64Mi")},
+		Limits:   corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("1"), corev1.ResourceMemory: resource.MustParse("256Mi")},
+	}
+}
+
+// DispatcherDeploymentReconciler runs one dispatcher per namespace that has
+// at least one WebhookEndpoint, with a ServiceAccount whose Role can read
+// only that namespace's endpoints and policies and get only the Secrets
+// they name. Requests are keyed by namespace (name: DispatcherName).
+type DispatcherDeploymentReconciler struct {
+	client.Client
+	Config DispatcherConfig
+}
+
+// The manager creates these objects in tenant namespaces. It can grant
+// the Role's rules because it holds them itself (see the endpoint rules).
+// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=serviceaccounts,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=roles;rolebindings,verbs=get;list;watch;create;update;patch;delete
+
+// SetupWithManager registers the controller.
+func (r *DispatcherDeploymentReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	toNamespace := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
+		return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: DispatcherName}}}
+	})
+	own := builder.WithPredicates(isDispatcherObject())
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("dispatcher-deployment").
+		// Creation, deletion, and a changed secretRef (it is in the Role).
+		Watches(&v1.WebhookEndpoint{}, toNamespace, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&appsv1.Deployment{}, toNamespace, own).
+		Watches(&corev1.ServiceAccount{}, toNamespace, own).
+		Watches(&rbacv1.Role{}, toNamespace, own).
+		Watches(&rbacv1.RoleBinding{}, toNamespace, own).
+		Complete(r)
+}
+
+func isDispatcherObject() predicate.Predicate {
+	return predicate.NewPredicateFuncs(func(o client.Object) bool {
+		return o.GetName() == DispatcherName && o.GetLabels()[managedByLabel] == managedByValue
+	})
+}
+
+// endpointsOfDispatcher wakes every endpoint of a dispatcher's namespace
+// (their Ready condition depends on it).
+func endpointsOfDispatcher(c client.Reader) handler.MapFunc {
+	return func(ctx context.Context, o client.Object) []reconcile.Request {
+		var list v1.WebhookEndpointList
+		if err := c.List(ctx, &list, client.InNamespace(o.GetNamespace())); err != nil {
+			ctrl.LoggerFrom(ctx).Error(err, "listing endpoints of a dispatcher", "namespace", o.GetNamespace())
+			return nil
+		}
+		reqs := make([]reconcile.Request, 0, len(list.Items))
+		for i := range list.Items {
+			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+		}
+		return reqs
+	}
+}
+
+// Reconcile applies the namespace's dispatcher objects, or deletes them
+// once the namespace has no endpoint left.
+func (r *DispatcherDeploymentReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	ns := req.Namespace
+	var list v1.WebhookEndpointList
+	if err := r.List(ctx, &list, client.InNamespace(ns)); err != nil {
+		return ctrl.Result{}, fmt.Errorf("listing endpoints: %w", err)
+	}
+	live := slices.DeleteFunc(list.Items, func(e v1.WebhookEndpoint) bool { return !e.DeletionTimestamp.IsZero() })
+	if len(live) == 0 {
+		return ctrl.Result{}, r.deleteAll(ctx, ns)
+	}
+	slices.SortFunc(live, func(a, b v1.WebhookEndpoint) int { return strings.Compare(a.Name, b.Name) })
+
+	owners := ownerRefs(live)
+	objs := []struct {
+		kind string
+		ac   runtime.ApplyConfiguration
+	}{
+		{"ServiceAccount", dispatcherServiceAccount(ns, owners)},
+		{"Role", dispatcherRole(ns, owners, secretNames(live))},
+		{"RoleBinding", dispatcherRoleBinding(ns, owners)},
+		{"Deployment", dispatcherDeployment(ns, owners, r.Config)},
+	}
+	for _, o := range objs {
+		if err := r.Apply(ctx, o.ac, client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
+			return ctrl.Result{}, fmt.Errorf("applying dispatcher %s in %s: %w", o.kind, ns, err)
+		}
+	}
+	return ctrl.Result{}, nil
+}
+
+// deleteAll removes the dispatcher objects of a namespace. Owner
+// references make the garbage collector do the same when the manager is
+// down; deleting here makes it prompt and independent of it.
+func (r *DispatcherDeploymentReconciler) deleteAll(ctx context.Context, ns string) error {
+	meta := func(o client.Object) client.Object {
+		o.SetNamespace(ns)
+		o.SetName(DispatcherName)
+		return o
+	}
+	var errs []error
+	for _, o := range []client.Object{meta(&appsv1.Deployment{}), meta(&rbacv1.RoleBinding{}), meta(&rbacv1.Role{}), meta(&corev1.ServiceAccount{})} {
+		err := r.Delete(ctx, o, client.PropagationPolicy("Background"))
+		if err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("deleting dispatcher %T in %s: %w", o, ns, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ownerRefs makes every live endpoint an owner (not a controller), so the
+// garbage collector removes the objects only with the last of them.
+func ownerRefs(eps []v1.WebhookEndpoint) []*metaac.OwnerReferenceApplyConfiguration {
+	out := make([]*metaac.OwnerReferenceApplyConfiguration, 0, len(eps))
+	for i := range eps {
+		out = append(out, metaac.OwnerReference().
+			WithAPIVersion(v1.GroupVersion.String()).WithKind("WebhookEndpoint").
+			WithName(eps[i].Name).WithUID(eps[i].UID))
+	}
+	return out
+}
+
+// secretNames are the Secrets the dispatcher may get: only those named by
+// the namespace's endpoints.
+func secretNames(eps []v1.WebhookEndpoint) []string {
+	var names []string
+	for i := range eps {
+		names = append(names, eps[i].Spec.SigningSecretRef.Name)
+	}
+	slices.Sort(names)
+	return slices.Compact(names)
+}
+
+func dispatcherServiceAccount(ns string, owners []*metaac.OwnerReferenceApplyConfiguration) *coreac.ServiceAccountApplyConfiguration {
+	return coreac.ServiceAccount(DispatcherName, ns).WithLabels(dispatcherLabels()).WithOwnerReferences(owners...)
+}
+
+// dispatcherRole lets the dispatcher read this namespace's endpoints and
+// policies, and get (not list or watch) the Secrets they name.
+func dispatcherRole(ns string, owners []*metaac.OwnerReferenceApplyConfiguration, secrets []string) *rbacac.RoleApplyConfiguration {
+	return rbacac.Role(DispatcherName, ns).WithLabels(dispatcherLabels()).WithOwnerReferences(owners...).
+		WithRules(
+			rbacac.PolicyRule().WithAPIGroups(v1.GroupVersion.Group).
+				WithResources("webhookendpoints", "retrypolicies").WithVerbs("get", "list", "watch"),
+			rbacac.PolicyRule().WithAPIGroups("").WithResources("secrets").
+				WithResourceNames(secrets...).WithVerbs("get"),
+		)
+}
+
+func dispatcherRoleBinding(ns string, owners []*metaac.OwnerReferenceApplyConfiguration) *rbacac.RoleBindingApplyConfiguration {
+	return rbacac.RoleBinding(DispatcherName, ns).WithLabels(dispatcherLabels()).WithOwnerReferences(owners...).
+		WithRoleRef(rbacac.RoleRef().WithAPIGroup(rbacv1.GroupName).WithKind("Role").WithName(DispatcherName)).
+		WithSubjects(rbacac.Subject().WithKind(rbacv1.ServiceAccountKind).WithName(DispatcherName).WithNamespace(ns))
+}
+
+// dispatcherDeployment is one replica with the Recreate strategy: two
+// dispatchers of one namespace would split a key's events across
+// processes and break per-key order during a rollout.
+func dispatcherDeployment(ns string, owners []*metaac.OwnerReferenceApplyConfiguration, cfg DispatcherConfig) *appsac.DeploymentApplyConfiguration {
+	res := DefaultDispatcherResources()
+	if cfg.Resources != nil {
+		res = *cfg.Resources
+	}
+	pull := cfg.ImagePullPolicy
+	if pull == "" {
+		pull = corev1.PullIfNotPresent
+	}
+	probe := func(path string) *coreac.ProbeApplyConfiguration {
+		return coreac.Probe().WithHTTPGet(coreac.HTTPGetAction().WithPath(path).WithPort(intstr.FromString("health"))).
+			WithPeriodSeconds(10).WithTimeoutSeconds(2).WithFailureThreshold(3)
+	}
+	sel := map[string]string{nameLabel: DispatcherName, componentLabel: "dispatcher"}
+	return appsac.Deployment(DispatcherName, ns).WithLabels(dispatcherLabels()).WithOwnerReferences(owners...).
+		WithSpec(appsac.DeploymentSpec().
+			WithReplicas(1).
+			WithStrategy(appsac.DeploymentStrategy().WithType(appsv1.RecreateDeploymentStrategyType)).
+			WithSelector(metaac.LabelSelector().WithMatchLabels(sel)).
+			WithTemplate(coreac.PodTemplateSpec().
+				WithLabels(dispatcherLabels()).
+				WithAnnotations(map[string]string{"kubectl.kubernetes.io/default-container": "dispatcher"}).
+				WithSpec(coreac.PodSpec().
+					WithServiceAccountName(DispatcherName).
+					// Longer than the dispatcher's 30s drain.
+					WithTerminationGracePeriodSeconds(45).
+					WithSecurityContext(coreac.PodSecurityContext().
+						WithRunAsNonRoot(true).WithRunAsUser(65532).WithRunAsGroup(65532).
+						WithSeccompProfile(coreac.SeccompProfile().WithType(corev1.SeccompProfileTypeRuntimeDefault))).
+					WithContainers(coreac.Container().
+						WithName("dispatcher").
+						WithImage(cfg.Image).
+						WithImagePullPolicy(pull).
+						WithArgs("dispatcher",
+							"--namespace="+ns,
+							"--nats-url="+cfg.NATSURL,
+							fmt.Sprintf("--metrics-bind-address=:%d", DispatcherMetricsPort),
+							fmt.Sprintf("--health-probe-bind-address=:%d", DispatcherHealthPort)).
+						WithPorts(
+							coreac.ContainerPort().WithName("metrics").WithContainerPort(DispatcherMetricsPort).WithProtocol(corev1.ProtocolTCP),
+							coreac.ContainerPort().WithName("health").WithContainerPort(DispatcherHealthPort).WithProtocol(corev1.ProtocolTCP)).
+						WithResources(coreac.ResourceRequirements().WithRequests(res.Requests).WithLimits(res.Limits)).
+						WithLivenessProbe(probe("/healthz").WithInitialDelaySeconds(5)).
+						WithReadinessProbe(probe("/readyz")).
+						WithSecurityContext(coreac.SecurityContext().
+							WithAllowPrivilegeEscalation(false).
+							WithReadOnlyRootFilesystem(true).
+							WithRunAsNonRoot(true).
+							WithCapabilities(coreac.Capabilities().WithDrop("ALL")))))))
+}
+
+// dispatcherAvailable reads the Deployment's Available condition.
+func dispatcherAvailable(d *appsv1.Deployment) (bool, string) {
+	for _, c := range d.Status.Conditions {
+		if c.Type != appsv1.DeploymentAvailable {
+			continue
+		}
+		if c.Status == corev1.ConditionTrue {
+			return true, fmt.Sprintf("dispatcher Deployment %s available", DispatcherName)
+		}
+		return false, fmt.Sprintf("dispatcher Deployment %s not available: %s", DispatcherName, c.Message)
+	}
+	return false, fmt.Sprintf("waiting for the dispatcher Deployment %s to become available", DispatcherName)
+}

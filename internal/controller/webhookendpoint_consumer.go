@@ -1,0 +1,145 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	v1 "github.com/herald-dev/herald/api/v1alpha1"
+	"github.com/herald-dev/herald/internal/streams"
+	"github.com/herald-dev/herald/pkg/events"
+)
+
+// ReasonEventTypesRefused is the Stalled reason for eventTypes that the
+// consumer derivation refuses. TODO(api): move to condition_types.go.
+const ReasonEventTypesRefused = "EventTypesRefused"
+
+// consumerAction says what ensureConsumer had to do, for events and logs.
+type consumerAction string
+
+const (
+	consumerUnchanged consumerAction = ""
+	consumerCreated   consumerAction = "Created"
+	consumerUpdated   consumerAction = "Updated"
+)
+
+// desiredConsumer derives the endpoint's consumer. Refused eventTypes are a
+// Stalled problem: the tenant must change the spec.
+func desiredConsumer(ep *v1.WebhookEndpoint) (jetstream.ConsumerConfig, error) {
+	cfg, err := streams.ConsumerConfig(ep.Namespace, ep.Name, &ep.Spec)
+	if err != nil {
+		return cfg, stalled(ReasonEventTypesRefused, fmt.Sprintf("spec.eventTypes refused: %v", err), err)
+	}
+	return cfg, nil
+}
+
+// ensureConsumer creates the endpoint's durable consumer, or brings it
+// back to the derived config when the spec changed or someone edited or
+// deleted it behind the operator's back. It reads before it writes, so a
+// pass over an unchanged endpoint costs NATS one consumer-info request.
+func ensureConsumer(ctx context.Context, js jetstream.JetStream, want jetstream.ConsumerConfig) (*jetstream.ConsumerInfo, consumerAction, error) {
+	c, err := js.Consumer(ctx, events.StreamName, want.Durable)
+	switch {
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+		c, err = js.CreateConsumer(ctx, events.StreamName, want)
+		if err != nil {
+			return nil, "", fmt.Errorf("creating consumer %s: %w", want.Durable, err)
+		}
+		return c.CachedInfo(), consumerCreated, nil
+	case err != nil:
+		return nil, "", fmt.Errorf("reading consumer %s: %w", want.Durable, err)
+	}
+	info := c.CachedInfo()
+	if !consumerDrifted(want, info.Config) {
+		return info, consumerUnchanged, nil
+	}
+	c, err = js.UpdateConsumer(ctx, events.StreamName, want)
+	if err != nil {
+		return nil, "", fmt.Errorf("updating consumer %s: %w", want.Durable, err)
+	}
+	return c.CachedInfo(), consumerUpdated, nil
+}
+
+// consumerDrifted compares the fields Herald sets. The server fills in
+// others (defaults, its own _nats.* metadata), which must not count.
+func consumerDrifted(want, have jetstream.ConsumerConfig) bool {
+	haveFilters := have.FilterSubjects
+	if have.FilterSubject != "" {
+		haveFilters = append(slices.Clone(haveFilters), have.FilterSubject)
+	}
+	haveFilters = slices.Sorted(slices.Values(haveFilters))
+	wantFilters := slices.Sorted(slices.Values(want.FilterSubjects))
+	if !slices.Equal(wantFilters, haveFilters) {
+		return true
+	}
+	for k, v := range want.Metadata {
+		if have.Metadata[k] != v {
+			return true
+		}
+	}
+	return want.Description != have.Description ||
+		want.AckPolicy != have.AckPolicy ||
+		want.AckWait != have.AckWait ||
+		want.MaxDeliver != have.MaxDeliver ||
+		want.MaxAckPending != have.MaxAckPending ||
+		want.MaxWaiting != have.MaxWaiting
+}
+
+// deleteConsumer deletes the endpoint's consumer; a consumer that is
+// already gone is not an error.
+func deleteConsumer(ctx context.Context, js jetstream.JetStream, namespace, name string) error {
+	err := js.DeleteConsumer(ctx, events.StreamName, streams.ConsumerName(namespace, name))
+	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return fmt.Errorf("deleting consumer %s: %w", streams.ConsumerName(namespace, name), err)
+	}
+	return nil
+}
+
+// backlogObservation is the queue side of an endpoint's status.
+type backlogObservation struct {
+	// Backlog is events not yet delivered: not yet handed out (NumPending)
+	// plus handed out and not acked (in flight or waiting to retry).
+	Backlog int64
+	// OldestPending is when the oldest of them was stored; nil when the
+	// backlog is empty.
+	OldestPending *time.Time
+}
+
+// observeBacklog reads the backlog from the consumer info and finds the
+// oldest unacked event: every message at or below the ack floor is acked,
+// so it is the first message after the floor that matches one of the
+// consumer's filters (a next-by-subject get per filter, the minimum wins).
+// With unordered delivery a later event may have been acked first; then
+// the time is an upper bound of the lag, which errs on the side of warning.
+func observeBacklog(ctx context.Context, js jetstream.JetStream, info *jetstream.ConsumerInfo) (backlogObservation, error) {
+	obs := backlogObservation{Backlog: int64(info.NumPending) + int64(info.NumAckPending)}
+	if obs.Backlog == 0 {
+		return obs, nil
+	}
+	stream, err := js.Stream(ctx, events.StreamName)
+	if err != nil {
+		return obs, fmt.Errorf("opening stream %s: %w", events.StreamName, err)
+	}
+	filters := info.Config.FilterSubjects
+	if info.Config.FilterSubject != "" {
+		filters = append(slices.Clone(filters), info.Config.FilterSubject)
+	}
+	start := info.AckFloor.Stream + 1
+	for _, f := range filters {
+		m, err := stream.GetMsg(ctx, start, jetstream.WithGetMsgSubject(f))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return obs, fmt.Errorf("reading oldest pending event of consumer %s: %w", info.Name, err)
+		}
+		if t := m.Time; obs.OldestPending == nil || t.Before(*obs.OldestPending) {
+			obs.OldestPending = &t
+		}
+	}
+	return obs, nil
+}

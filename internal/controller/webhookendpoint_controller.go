@@ -1,0 +1,392 @@
+// Package controller reconciles Herald's custom resources: WebhookEndpoints
+// into JetStream consumers and dispatchers, delivery health back into
+// their status, and RetryPolicies into their usage counts.
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	v1 "github.com/herald-dev/herald/api/v1alpha1"
+	"github.com/herald-dev/herald/internal/dispatcher"
+	"github.com/herald-dev/herald/internal/streams"
+)
+
+const (
+	// ConsumerFinalizer deletes an endpoint's JetStream consumer with it.
+	ConsumerFinalizer = "webhooks.herald.dev/consumer"
+	// FieldOwner names the operator in managedFields.
+	FieldOwner = "herald-operator"
+)
+
+// DispatchMode says where deliveries run.
+type DispatchMode string
+
+const (
+	// DispatchInProcess runs the dispatcher inside the manager, for every
+	// namespace (local development and tests).
+	DispatchInProcess DispatchMode = "in-process"
+	// DispatchDeployment runs a dispatcher Deployment per namespace that
+	// has endpoints (production).
+	DispatchDeployment DispatchMode = "deployment"
+)
+
+// Defaults of the reconciler's tunables.
+const (
+	DefaultResyncInterval         = 15 * time.Second
+	DefaultMinStatusWriteInterval = 5 * time.Second
+	DefaultCleanupTimeout         = 5 * time.Second
+)
+
+// WebhookEndpointReconciler keeps each endpoint's JetStream consumer in
+// place and writes its delivery health into status.
+type WebhookEndpointReconciler struct {
+	client.Client
+	// APIReader reads Secrets' data uncached (only their metadata is
+	// watched, so the manager never holds every Secret in memory).
+	APIReader client.Reader
+	JS        jetstream.JetStream
+	Recorder  events.EventRecorder
+	Mode      DispatchMode
+
+	// ResyncInterval is the periodic pass that repairs consumer drift and
+	// refreshes backlog and lag.
+	ResyncInterval time.Duration
+	// MinStatusWriteInterval bounds status writes that change no condition.
+	MinStatusWriteInterval time.Duration
+	// CleanupTimeout bounds the finalizer's NATS calls.
+	CleanupTimeout time.Duration
+	// HealthEvents, when set, wakes endpoints whose health record changed
+	// (see HealthWatcher), so status follows deliveries within seconds.
+	HealthEvents <-chan event.TypedGenericEvent[*v1.WebhookEndpoint]
+
+	secrets *secretReader
+
+	kvMu sync.Mutex // held across the bucket lookup, so not mu
+	kv   jetstream.KeyValue
+
+	mu        sync.Mutex
+	lastWrite map[types.NamespacedName]time.Time
+}
+
+// RBAC, and what each rule is for:
+// endpoints: read, add/remove the finalizer (patch), write status.
+// +kubebuilder:rbac:groups=webhooks.herald.dev,resources=webhookendpoints,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups=webhooks.herald.dev,resources=webhookendpoints/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=webhooks.herald.dev,resources=webhookendpoints/finalizers,verbs=update
+// policies: resolved for endpoints; their status counts users.
+// +kubebuilder:rbac:groups=webhooks.herald.dev,resources=retrypolicies,verbs=get;list;watch
+// +kubebuilder:rbac:groups=webhooks.herald.dev,resources=retrypolicies/status,verbs=get;update;patch
+// secrets: get to validate (and, in-process, sign with) the referenced
+// ones; list/watch as metadata only, to notice creation and rotation.
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
+// events: DeliveryFailing, Lagging, SecretMissing, ...
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// SetupWithManager registers the controller. SetupIndexes must have run.
+func (r *WebhookEndpointReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.ResyncInterval <= 0 {
+		r.ResyncInterval = DefaultResyncInterval
+	}
+	if r.MinStatusWriteInterval <= 0 {
+		r.MinStatusWriteInterval = DefaultMinStatusWriteInterval
+	}
+	if r.CleanupTimeout <= 0 {
+		r.CleanupTimeout = DefaultCleanupTimeout
+	}
+	if r.Mode == "" {
+		r.Mode = DispatchDeployment
+	}
+	if r.APIReader == nil {
+		r.APIReader = mgr.GetAPIReader()
+	}
+	r.secrets = newSecretReader(r.APIReader, mgr.GetClient())
+	r.lastWrite = map[types.NamespacedName]time.Time{}
+
+	b := ctrl.NewControllerManagedBy(mgr).
+		Named("webhookendpoint").
+		// Status-only updates (ours) must not wake the controller again.
+		For(&v1.WebhookEndpoint{}, builder.WithPredicates(specOrLifecycleChanged())).
+		WatchesMetadata(&metav1.PartialObjectMetadata{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"}},
+			handler.EnqueueRequestsFromMapFunc(endpointsReferencing(mgr.GetClient(), SecretRefIndex))).
+		Watches(&v1.RetryPolicy{},
+			handler.EnqueueRequestsFromMapFunc(endpointsReferencing(mgr.GetClient(), PolicyRefIndex)),
+			builder.WithPredicates(predicate.GenerationChangedPredicate{}))
+	if r.Mode == DispatchDeployment {
+		b = b.Watches(&appsv1.Deployment{},
+			handler.EnqueueRequestsFromMapFunc(endpointsOfDispatcher(mgr.GetClient())),
+			builder.WithPredicates(isDispatcherObject()))
+	}
+	if r.HealthEvents != nil {
+		b = b.WatchesRawSource(source.Channel(r.HealthEvents, &handler.TypedEnqueueRequestForObject[*v1.WebhookEndpoint]{}))
+	}
+	return b.Complete(r)
+}
+
+// specOrLifecycleChanged passes creates, deletes, spec changes (generation)
+// and the start of deletion, and drops status-only updates.
+func specOrLifecycleChanged() predicate.Predicate {
+	return predicate.Or(predicate.GenerationChangedPredicate{}, predicate.Funcs{
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			return e.ObjectOld.GetDeletionTimestamp().IsZero() != e.ObjectNew.GetDeletionTimestamp().IsZero()
+		},
+	})
+}
+
+// Reconcile runs one pass: observe, decide, act, summarise status in one
+// deferred patch.
+func (r *WebhookEndpointReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
+	ep := &v1.WebhookEndpoint{}
+	if err := r.Get(ctx, req.NamespacedName, ep); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.forget(req.NamespacedName)
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, fmt.Errorf("reading webhookendpoint: %w", err)
+	}
+	ctx = ctrl.LoggerInto(ctx, ctrl.LoggerFrom(ctx).WithValues("webhookEndpoint", klog.KObj(ep)))
+
+	if !ep.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, r.reconcileDelete(ctx, ep)
+	}
+	// Finalizer first: nothing exists in NATS before it is persisted, so
+	// a deletion racing the creation cannot leak a consumer.
+	if !controllerutil.ContainsFinalizer(ep, ConsumerFinalizer) {
+		patch := client.MergeFrom(ep.DeepCopy())
+		controllerutil.AddFinalizer(ep, ConsumerFinalizer)
+		if err := r.Patch(ctx, ep, patch, client.FieldOwner(FieldOwner)); err != nil {
+			return ctrl.Result{}, fmt.Errorf("adding finalizer: %w", err)
+		}
+	}
+
+	orig := ep.DeepCopy()
+	obs := &observation{Now: time.Now()}
+	defer func() {
+		summarise(ep, obs)
+		res, err := r.patchStatus(ctx, orig, ep, obs)
+		retErr = errors.Join(retErr, err)
+		if retErr == nil {
+			result = res
+		}
+	}()
+
+	// Each step fills obs; a Stalled problem is recorded there and the
+	// later steps still run (the consumer keeps events queued while a
+	// person fixes a Secret, and the backlog stays visible).
+	var state passState
+	steps := []func(context.Context, *v1.WebhookEndpoint, *observation, *passState) error{
+		r.reconcileConsumer,
+		r.reconcileReferences,
+		r.reconcileDispatcher,
+		r.reconcileDelivery,
+	}
+	var errs []error
+	for _, step := range steps {
+		if err := step(ctx, ep, obs, &state); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return ctrl.Result{}, errors.Join(errs...)
+}
+
+// passState carries what one step hands the next.
+type passState struct {
+	info *jetstream.ConsumerInfo
+}
+
+// reconcileConsumer creates or repairs the endpoint's durable consumer.
+// Sets obs.Consumer; refused eventTypes make the endpoint Stalled; a NATS
+// error makes it Ready=False NATSUnavailable and is retried.
+func (r *WebhookEndpointReconciler) reconcileConsumer(ctx context.Context, ep *v1.WebhookEndpoint, obs *observation, st *passState) error {
+	want, err := desiredConsumer(ep)
+	if s, ok := asStalled(err); ok {
+		obs.Stalled = s
+		return nil
+	}
+	info, action, err := ensureConsumer(ctx, r.JS, want)
+	if err != nil {
+		obs.NATSErr = err
+		return err
+	}
+	st.info = info
+	obs.Consumer = info.Name
+	switch {
+	case action == consumerCreated && ep.Status.Consumer != "":
+		// It existed before: someone or something deleted it.
+		r.Recorder.Eventf(ep, nil, corev1.EventTypeWarning, "ConsumerRecreated", "Reconcile",
+			"JetStream consumer %s was missing and has been recreated; events published while it was gone were not queued for this endpoint", info.Name)
+	case action != consumerUnchanged:
+		ctrl.LoggerFrom(ctx).Info("consumer reconciled", "consumer", info.Name, "action", string(action))
+	}
+	return nil
+}
+
+// reconcileReferences resolves the signing Secret and the RetryPolicy.
+// Sets obs.Stalled (SecretMissing, SecretMalformed, RetryPolicyMissing).
+func (r *WebhookEndpointReconciler) reconcileReferences(ctx context.Context, ep *v1.WebhookEndpoint, obs *observation, _ *passState) error {
+	_, err := resolveReferences(ctx, r.secrets, r.Client, ep)
+	if s, ok := asStalled(err); ok {
+		if obs.Stalled == nil {
+			obs.Stalled = s
+		}
+		return nil
+	}
+	return err
+}
+
+// reconcileDispatcher checks that something delivers this endpoint's
+// events: always true in-process; the namespace's Deployment otherwise
+// (created by DispatcherDeploymentReconciler). Sets obs.DispatcherReady.
+func (r *WebhookEndpointReconciler) reconcileDispatcher(ctx context.Context, ep *v1.WebhookEndpoint, obs *observation, _ *passState) error {
+	if r.Mode == DispatchInProcess {
+		obs.DispatcherReady, obs.DispatcherMessage = true, "dispatched by the manager (in-process)"
+		return nil
+	}
+	var d appsv1.Deployment
+	err := r.Get(ctx, types.NamespacedName{Namespace: ep.Namespace, Name: DispatcherName}, &d)
+	if apierrors.IsNotFound(err) {
+		obs.DispatcherMessage = fmt.Sprintf("waiting for the dispatcher Deployment %s", DispatcherName)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reading dispatcher deployment: %w", err)
+	}
+	obs.DispatcherReady, obs.DispatcherMessage = dispatcherAvailable(&d)
+	return nil
+}
+
+// reconcileDelivery reads the backlog from the consumer and the health
+// record the dispatcher writes. Sets obs.Backlog and obs.Health.
+func (r *WebhookEndpointReconciler) reconcileDelivery(ctx context.Context, ep *v1.WebhookEndpoint, obs *observation, st *passState) error {
+	var errs []error
+	if st.info != nil {
+		b, err := observeBacklog(ctx, r.JS, st.info)
+		if err != nil {
+			errs = append(errs, err)
+		} else {
+			obs.Backlog = &b
+			backlogGauge.WithLabelValues(ep.Namespace, ep.Name).Set(float64(b.Backlog))
+			lag := 0.0
+			if b.OldestPending != nil {
+				lag = obs.Now.Sub(*b.OldestPending).Seconds()
+			}
+			lagGauge.WithLabelValues(ep.Namespace, ep.Name).Set(lag)
+		}
+	}
+	kv, err := r.healthKV(ctx)
+	if err == nil {
+		obs.Health, err = dispatcher.ReadHealth(ctx, kv, ep.Namespace, ep.Name)
+	}
+	if err != nil {
+		errs = append(errs, fmt.Errorf("reading delivery health: %w", err))
+	} else {
+		obs.HealthKnown = true
+	}
+	return errors.Join(errs...)
+}
+
+// patchStatus writes status when it changed, within the write budget, and
+// emits the transition Events once the write succeeded.
+func (r *WebhookEndpointReconciler) patchStatus(ctx context.Context, orig, ep *v1.WebhookEndpoint, obs *observation) (ctrl.Result, error) {
+	key := client.ObjectKeyFromObject(ep)
+	r.mu.Lock()
+	last := r.lastWrite[key]
+	r.mu.Unlock()
+	requeue := ctrl.Result{RequeueAfter: r.ResyncInterval}
+	write, wait := writeDecision(&orig.Status, &ep.Status, last, obs.Now, r.MinStatusWriteInterval)
+	if wait > 0 && wait < requeue.RequeueAfter {
+		requeue.RequeueAfter = wait
+	}
+	if !write {
+		return requeue, nil
+	}
+	if err := r.Status().Patch(ctx, ep, client.MergeFrom(orig), client.FieldOwner(FieldOwner)); err != nil {
+		if apierrors.IsNotFound(err) {
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, fmt.Errorf("patching status: %w", err)
+	}
+	statusWrites.Inc()
+	r.mu.Lock()
+	r.lastWrite[key] = obs.Now
+	r.mu.Unlock()
+	for _, e := range transitionEvents(&orig.Status, &ep.Status) {
+		r.Recorder.Eventf(ep, nil, e.Type, e.Reason, "Deliver", "%s", e.Note)
+	}
+	return requeue, nil
+}
+
+// reconcileDelete deletes the consumer and the health record, bounded by
+// CleanupTimeout: when NATS is unreachable the finalizer is removed anyway
+// and a Warning says what was left behind, so deletion never hangs.
+func (r *WebhookEndpointReconciler) reconcileDelete(ctx context.Context, ep *v1.WebhookEndpoint) error {
+	if !controllerutil.ContainsFinalizer(ep, ConsumerFinalizer) {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, r.CleanupTimeout)
+	defer cancel()
+	err := deleteConsumer(cctx, r.JS, ep.Namespace, ep.Name)
+	if err == nil {
+		// A later endpoint of the same name must not inherit old totals.
+		var kv jetstream.KeyValue
+		if kv, err = r.healthKV(cctx); err == nil {
+			if err = kv.Purge(cctx, streams.EndpointKey(ep.Namespace, ep.Name)); errors.Is(err, jetstream.ErrKeyNotFound) {
+				err = nil
+			}
+		}
+	}
+	if err != nil {
+		r.Recorder.Eventf(ep, nil, corev1.EventTypeWarning, "CleanupFailed", "Delete",
+			"could not clean up NATS within %s (%v); removing the finalizer anyway: consumer %s on stream HERALD_EVENTS may be left behind",
+			r.CleanupTimeout, err, streams.ConsumerName(ep.Namespace, ep.Name))
+	}
+	patch := client.MergeFrom(ep.DeepCopy())
+	controllerutil.RemoveFinalizer(ep, ConsumerFinalizer)
+	if err := r.Patch(ctx, ep, patch, client.FieldOwner(FieldOwner)); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("removing finalizer: %w", err)
+	}
+	r.forget(client.ObjectKeyFromObject(ep))
+	return nil
+}
+
+func (r *WebhookEndpointReconciler) forget(key types.NamespacedName) {
+	r.mu.Lock()
+	delete(r.lastWrite, key)
+	r.mu.Unlock()
+	forgetEndpointMetrics(key.Namespace, key.Name)
+}
+
+// healthKV opens the health bucket once; the manager ensured it at start.
+func (r *WebhookEndpointReconciler) healthKV(ctx context.Context) (jetstream.KeyValue, error) {
+	r.kvMu.Lock()
+	defer r.kvMu.Unlock()
+	if r.kv != nil {
+		return r.kv, nil
+	}
+	kv, err := r.JS.KeyValue(ctx, streams.HealthBucket)
+	if err != nil {
+		return nil, fmt.Errorf("opening key-value bucket %s: %w", streams.HealthBucket, err)
+	}
+	r.kv = kv
+	return kv, nil
+}
