@@ -1,0 +1,100 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/herald-dev/herald/internal/controller"
+	"github.com/herald-dev/herald/internal/dispatcher"
+	"github.com/herald-dev/herald/internal/testenv"
+)
+
+func init() {
+	register("dispatcher", "deliver the webhooks of one namespace (run by the operator as a Deployment)", runDispatcher)
+}
+
+func runDispatcher(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("herald dispatcher", flag.ContinueOnError)
+	namespace := fs.String("namespace", os.Getenv("POD_NAMESPACE"), "the namespace whose endpoints this dispatcher delivers")
+	natsURL := fs.String("nats-url", "nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
+	natsCreds := fs.String("nats-creds", "", "NATS credentials file (optional)")
+	metricsAddr := fs.String("metrics-bind-address", ":8080", "metrics address (plain http, scraped inside the cluster), 0 to disable")
+	probeAddr := fs.String("health-probe-bind-address", ":8081", "health and readiness probe address")
+	resync := fs.Duration("resync-interval", controller.DefaultDispatchResync, "how often each endpoint's Secret is re-read (rotation latency)")
+	zapOpts := zap.Options{}
+	zapOpts.BindFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *namespace == "" {
+		return fmt.Errorf("--namespace is required")
+	}
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
+	log := ctrl.Log.WithName("dispatcher").WithValues("namespace", *namespace)
+
+	nc, js, err := connectNATS(*natsURL, *natsCreds, "herald-dispatcher-"+*namespace)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	// The operator creates the buckets; wait for them rather than crash.
+	var d *dispatcher.Dispatcher
+	for {
+		d, err = dispatcher.New(ctx, js, dispatcher.WithLogger(log))
+		if err == nil {
+			break
+		}
+		log.Error(err, "opening Herald's NATS buckets; retrying in 5s")
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("creating dispatcher: %w", err)
+		case <-time.After(5 * time.Second):
+		}
+	}
+
+	restCfg, err := ctrl.GetConfig()
+	if err != nil {
+		return fmt.Errorf("loading kubeconfig: %w", err)
+	}
+	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
+		Scheme:                 testenv.Scheme(),
+		Metrics:                metricsserver.Options{BindAddress: *metricsAddr},
+		HealthProbeBindAddress: *probeAddr,
+		// One replica with the Recreate strategy; no leader election, so
+		// the Role needs no Lease rights.
+		LeaderElection: false,
+		Cache:          cache.Options{DefaultNamespaces: map[string]cache.Config{*namespace: {}}},
+	})
+	if err != nil {
+		return fmt.Errorf("creating manager: %w", err)
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return fmt.Errorf("adding health check: %w", err)
+	}
+	if err := mgr.AddReadyzCheck("nats", natsChecker(nc)); err != nil {
+		return fmt.Errorf("adding readiness check: %w", err)
+	}
+	if err := controller.SetupIndexes(ctx, mgr); err != nil {
+		return err
+	}
+	if err := mgr.Add(manager.RunnableFunc(d.Run)); err != nil {
+		return fmt.Errorf("adding dispatcher: %w", err)
+	}
+	// The Role allows only `get` on the named Secrets: no Secret watch,
+	// rotations arrive with the periodic resync.
+	if err := (&controller.DispatchReconciler{Client: mgr.GetClient(), Dispatcher: d, WatchSecrets: false, Resync: *resync}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up dispatch controller: %w", err)
+	}
+	log.Info("starting dispatcher", "natsURL", *natsURL)
+	return mgr.Start(ctx)
+}

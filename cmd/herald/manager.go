@@ -1,0 +1,236 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/nats-io/nats.go/jetstream"
+	corev1 "k8s.io/api/core/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/herald-dev/herald/internal/controller"
+	"github.com/herald-dev/herald/internal/dispatcher"
+	"github.com/herald-dev/herald/internal/streams"
+	"github.com/herald-dev/herald/internal/testenv"
+)
+
+func init() {
+	register("manager", "run the operator (reconcilers; --dispatch=in-process also delivers)", runManager)
+}
+
+type managerFlags struct {
+	natsURL, natsCreds         string
+	streamReplicas             int
+	maxBodyBytes               int
+	dispatch                   string
+	dispatcherImage            string
+	dispatcherNATSURL          string
+	watchNamespaces            string
+	leaderElect                bool
+	metricsAddr, probeAddr     string
+	metricsSecure              bool
+	ensureInterval             time.Duration
+	resyncInterval, writeEvery time.Duration
+}
+
+func runManager(ctx context.Context, args []string) error {
+	var f managerFlags
+	fs := flag.NewFlagSet("herald manager", flag.ContinueOnError)
+	fs.StringVar(&f.natsURL, "nats-url", "nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
+	fs.StringVar(&f.natsCreds, "nats-creds", "", "NATS credentials file (optional)")
+	fs.IntVar(&f.streamReplicas, "stream-replicas", 1, "replicas of Herald's streams and buckets: 1 for one server, 3 for a production cluster")
+	fs.IntVar(&f.maxBodyBytes, "max-body-bytes", streams.DefaultLimits().MaxBodyBytes, "largest event envelope the events stream accepts")
+	fs.StringVar(&f.dispatch, "dispatch", string(controller.DispatchDeployment), "where deliveries run: deployment (one dispatcher Deployment per namespace) or in-process (inside this manager)")
+	fs.StringVar(&f.dispatcherImage, "dispatcher-image", "", "image of the per-namespace dispatcher (this binary); required with --dispatch=deployment")
+	fs.StringVar(&f.dispatcherNATSURL, "dispatcher-nats-url", "", "NATS URL the dispatcher pods use (default: --nats-url)")
+	fs.StringVar(&f.watchNamespaces, "watch-namespaces", "", "comma-separated namespaces to reconcile; empty means all")
+	fs.BoolVar(&f.leaderElect, "leader-elect", false, "elect a leader so only one replica reconciles and dispatches")
+	fs.StringVar(&f.metricsAddr, "metrics-bind-address", "0", "metrics address (:8443 for https, :8080 for http, 0 to disable)")
+	fs.BoolVar(&f.metricsSecure, "metrics-secure", true, "serve metrics over https behind Kubernetes authn/authz")
+	fs.StringVar(&f.probeAddr, "health-probe-bind-address", ":8081", "health and readiness probe address")
+	fs.DurationVar(&f.ensureInterval, "ensure-interval", 5*time.Minute, "how often streams and buckets are brought back to their configured limits")
+	fs.DurationVar(&f.resyncInterval, "resync-interval", controller.DefaultResyncInterval, "periodic pass per endpoint (consumer drift, backlog, lag)")
+	fs.DurationVar(&f.writeEvery, "status-write-interval", controller.DefaultMinStatusWriteInterval, "least time between two status writes of one endpoint that change no condition")
+	zapOpts := zap.Options{}
+	zapOpts.BindFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	mode := controller.DispatchMode(f.dispatch)
+	switch mode {
+	case controller.DispatchInProcess:
+	case controller.DispatchDeployment:
+		if f.dispatcherImage == "" {
+			return fmt.Errorf("--dispatcher-image is required with --dispatch=deployment")
+		}
+	default:
+		return fmt.Errorf("--dispatch must be in-process or deployment, not %q", f.dispatch)
+	}
+	if f.dispatcherNATSURL == "" {
+		f.dispatcherNATSURL = f.natsURL
+	}
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
+	log := ctrl.Log.WithName("manager")
+	namespaces := splitList(f.watchNamespaces)
+
+	nc, js, err := connectNATS(f.natsURL, f.natsCreds, "herald-manager")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	limits := streams.DefaultLimits()
+	limits.Replicas = f.streamReplicas
+	limits.MaxBodyBytes = f.maxBodyBytes
+	// The reconcilers and the dispatcher need the streams and buckets, so
+	// they are ensured before anything starts, waiting for NATS if needed.
+	if err := ensureStreams(ctx, log, js, limits); err != nil {
+		return err
+	}
+
+	restCfg, err := ctrl.GetConfig()
+	if err != nil {
+		return fmt.Errorf("loading kubeconfig: %w", err)
+	}
+	metricsOpts := metricsserver.Options{BindAddress: f.metricsAddr, SecureServing: f.metricsSecure}
+	if f.metricsSecure {
+		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
+	}
+	cacheOpts := cache.Options{ByObject: controller.CacheByObject()}
+	if len(namespaces) > 0 {
+		cacheOpts.DefaultNamespaces = map[string]cache.Config{}
+		for _, ns := range namespaces {
+			cacheOpts.DefaultNamespaces[ns] = cache.Config{}
+		}
+	}
+	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
+		Scheme:                        testenv.Scheme(),
+		Metrics:                       metricsOpts,
+		HealthProbeBindAddress:        f.probeAddr,
+		LeaderElection:                f.leaderElect,
+		LeaderElectionID:              "herald-manager.herald.dev",
+		LeaderElectionReleaseOnCancel: true,
+		Cache:                         cacheOpts,
+	})
+	if err != nil {
+		return fmt.Errorf("creating manager: %w", err)
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return fmt.Errorf("adding health check: %w", err)
+	}
+	if err := mgr.AddReadyzCheck("nats", natsChecker(nc)); err != nil {
+		return fmt.Errorf("adding readiness check: %w", err)
+	}
+	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		return ensureStreamsEvery(ctx, log, js, limits, f.ensureInterval)
+	})); err != nil {
+		return fmt.Errorf("adding stream ensurer: %w", err)
+	}
+	if err := setupControllers(ctx, mgr, js, mode, f, namespaces); err != nil {
+		return err
+	}
+	log.Info("starting manager", "dispatch", mode, "watchNamespaces", namespaces, "natsURL", f.natsURL)
+	return mgr.Start(ctx)
+}
+
+func setupControllers(ctx context.Context, mgr ctrl.Manager, js jetstream.JetStream, mode controller.DispatchMode, f managerFlags, namespaces []string) error {
+	if err := controller.SetupIndexes(ctx, mgr); err != nil {
+		return err
+	}
+	hw := controller.NewHealthWatcher(js, f.writeEvery, namespaces)
+	if err := mgr.Add(hw); err != nil {
+		return fmt.Errorf("adding health watcher: %w", err)
+	}
+	if err := (&controller.WebhookEndpointReconciler{
+		Client:                 mgr.GetClient(),
+		JS:                     js,
+		Recorder:               mgr.GetEventRecorder("herald-operator"),
+		Mode:                   mode,
+		ResyncInterval:         f.resyncInterval,
+		MinStatusWriteInterval: f.writeEvery,
+		HealthEvents:           hw.Events(),
+	}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up webhookendpoint controller: %w", err)
+	}
+	if err := (&controller.RetryPolicyReconciler{Client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up retrypolicy controller: %w", err)
+	}
+	switch mode {
+	case controller.DispatchDeployment:
+		if err := (&controller.DispatcherDeploymentReconciler{
+			Client: mgr.GetClient(),
+			Config: controller.DispatcherConfig{Image: f.dispatcherImage, NATSURL: f.dispatcherNATSURL, ImagePullPolicy: corev1.PullIfNotPresent},
+		}).SetupWithManager(mgr); err != nil {
+			return fmt.Errorf("setting up dispatcher deployment controller: %w", err)
+		}
+	case controller.DispatchInProcess:
+		d, err := dispatcher.New(ctx, js, dispatcher.WithLogger(ctrl.Log.WithName("dispatcher")))
+		if err != nil {
+			return fmt.Errorf("creating dispatcher: %w", err)
+		}
+		// A RunnableFunc needs leader election: only the leader delivers.
+		if err := mgr.Add(manager.RunnableFunc(d.Run)); err != nil {
+			return fmt.Errorf("adding dispatcher: %w", err)
+		}
+		if err := (&controller.DispatchReconciler{Client: mgr.GetClient(), Dispatcher: d, WatchSecrets: true}).SetupWithManager(mgr); err != nil {
+			return fmt.Errorf("setting up dispatch controller: %w", err)
+		}
+	}
+	return nil
+}
+
+// ensureStreams retries streams.Ensure until it succeeds or ctx is done.
+func ensureStreams(ctx context.Context, log logr.Logger, js jetstream.JetStream, l streams.Limits) error {
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := streams.Ensure(cctx, js, l)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		log.Error(err, "ensuring NATS streams and buckets; retrying in 5s")
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("ensuring NATS streams: %w", ctx.Err())
+		case <-time.After(5 * time.Second):
+		}
+	}
+}
+
+// ensureStreamsEvery repairs drift of the streams' limits, and recreates
+// them after a NATS that lost its storage.
+func ensureStreamsEvery(ctx context.Context, log logr.Logger, js jetstream.JetStream, l streams.Limits, every time.Duration) error {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			if err := streams.Ensure(cctx, js, l); err != nil {
+				log.Error(err, "ensuring NATS streams and buckets")
+			}
+			cancel()
+		}
+	}
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
