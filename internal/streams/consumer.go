@@ -81,6 +81,11 @@ func parsePattern(t string) ([]string, error) {
 	return toks, nil
 }
 
+// Matches reports whether a subject filter (with * and >) matches subject.
+func Matches(filter, subject string) bool {
+	return covers(strings.Split(filter, "."), strings.Split(subject, "."))
+}
+
 // covers reports whether subject pattern a matches everything b matches.
 func covers(a, b []string) bool {
 	for i, t := range a {

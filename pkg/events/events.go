@@ -6,8 +6,11 @@
 // byte for byte; its headers carry what the dispatcher needs without parsing
 // the body:
 //
-//	Nats-Msg-Id     the event id (required); JetStream drops a second
-//	                publish with the same id inside the duplicate window
+//	Nats-Msg-Id     <namespace>:<event id> (required); JetStream drops a
+//	                second publish with the same value inside the duplicate
+//	                window. The namespace prefix keeps one tenant's ids
+//	                from colliding with another's: deduplication is
+//	                stream-wide.
 //	Herald-Key      the ordering key, the record the event is about (optional)
 //	Herald-Version  an integer that grows per key; newer versions win (optional)
 //	Herald-Time     the event time, RFC 3339
@@ -153,7 +156,7 @@ func (e Event) Encode(maxBody int) ([]byte, map[string]string, error) {
 		return nil, nil, fmt.Errorf("%w: %d bytes, limit %d", ErrBodyTooLarge, len(body), maxBody)
 	}
 	h := map[string]string{
-		HeaderID:   e.ID,
+		HeaderID:   MsgID(e.Namespace, e.ID),
 		HeaderTime: e.Time.UTC().Format(time.RFC3339Nano),
 	}
 	if e.Key != "" {
@@ -164,6 +167,9 @@ func (e Event) Encode(maxBody int) ([]byte, map[string]string, error) {
 	}
 	return body, h, nil
 }
+
+// MsgID is the Nats-Msg-Id of an event: its id scoped by its namespace.
+func MsgID(namespace, id string) string { return namespace + ":" + id }
 
 // Meta is what the dispatcher reads from a stored event's subject and
 // headers.
@@ -187,9 +193,15 @@ func ParseMeta(subject string, get func(string) string) (Meta, error) {
 	if !ok {
 		return Meta{}, fmt.Errorf("subject %q has no event type", subject)
 	}
-	m := Meta{ID: get(HeaderID), Namespace: ns, Type: typ, Key: get(HeaderKey)}
+	m := Meta{Namespace: ns, Type: typ, Key: get(HeaderKey)}
+	// A producer that publishes without this package may leave out the
+	// namespace prefix; the id is what follows it either way.
+	m.ID = strings.TrimPrefix(get(HeaderID), ns+":")
 	if m.ID == "" {
 		return m, ErrMissingID
+	}
+	if !idPattern.MatchString(m.ID) {
+		return m, fmt.Errorf("%w: %q", ErrInvalidID, m.ID)
 	}
 	if v := get(HeaderVersion); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)

@@ -1,0 +1,227 @@
+package dispatcher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/herald-dev/herald/internal/streams"
+)
+
+// Failure is one failed attempt as the health record keeps it.
+type Failure struct {
+	Time       time.Time `json:"time"`
+	StatusCode int       `json:"statusCode,omitempty"`
+	// Reason is Timeout, ConnectionError, HTTPError or Redirect.
+	Reason  string `json:"reason"`
+	Message string `json:"message,omitempty"`
+	EventID string `json:"eventID,omitempty"`
+}
+
+// Health is an endpoint's delivery health, written by its dispatcher to the
+// health bucket (key <namespace>.<endpoint>) at most once a second and on
+// every change of state, and read by the operator into status.
+type Health struct {
+	LastSuccess         *time.Time `json:"lastSuccess,omitempty"`
+	LastFailure         *Failure   `json:"lastFailure,omitempty"`
+	ConsecutiveFailures int64      `json:"consecutiveFailures"`
+	// NextRetry is the earliest retry this dispatcher has scheduled.
+	NextRetry *time.Time `json:"nextRetry,omitempty"`
+	InFlight  int64      `json:"inFlight"`
+	// Probing is true while the endpoint keeps failing and only scheduled
+	// retries reach it; new events wait in the stream.
+	Probing        bool      `json:"probing,omitempty"`
+	Delivered      int64     `json:"delivered"`
+	FailedAttempts int64     `json:"failedAttempts"`
+	DeadLettered   int64     `json:"deadLettered"`
+	Superseded     int64     `json:"superseded"`
+	UpdatedAt      time.Time `json:"updatedAt"`
+}
+
+// ReadHealth returns an endpoint's health record, or nil when its
+// dispatcher has not written one yet.
+func ReadHealth(ctx context.Context, kv jetstream.KeyValue, namespace, endpoint string) (*Health, error) {
+	e, err := kv.Get(ctx, streams.EndpointKey(namespace, endpoint))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading health of %s/%s: %w", namespace, endpoint, err)
+	}
+	var h Health
+	if err := json.Unmarshal(e.Value(), &h); err != nil {
+		return nil, fmt.Errorf("decoding health of %s/%s: %w", namespace, endpoint, err)
+	}
+	return &h, nil
+}
+
+// tracker keeps one endpoint's Health and writes it to the health bucket:
+// at once when the endpoint's state changes (it starts or stops failing,
+// starts probing), otherwise at most once per health interval.
+type tracker struct {
+	d        *Dispatcher
+	key      string
+	inFlight atomic.Int64
+
+	mu      sync.Mutex
+	h       Health
+	retries []time.Time // scheduled retries, sorted
+	dirty   bool
+	kick    chan struct{}
+}
+
+const maxTrackedRetries = 10_000
+
+func newTracker(d *Dispatcher, namespace, name string) *tracker {
+	t := &tracker{d: d, key: streams.EndpointKey(namespace, name), kick: make(chan struct{}, 1)}
+	// Totals carry over a restart; a lost read only resets counters.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if h, err := ReadHealth(ctx, d.health, namespace, name); err == nil && h != nil {
+		t.h = *h
+		t.h.InFlight, t.h.Probing, t.h.NextRetry = 0, false, nil
+	}
+	return t
+}
+
+func (t *tracker) run(ctx context.Context) {
+	tick := time.NewTicker(t.d.opts.healthInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case <-t.kick:
+		}
+		t.write(ctx)
+	}
+}
+
+// flush writes what is left when the worker stops.
+func (t *tracker) flush() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	t.write(ctx)
+}
+
+func (t *tracker) write(ctx context.Context) {
+	t.mu.Lock()
+	if !t.dirty {
+		t.mu.Unlock()
+		return
+	}
+	now := time.Now()
+	h := t.h
+	h.InFlight = t.inFlight.Load()
+	h.UpdatedAt = now
+	h.NextRetry = nil
+	if i, _ := slices.BinarySearchFunc(t.retries, now, time.Time.Compare); i < len(t.retries) {
+		next := t.retries[i]
+		h.NextRetry = &next
+	}
+	t.dirty = false
+	t.mu.Unlock()
+	b, err := json.Marshal(h)
+	if err == nil {
+		_, err = t.d.health.Put(ctx, t.key, b)
+	}
+	if err != nil && ctx.Err() == nil {
+		t.d.opts.log.Error(err, "writing endpoint health", "endpoint", t.key)
+		t.mu.Lock()
+		t.dirty = true
+		t.mu.Unlock()
+	}
+}
+
+func (t *tracker) changed(kick bool) {
+	t.dirty = true
+	if kick {
+		select {
+		case t.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (t *tracker) success(now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	recovered := t.h.ConsecutiveFailures > 0
+	t.h.LastSuccess = &now
+	t.h.Delivered++
+	t.h.ConsecutiveFailures = 0
+	t.h.Probing = false
+	t.changed(recovered || t.h.Delivered == 1)
+}
+
+// failure records a failed attempt and, when it will be retried, when.
+func (t *tracker) failure(f Failure, next *time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.h.LastFailure = &f
+	t.h.ConsecutiveFailures++
+	t.h.FailedAttempts++
+	if next != nil {
+		i, _ := slices.BinarySearchFunc(t.retries, *next, time.Time.Compare)
+		t.retries = slices.Insert(t.retries, i, *next)
+		if len(t.retries) > maxTrackedRetries {
+			t.retries = t.retries[:maxTrackedRetries]
+		}
+	}
+	startedProbing := !t.h.Probing && t.h.ConsecutiveFailures >= int64(t.d.opts.probeAfter)
+	if startedProbing {
+		t.h.Probing = true
+	}
+	t.changed(t.h.ConsecutiveFailures == 1 || startedProbing)
+}
+
+func (t *tracker) superseded() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.h.Superseded++
+	t.changed(false)
+}
+
+func (t *tracker) deadLettered() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.h.DeadLettered++
+	t.changed(false)
+}
+
+func (t *tracker) probing() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.h.Probing
+}
+
+// nextProbe is when a probing endpoint should be tried next: the earliest
+// scheduled retry, or floor after the last failure when none is known
+// (after a restart, say).
+func (t *tracker) nextProbe(floor time.Duration) time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.retries) > 0 {
+		return t.retries[0]
+	}
+	if t.h.LastFailure != nil {
+		return t.h.LastFailure.Time.Add(floor)
+	}
+	return time.Now()
+}
+
+// probed forgets the retries that were due by now: the probe took them.
+func (t *tracker) probed(now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	i, _ := slices.BinarySearchFunc(t.retries, now, time.Time.Compare)
+	t.retries = t.retries[i:]
+}

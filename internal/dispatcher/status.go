@@ -1,0 +1,101 @@
+package dispatcher
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/herald-dev/herald/internal/streams"
+	"github.com/herald-dev/herald/pkg/events"
+)
+
+// EventState is where one event stands at one endpoint.
+type EventState struct {
+	Namespace string
+	Endpoint  string
+	// State is queued, sent, retrying, dead or superseded.
+	State string
+	// Last is the newest delivery-log entry; nil while queued.
+	Last *Attempt
+}
+
+// States, as `herald status` prints them.
+const (
+	StateQueued     = "queued"
+	StateSent       = "sent"
+	StateRetrying   = "retrying"
+	StateDead       = "dead"
+	StateSuperseded = "superseded"
+)
+
+// EventStatus looks an event up in the delivery log: one read of the newest
+// entry per endpoint. When namespace and eventType are given it also lists
+// the endpoints whose consumers match the event but have not tried it yet,
+// as queued.
+func EventStatus(ctx context.Context, js jetstream.JetStream, eventID, namespace, eventType string) ([]EventState, error) {
+	last, err := readAttempts(ctx, js, streams.AttemptsPrefix+".*.*."+eventID, jetstream.DeliverLastPerSubjectPolicy)
+	if err != nil {
+		return nil, err
+	}
+	var out []EventState
+	seen := map[string]bool{}
+	for i := range last {
+		a := &last[i]
+		seen[a.Namespace+"/"+a.Endpoint] = true
+		out = append(out, EventState{Namespace: a.Namespace, Endpoint: a.Endpoint, State: stateOf(a.Outcome), Last: a})
+	}
+	if namespace != "" && eventType != "" {
+		subject := events.Subject(namespace, eventType)
+		stream, err := js.Stream(ctx, events.StreamName)
+		if err != nil {
+			return nil, fmt.Errorf("opening stream %s: %w", events.StreamName, err)
+		}
+		lister := stream.ListConsumers(ctx)
+		for info := range lister.Info() {
+			ns, name, ok := strings.Cut(info.Name, "_")
+			if !ok || ns != namespace || seen[ns+"/"+name] || !matchesAny(info.Config.FilterSubjects, info.Config.FilterSubject, subject) {
+				continue
+			}
+			out = append(out, EventState{Namespace: ns, Endpoint: name, State: StateQueued})
+		}
+		if err := lister.Err(); err != nil {
+			return nil, fmt.Errorf("listing endpoint consumers: %w", err)
+		}
+	}
+	slices.SortFunc(out, func(a, b EventState) int {
+		return strings.Compare(a.Namespace+"/"+a.Endpoint, b.Namespace+"/"+b.Endpoint)
+	})
+	return out, nil
+}
+
+func stateOf(outcome string) string {
+	switch outcome {
+	case OutcomeDelivered:
+		return StateSent
+	case OutcomeRetrying:
+		return StateRetrying
+	case OutcomeDead:
+		return StateDead
+	case OutcomeSuperseded:
+		return StateSuperseded
+	}
+	return outcome
+}
+
+func matchesAny(filters []string, filter, subject string) bool {
+	if filter != "" {
+		filters = append(filters, filter)
+	}
+	if len(filters) == 0 {
+		return true
+	}
+	for _, f := range filters {
+		if streams.Matches(f, subject) {
+			return true
+		}
+	}
+	return false
+}
