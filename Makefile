@@ -80,7 +80,7 @@ nats-server: $(NATS_SERVER) ## Build nats-server at the version go.mod pins.
 
 .PHONY: dev
 dev: build nats-server envtest ## Run Herald locally: API server, etcd, NATS, manager and a demo receiver.
-	K8S_ASSETS=$(BIN)/k8s/$(K8S_VERSION) BIN=$(BIN) hack/dev.sh
+	KUBEBUILDER_ASSETS=$(BIN)/k8s/$(K8S_VERSION) go run ./hack/dev --bin $(BIN)
 
 .PHONY: build-installer
 build-installer: manifests ## Write dist/install.yaml (CRDs, RBAC, manager).

@@ -1,0 +1,179 @@
+// Command dev runs Herald on a local default for `make dev`: the same
+// kube-apiserver and etcd the tests use (through envtest), a nats-server
+// with JetStream, Herald's manager delivering in-process, and a demo
+// receiver. Ctrl-C stops everything it started.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
+)
+
+func main() {
+	bin := flag.String("bin", "bin", "directory with herald and nats-server")
+	natsPort := flag.Int("nats-port", 4222, "NATS client port")
+	receiverAddr := flag.String("receiver", "127.0.0.1:8090", "demo receiver address")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, *bin, *natsPort, *receiverAddr); err != nil {
+		fmt.Fprintln(os.Stderr, "make dev:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, bin string, natsPort int, receiverAddr string) error {
+	bin, err := filepath.Abs(bin)
+	if err != nil {
+		return err
+	}
+	devDir := filepath.Join(bin, "dev")
+	if err := os.MkdirAll(devDir, 0o755); err != nil {
+		return err
+	}
+	for _, addr := range []string{fmt.Sprintf("127.0.0.1:%d", natsPort), receiverAddr} {
+		if l, err := net.Listen("tcp", addr); err != nil {
+			return fmt.Errorf("%s is taken (is another `make dev` running?): %w", addr, err)
+		} else {
+			l.Close()
+		}
+	}
+
+	env := &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join("config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+	}
+	fmt.Println("starting kube-apiserver and etcd ...")
+	if _, err := env.Start(); err != nil {
+		return fmt.Errorf("starting the control plane (KUBEBUILDER_ASSETS=%s): %w", os.Getenv("KUBEBUILDER_ASSETS"), err)
+	}
+	defer func() { _ = env.Stop() }()
+	user, err := env.AddUser(envtest.User{Name: "herald-dev", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return fmt.Errorf("creating the admin user: %w", err)
+	}
+	kubeconfig, err := user.KubeConfig()
+	if err != nil {
+		return fmt.Errorf("writing kubeconfig: %w", err)
+	}
+	kcPath := filepath.Join(devDir, "kubeconfig")
+	if err := os.WriteFile(kcPath, kubeconfig, 0o600); err != nil {
+		return err
+	}
+
+	natsURL := fmt.Sprintf("nats://127.0.0.1:%d", natsPort)
+	jsDir := filepath.Join(devDir, "jetstream")
+	procs := []*exec.Cmd{
+		command("nats", filepath.Join(bin, "nats-server"), "-a", "127.0.0.1", "-p", fmt.Sprint(natsPort), "-js", "-sd", jsDir),
+		command("manager", filepath.Join(bin, "herald"), "manager", "--dispatch=in-process", "--nats-url="+natsURL,
+			"--metrics-bind-address=127.0.0.1:8080", "--health-probe-bind-address=127.0.0.1:8081"),
+		command("receiver", filepath.Join(bin, "herald"), "receiver", "--listen="+receiverAddr, "--secret="+sampleSecret()),
+	}
+	procs[1].Env = append(os.Environ(), "KUBECONFIG="+kcPath)
+	for _, p := range procs {
+		if err := p.Start(); err != nil {
+			return fmt.Errorf("starting %s: %w", p.Path, err)
+		}
+	}
+	defer func() {
+		for _, p := range procs {
+			if p.Process != nil {
+				_ = p.Process.Signal(syscall.SIGTERM)
+			}
+		}
+		for _, p := range procs {
+			_ = p.Wait()
+		}
+		fmt.Println("stopped: manager, receiver, nats-server, kube-apiserver, etcd")
+	}()
+
+	fmt.Printf(`
+Herald is running: API server (kubeconfig %[1]s), NATS at %[2]s, demo receiver at http://%[3]s.
+Next, in another terminal:
+
+  kubectl --kubeconfig %[1]s apply -f config/samples/
+  bin/herald send --nats-url %[2]s --type subscription.updated --key sub_123 --version 1 --data '{"plan":"pro"}'
+  kubectl --kubeconfig %[1]s get webhookendpoints -A
+
+Ctrl-C stops everything.
+`, kcPath, natsURL, receiverAddr)
+
+	errc := make(chan error, len(procs))
+	for _, p := range procs {
+		go func() { errc <- fmt.Errorf("%s exited: %w", filepath.Base(p.Path), p.Wait()) }()
+	}
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-errc:
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+}
+
+// command runs a child with its output prefixed, so one terminal shows all.
+func command(name, path string, args ...string) *exec.Cmd {
+	c := exec.Command(path, args...)
+	c.Stdout = prefixed(name)
+	c.Stderr = c.Stdout
+	c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	return c
+}
+
+func prefixed(name string) *os.File {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return os.Stdout
+	}
+	go func() {
+		s := bufio.NewScanner(r)
+		s.Buffer(make([]byte, 64<<10), 1<<20)
+		for s.Scan() {
+			fmt.Printf("%-8s | %s\n", name, s.Text())
+		}
+	}()
+	return w
+}
+
+// sampleSecret is the signing secret from config/samples, so the demo
+// receiver verifies what the sample endpoints are signed with.
+func sampleSecret() string {
+	files, _ := filepath.Glob(filepath.Join("config", "samples", "*.yaml"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, doc := range bytes.Split(b, []byte("\n---")) {
+			var s corev1.Secret
+			if yaml.Unmarshal(doc, &s) != nil || s.Kind != "Secret" {
+				continue
+			}
+			for _, v := range s.StringData {
+				return strings.TrimSpace(v)
+			}
+			for _, v := range s.Data {
+				return strings.TrimSpace(string(v))
+			}
+		}
+	}
+	fmt.Fprintln(os.Stderr, errors.New("no Secret in config/samples: the demo receiver will not verify signatures"))
+	return ""
+}
