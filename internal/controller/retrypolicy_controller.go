@@ -3,9 +3,10 @@ package controller
 import (
 	"context"
 	"fmt"
+	"time"
 
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -61,8 +62,14 @@ func (r *RetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 	if equality.Semantic.DeepEqual(orig.Status, p.Status) {
 		return ctrl.Result{}, nil
 	}
-	if err := r.Status().Patch(ctx, p, client.MergeFrom(orig), client.FieldOwner(FieldOwner)); err != nil && !apierrors.IsNotFound(err) {
-		return ctrl.Result{}, fmt.Errorf("patching retry policy status: %w", err)
+	if err := r.Status().Update(ctx, p, client.FieldOwner(FieldOwner)); err != nil {
+		switch {
+		case apierrors.IsNotFound(err):
+			return ctrl.Result{}, nil
+		case apierrors.IsConflict(err):
+			return ctrl.Result{RequeueAfter: time.Second}, nil
+		}
+		return ctrl.Result{}, fmt.Errorf("updating retry policy status: %w", err)
 	}
 	return ctrl.Result{}, nil
 }
@@ -92,4 +99,3 @@ func validatePolicy(s *v1.RetryPolicySpec) string {
 	}
 	return ""
 }
-

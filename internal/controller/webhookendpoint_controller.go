@@ -320,11 +320,19 @@ func (r *WebhookEndpointReconciler) patchStatus(ctx context.Context, orig, ep *v
 	if !write {
 		return requeue, nil
 	}
-	if err := r.Status().Patch(ctx, ep, client.MergeFrom(orig), client.FieldOwner(FieldOwner)); err != nil {
-		if apierrors.IsNotFound(err) {
+	// A full update, not a merge patch: a merge patch of a nested struct
+	// sends only its changed fields, which leaves absent fields absent and
+	// fails the schema (totals' fields are required), and cannot clear
+	// lastFailure. The resourceVersion check makes a racing spec change a
+	// conflict, and that pass is simply run again.
+	if err := r.Status().Update(ctx, ep, client.FieldOwner(FieldOwner)); err != nil {
+		switch {
+		case apierrors.IsNotFound(err):
 			return ctrl.Result{}, nil
+		case apierrors.IsConflict(err):
+			return ctrl.Result{RequeueAfter: time.Second}, nil
 		}
-		return ctrl.Result{}, fmt.Errorf("patching status: %w", err)
+		return ctrl.Result{}, fmt.Errorf("updating status: %w", err)
 	}
 	statusWrites.Inc()
 	r.mu.Lock()

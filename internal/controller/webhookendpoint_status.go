@@ -203,8 +203,13 @@ func setDeliveryStatus(ep *v1.WebhookEndpoint, o *observation) {
 		if len(msg) > maxFailureMessage {
 			msg = msg[:maxFailureMessage] + "…"
 		}
+		when := f.Time
+		if when.IsZero() {
+			// The API requires a time; a record without one is from now.
+			when = o.Now
+		}
 		s.LastFailure = &v1.DeliveryFailure{
-			Time:       *statusTime(&f.Time),
+			Time:       *statusTime(&when),
 			StatusCode: int32(f.StatusCode),
 			Reason:     f.Reason,
 			Message:    msg,
