@@ -31,6 +31,12 @@ const (
 	ReasonSecretInvalid = "SecretMalformed"
 	ReasonPolicyMissing = "RetryPolicyMissing"
 	ReasonURLRefused    = "URLRefused"
+	// ReasonEventTypesRefused: an eventTypes pattern the consumer
+	// derivation refuses (Stalled).
+	ReasonEventTypesRefused = "EventTypesRefused"
+	// ReasonInvalid: a RetryPolicy the API server accepted but that cannot
+	// work (Ready=False).
+	ReasonInvalid = "Invalid"
 
 	// Healthy reasons.
 	ReasonDelivering      = "Delivering"

@@ -190,7 +190,7 @@ type WebhookEndpointStatus struct {
 	NextRetryTime *metav1.Time `json:"nextRetryTime,omitempty"`
 
 	// +optional
-	ConsecutiveFailures int64 `json:"consecutiveFailures,omitempty"`
+	ConsecutiveFailures int64 `json:"consecutiveFailures"`
 
 	// +optional
 	Totals DeliveryTotals `json:"totals,omitempty"`

@@ -10,6 +10,7 @@ import (
 	"log"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,7 +31,7 @@ type behaviour struct {
 func runReceiver(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("herald receiver", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:8090", "address to listen on")
-	secret := fs.String("secret", envOr("HERALD_RECEIVER_SECRET", ""), "whsec_ secret to verify signatures with (env HERALD_RECEIVER_SECRET); empty skips verification")
+	secret := fs.String("secret", envOr("HERALD_RECEIVER_SECRET", ""), "whsec_ secrets to verify signatures with, comma-separated; a request verifies with any of them (env HERALD_RECEIVER_SECRET); empty skips verification")
 	status := fs.Int("status", 200, "default status to answer")
 	delay := fs.Duration("delay", 0, "default delay before answering")
 	if err := fs.Parse(args); err != nil {
@@ -82,7 +83,13 @@ func runReceiver(ctx context.Context, args []string) error {
 		}
 		verdict := "unsigned check skipped"
 		if *secret != "" {
-			if _, err := signing.Verify(*secret, r.Header, body, 0); err != nil {
+			var err error
+			for _, s := range strings.Split(*secret, ",") {
+				if _, err = signing.Verify(s, r.Header, body, 0); err == nil {
+					break
+				}
+			}
+			if err != nil {
 				log.Printf("%s refused: %v", r.URL.Path, err)
 				http.Error(w, "bad signature", http.StatusUnauthorized)
 				return

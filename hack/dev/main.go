@@ -82,7 +82,7 @@ func run(ctx context.Context, bin string, natsPort int, receiverAddr string) err
 		command("nats", filepath.Join(bin, "nats-server"), "-a", "127.0.0.1", "-p", fmt.Sprint(natsPort), "-js", "-sd", jsDir),
 		command("manager", filepath.Join(bin, "herald"), "manager", "--dispatch=in-process", "--nats-url="+natsURL,
 			"--metrics-bind-address=127.0.0.1:8080", "--health-probe-bind-address=127.0.0.1:8081"),
-		command("receiver", filepath.Join(bin, "herald"), "receiver", "--listen="+receiverAddr, "--secret="+sampleSecret()),
+		command("receiver", filepath.Join(bin, "herald"), "receiver", "--listen="+receiverAddr, "--secret="+strings.Join(sampleSecrets(), ",")),
 	}
 	procs[1].Env = append(os.Environ(), "KUBECONFIG="+kcPath)
 	for _, p := range procs {
@@ -152,9 +152,10 @@ func prefixed(name string) *os.File {
 	return w
 }
 
-// sampleSecret is the signing secret from config/samples, so the demo
+// sampleSecrets are the signing secrets in config/samples, so the demo
 // receiver verifies what the sample endpoints are signed with.
-func sampleSecret() string {
+func sampleSecrets() []string {
+	var out []string
 	files, _ := filepath.Glob(filepath.Join("config", "samples", "*.yaml"))
 	for _, f := range files {
 		b, err := os.ReadFile(f)
@@ -167,13 +168,15 @@ func sampleSecret() string {
 				continue
 			}
 			for _, v := range s.StringData {
-				return strings.TrimSpace(v)
+				out = append(out, strings.TrimSpace(v))
 			}
 			for _, v := range s.Data {
-				return strings.TrimSpace(string(v))
+				out = append(out, strings.TrimSpace(string(v)))
 			}
 		}
 	}
-	fmt.Fprintln(os.Stderr, errors.New("no Secret in config/samples: the demo receiver will not verify signatures"))
-	return ""
+	if len(out) == 0 {
+		fmt.Fprintln(os.Stderr, errors.New("no Secret in config/samples: the demo receiver will not verify signatures"))
+	}
+	return out
 }

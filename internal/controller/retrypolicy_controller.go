@@ -20,10 +20,6 @@ import (
 	v1 "github.com/herald-dev/herald/api/v1alpha1"
 )
 
-// ReasonInvalid is the RetryPolicy Ready=False reason for a spec the API
-// server accepted but that cannot work. TODO(api): move to condition_types.go.
-const ReasonInvalid = "Invalid"
-
 // RetryPolicyReconciler validates RetryPolicies and counts their users.
 type RetryPolicyReconciler struct {
 	client.Client
@@ -81,7 +77,7 @@ func setPolicyStatus(p *v1.RetryPolicy, endpoints int32) {
 	cond := metav1.Condition{Type: v1.ReadyCondition, Status: metav1.ConditionTrue, Reason: v1.ReasonReady,
 		Message: "valid", ObservedGeneration: p.Generation}
 	if msg := validatePolicy(&p.Spec); msg != "" {
-		cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, ReasonInvalid, msg
+		cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, v1.ReasonInvalid, msg
 	}
 	apimeta.SetStatusCondition(&p.Status.Conditions, cond)
 }

@@ -105,8 +105,7 @@ var _ = Describe("WebhookEndpoint status", func() {
 			Expect(row).To(HaveKeyWithValue("HEALTH", "Delivering"))
 			Expect(row).To(HaveKeyWithValue("BACKLOG", "1"))
 			Expect(row["LAST SUCCESS"]).To(MatchRegexp(`^\d+s$`), "last success is an age: %s", out)
-			// consecutiveFailures is omitempty in the API, so 0 prints blank.
-			Expect(row).To(HaveKeyWithValue("FAILURES", ""))
+			Expect(row).To(HaveKeyWithValue("FAILURES", "0"))
 			Expect(row).To(HaveKeyWithValue("NEXT RETRY", ""))
 			Expect(row["AGE"]).To(MatchRegexp(`^\d+s$`))
 			GinkgoWriter.Println(out)

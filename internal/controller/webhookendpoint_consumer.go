@@ -14,10 +14,6 @@ import (
 	"github.com/herald-dev/herald/pkg/events"
 )
 
-// ReasonEventTypesRefused is the Stalled reason for eventTypes that the
-// consumer derivation refuses. TODO(api): move to condition_types.go.
-const ReasonEventTypesRefused = "EventTypesRefused"
-
 // consumerAction says what ensureConsumer had to do, for events and logs.
 type consumerAction string
 
@@ -32,7 +28,7 @@ const (
 func desiredConsumer(ep *v1.WebhookEndpoint) (jetstream.ConsumerConfig, error) {
 	cfg, err := streams.ConsumerConfig(ep.Namespace, ep.Name, &ep.Spec)
 	if err != nil {
-		return cfg, stalled(ReasonEventTypesRefused, fmt.Sprintf("spec.eventTypes refused: %v", err), err)
+		return cfg, stalled(v1.ReasonEventTypesRefused, fmt.Sprintf("spec.eventTypes refused: %v", err), err)
 	}
 	return cfg, nil
 }

@@ -217,7 +217,7 @@ func TestConsumerDrifted(t *testing.T) {
 	}
 	if _, err := desiredConsumer(newEndpoint("ns", "crm", withEventTypes("a..b"))); err == nil {
 		t.Error("an empty token must be refused")
-	} else if s, ok := asStalled(err); !ok || s.Reason != ReasonEventTypesRefused {
-		t.Errorf("refusal must be Stalled %s, got %v", ReasonEventTypesRefused, err)
+	} else if s, ok := asStalled(err); !ok || s.Reason != v1.ReasonEventTypesRefused {
+		t.Errorf("refusal must be Stalled %s, got %v", v1.ReasonEventTypesRefused, err)
 	}
 }

@@ -398,6 +398,7 @@ var _ = Describe("Dispatcher", func() {
 			})
 			createConsumer(ns, "crm")
 			child := startChild(ns, "crm", rc.URL)
+			DeferCleanup(func() { _ = child.Process.Signal(syscall.SIGKILL) })
 			for i := range total {
 				publish(ns, "a.b", fmt.Sprintf("evt_k%d", i), fmt.Sprintf("k%d", i%7), int64(i+1), map[string]any{})
 			}
