@@ -81,7 +81,7 @@ func run(ctx context.Context, bin string, natsPort int, receiverAddr string) err
 	procs := []*exec.Cmd{
 		command("nats", filepath.Join(bin, "nats-server"), "-a", "127.0.0.1", "-p", fmt.Sprint(natsPort), "-js", "-sd", jsDir),
 		command("manager", filepath.Join(bin, "herald"), "manager", "--dispatch=in-process", "--nats-url="+natsURL,
-			"--metrics-bind-address=127.0.0.1:8080", "--health-probe-bind-address=127.0.0.1:8081"),
+			"--metrics-bind-address=127.0.0.1:8080", "--metrics-secure=false", "--health-probe-bind-address=127.0.0.1:8081"),
 		command("receiver", filepath.Join(bin, "herald"), "receiver", "--listen="+receiverAddr, "--secret="+strings.Join(sampleSecrets(), ",")),
 	}
 	procs[1].Env = append(os.Environ(), "KUBECONFIG="+kcPath)

@@ -3,6 +3,7 @@ package dispatcher
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -52,46 +53,32 @@ func (d *Dispatcher) logAttempt(a *Attempt) {
 // History reads every logged attempt to deliver one event to one endpoint,
 // oldest first.
 func History(ctx context.Context, js jetstream.JetStream, namespace, endpoint, eventID string) ([]Attempt, error) {
-	return readAttempts(ctx, js, streams.AttemptSubject(namespace, endpoint, eventID), jetstream.DeliverAllPolicy)
+	return readAttempts(ctx, js, streams.AttemptSubject(namespace, endpoint, eventID))
 }
 
-func readAttempts(ctx context.Context, js jetstream.JetStream, subject string, policy jetstream.DeliverPolicy) ([]Attempt, error) {
-	c, err := js.OrderedConsumer(ctx, streams.AttemptsStream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{subject},
-		DeliverPolicy:  policy,
-	})
+// readAttempts reads the delivery-log entries on subject (which may hold
+// wildcards) with direct gets, oldest first. It creates no consumer, so a
+// burst of dead letters or status lookups leaves nothing behind in NATS.
+// One event has few attempts, so the walk is short.
+func readAttempts(ctx context.Context, js jetstream.JetStream, subject string) ([]Attempt, error) {
+	stream, err := js.Stream(ctx, streams.AttemptsStream)
 	if err != nil {
-		return nil, fmt.Errorf("reading delivery log %s: %w", subject, err)
-	}
-	info, err := c.Info(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("reading delivery log %s: %w", subject, err)
+		return nil, fmt.Errorf("opening delivery log: %w", err)
 	}
 	var out []Attempt
-	remaining := info.NumPending
-	for remaining > 0 {
-		batch, err := c.FetchNoWait(int(min(remaining, 256)))
+	for seq := uint64(1); ; {
+		m, err := stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return out, nil
+		}
 		if err != nil {
 			return nil, fmt.Errorf("reading delivery log %s: %w", subject, err)
 		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			var a Attempt
-			if err := json.Unmarshal(m.Data(), &a); err != nil {
-				return nil, fmt.Errorf("decoding delivery log entry on %s: %w", m.Subject(), err)
-			}
-			out = append(out, a)
-			if md, err := m.Metadata(); err == nil {
-				remaining = md.NumPending
-			}
+		var a Attempt
+		if err := json.Unmarshal(m.Data, &a); err != nil {
+			return nil, fmt.Errorf("decoding delivery log entry %d on %s: %w", m.Sequence, m.Subject, err)
 		}
-		if err := batch.Error(); err != nil {
-			return nil, fmt.Errorf("reading delivery log %s: %w", subject, err)
-		}
-		if n == 0 {
-			break
-		}
+		out = append(out, a)
+		seq = m.Sequence + 1
 	}
-	return out, nil
 }

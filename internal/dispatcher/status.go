@@ -31,20 +31,24 @@ const (
 	StateSuperseded = "superseded"
 )
 
-// EventStatus looks an event up in the delivery log: one read of the newest
-// entry per endpoint. When namespace and eventType are given it also lists
+// EventStatus looks an event up in the delivery log: one walk over the
+// event's entries, keeping the newest per endpoint. When namespace and eventType are given it also lists
 // the endpoints whose consumers match the event but have not tried it yet,
 // as queued.
 func EventStatus(ctx context.Context, js jetstream.JetStream, eventID, namespace, eventType string) ([]EventState, error) {
-	last, err := readAttempts(ctx, js, streams.AttemptsPrefix+".*.*."+eventID, jetstream.DeliverLastPerSubjectPolicy)
+	all, err := readAttempts(ctx, js, streams.AttemptsPrefix+".*.*."+eventID)
 	if err != nil {
 		return nil, err
 	}
+	// The log is in time order, so the last entry per endpoint wins.
+	last := map[string]*Attempt{}
+	for i := range all {
+		last[all[i].Namespace+"/"+all[i].Endpoint] = &all[i]
+	}
 	var out []EventState
 	seen := map[string]bool{}
-	for i := range last {
-		a := &last[i]
-		seen[a.Namespace+"/"+a.Endpoint] = true
+	for id, a := range last {
+		seen[id] = true
 		out = append(out, EventState{Namespace: a.Namespace, Endpoint: a.Endpoint, State: stateOf(a.Outcome), Last: a})
 	}
 	if namespace != "" && eventType != "" {

@@ -222,21 +222,39 @@ func history(ns, ep, id string) []dispatcher.Attempt {
 	return h
 }
 
+// readAll reads a stream's messages on filter (last per subject when
+// lastPerSubject) through a consumer it deletes afterwards, so polling
+// leaves nothing behind.
+func readAll(g Gomega, stream, filter string, lastPerSubject bool) []jetstream.Msg {
+	ctx := context.Background()
+	cfg := jetstream.ConsumerConfig{FilterSubject: filter, AckPolicy: jetstream.AckNonePolicy, InactiveThreshold: 30 * time.Second}
+	if lastPerSubject {
+		cfg.DeliverPolicy = jetstream.DeliverLastPerSubjectPolicy
+	}
+	c, err := js.CreateConsumer(ctx, stream, cfg)
+	g.Expect(err).NotTo(HaveOccurred())
+	defer func() { _ = js.DeleteConsumer(ctx, stream, c.CachedInfo().Name) }()
+	var out []jetstream.Msg
+	for pending := int(c.CachedInfo().NumPending); pending > 0; {
+		batch, err := c.FetchNoWait(pending)
+		g.Expect(err).NotTo(HaveOccurred())
+		n := 0
+		for m := range batch.Messages() {
+			out = append(out, m)
+			n++
+		}
+		if n == 0 {
+			break
+		}
+		pending -= n
+	}
+	return out
+}
+
 // deadLetters reads an endpoint's dead-letter subject.
 func deadLetters(g Gomega, ns, ep string) []dispatcher.DeadLetter {
-	c, err := js.OrderedConsumer(context.Background(), streams.DeadLetterStream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{streams.DeadLetterSubject(ns, ep)},
-	})
-	g.Expect(err).NotTo(HaveOccurred())
-	info, err := c.Info(context.Background())
-	g.Expect(err).NotTo(HaveOccurred())
-	if info.NumPending == 0 {
-		return nil
-	}
-	batch, err := c.FetchNoWait(int(info.NumPending))
-	g.Expect(err).NotTo(HaveOccurred())
 	var out []dispatcher.DeadLetter
-	for m := range batch.Messages() {
+	for _, m := range readAll(g, streams.DeadLetterStream, streams.DeadLetterSubject(ns, ep), false) {
 		var dl dispatcher.DeadLetter
 		g.Expect(json.Unmarshal(m.Data(), &dl)).To(Succeed())
 		out = append(out, dl)
@@ -268,28 +286,11 @@ func signingKeys(secrets ...string) ([]signing.Key, error) {
 // lastOutcomes reads the newest delivery-log outcome of every event of one
 // endpoint.
 func lastOutcomes(g Gomega, ns, ep string) map[string]string {
-	c, err := js.OrderedConsumer(context.Background(), streams.AttemptsStream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{streams.AttemptSubject(ns, ep, "*")},
-		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
-	})
-	g.Expect(err).NotTo(HaveOccurred())
-	info, err := c.Info(context.Background())
-	g.Expect(err).NotTo(HaveOccurred())
 	out := map[string]string{}
-	for pending := int(info.NumPending); pending > 0; {
-		batch, err := c.FetchNoWait(pending)
-		g.Expect(err).NotTo(HaveOccurred())
-		n := 0
-		for m := range batch.Messages() {
-			var a dispatcher.Attempt
-			g.Expect(json.Unmarshal(m.Data(), &a)).To(Succeed())
-			out[a.EventID] = a.Outcome
-			n++
-		}
-		if n == 0 {
-			break
-		}
-		pending -= n
+	for _, m := range readAll(g, streams.AttemptsStream, streams.AttemptSubject(ns, ep, "*"), true) {
+		var a dispatcher.Attempt
+		g.Expect(json.Unmarshal(m.Data(), &a)).To(Succeed())
+		out[a.EventID] = a.Outcome
 	}
 	return out
 }
