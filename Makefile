@@ -80,7 +80,8 @@ nats-server: $(NATS_SERVER) ## Build nats-server at the version go.mod pins.
 
 .PHONY: dev
 dev: build nats-server envtest ## Run Herald locally: API server, etcd, NATS, manager and a demo receiver.
-	KUBEBUILDER_ASSETS=$(BIN)/k8s/$(K8S_VERSION) go run ./hack/dev --bin $(BIN)
+	go build -o $(BIN)/herald-dev ./hack/dev
+	KUBEBUILDER_ASSETS=$(BIN)/k8s/$(K8S_VERSION) $(BIN)/herald-dev --bin $(BIN)
 
 .PHONY: build-installer
 build-installer: manifests ## Write dist/install.yaml (CRDs, RBAC, manager).

@@ -77,7 +77,12 @@ func run(ctx context.Context, bin string, natsPort int, receiverAddr string) err
 	}
 
 	natsURL := fmt.Sprintf("nats://127.0.0.1:%d", natsPort)
+	// The control plane starts empty each time, so NATS does too: no
+	// consumers of endpoints that no longer exist.
 	jsDir := filepath.Join(devDir, "jetstream")
+	if err := os.RemoveAll(jsDir); err != nil {
+		return err
+	}
 	procs := []*exec.Cmd{
 		command("nats", filepath.Join(bin, "nats-server"), "-a", "127.0.0.1", "-p", fmt.Sprint(natsPort), "-js", "-sd", jsDir),
 		command("manager", filepath.Join(bin, "herald"), "manager", "--dispatch=in-process", "--nats-url="+natsURL,
