@@ -1,0 +1,124 @@
+package events_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/herald-dev/herald/internal/streams"
+	"github.com/herald-dev/herald/internal/testenv"
+	"github.com/herald-dev/herald/pkg/events"
+)
+
+func jetStream(t *testing.T) jetstream.JetStream {
+	t.Helper()
+	srv, err := testenv.NATS(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := streams.Ensure(context.Background(), js, streams.DefaultLimits()); err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+func valid() events.Event {
+	return events.Event{ID: "evt_1", Namespace: "shop", Type: "subscription.updated", Key: "sub_123", Version: 2, Data: []byte(`{"plan":"pro"}`)}
+}
+
+func TestPublishRefusesBadEventsWithClearErrors(t *testing.T) {
+	js := jetStream(t)
+	pub, err := events.NewPublisher(js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		mutate func(*events.Event)
+		want   error
+	}{
+		{"missing id", func(e *events.Event) { e.ID = "" }, events.ErrMissingID},
+		{"id with a dot", func(e *events.Event) { e.ID = "evt.1" }, events.ErrInvalidID},
+		{"type with a wildcard", func(e *events.Event) { e.Type = "subscription.*" }, events.ErrInvalidType},
+		{"type with an empty part", func(e *events.Event) { e.Type = "subscription..updated" }, events.ErrInvalidType},
+		{"namespace with dots", func(e *events.Event) { e.Namespace = "a.b" }, events.ErrInvalidNamespace},
+		{"negative version", func(e *events.Event) { e.Version = -1 }, events.ErrInvalidVersion},
+		{"body not JSON", func(e *events.Event) { e.Data = []byte(`{"plan":`) }, events.ErrBodyNotJSON},
+		{"body over the limit", func(e *events.Event) {
+			e.Data = []byte(`"` + strings.Repeat("x", events.DefaultMaxBodyBytes) + `"`)
+		}, events.ErrBodyTooLarge},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := valid()
+			tc.mutate(&e)
+			_, err := pub.Publish(context.Background(), e)
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("got %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestPublishDeduplicatesByIDWithinANamespaceOnly(t *testing.T) {
+	js := jetStream(t)
+	pub, _ := events.NewPublisher(js)
+	ctx := context.Background()
+	first, err := pub.Publish(ctx, valid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := pub.Publish(ctx, valid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !again.Duplicate || again.Sequence != first.Sequence {
+		t.Fatalf("a second publish with the same id must be a duplicate of the first: %+v", again)
+	}
+	other := valid()
+	other.Namespace = "another-tenant"
+	ack, err := pub.Publish(ctx, other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ack.Duplicate {
+		t.Fatal("the same id in another namespace is another event")
+	}
+}
+
+func TestStreamEnforcesTheSizeLimitForRawPublishers(t *testing.T) {
+	js := jetStream(t)
+	big := make([]byte, events.DefaultMaxBodyBytes+events.HeaderAllowance+1)
+	_, err := js.Publish(context.Background(), events.Subject("shop", "a.b"), big)
+	if err == nil {
+		t.Fatal("the stream accepted a message over its size limit")
+	}
+}
+
+func TestParseMetaReadsWhatEncodeWrote(t *testing.T) {
+	e := valid()
+	_, h, err := e.Encode(events.DefaultMaxBodyBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := events.ParseMeta(events.Subject(e.Namespace, e.Type), func(k string) string { return h[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.ID != e.ID || m.Namespace != e.Namespace || m.Type != e.Type || m.Key != e.Key || m.Version != e.Version || m.Time.IsZero() {
+		t.Fatalf("round trip lost something: %+v", m)
+	}
+}
