@@ -6,6 +6,7 @@
 SHELL := /usr/bin/env bash -o pipefail
 .SHELLFLAGS := -ec
 
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 K8S_VERSION ?= 1.37.2
 ETCD_VERSION ?= 3.6.16
 BIN ?= $(CURDIR)/bin
@@ -70,7 +71,7 @@ build: $(HERALD) ## Build the herald binary (manager, dispatcher and CLI).
 
 .PHONY: $(HERALD)
 $(HERALD):
-	CGO_ENABLED=0 go build -trimpath -o $(HERALD) ./cmd/herald
+	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/herald-dev/herald/internal/dispatcher.Version=$(VERSION)" -o $(HERALD) ./cmd/herald
 
 $(NATS_SERVER): go.mod go.sum
 	CGO_ENABLED=0 go build -trimpath -o $(NATS_SERVER) github.com/nats-io/nats-server/v2

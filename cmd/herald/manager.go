@@ -12,7 +12,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
-	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
@@ -21,7 +20,6 @@ import (
 	"github.com/herald-dev/herald/internal/controller"
 	"github.com/herald-dev/herald/internal/dispatcher"
 	"github.com/herald-dev/herald/internal/streams"
-	"github.com/herald-dev/herald/internal/testenv"
 )
 
 func init() {
@@ -112,8 +110,12 @@ func runManager(ctx context.Context, args []string) error {
 			cacheOpts.DefaultNamespaces[ns] = cache.Config{}
 		}
 	}
+	scheme, err := newScheme()
+	if err != nil {
+		return fmt.Errorf("building scheme: %w", err)
+	}
 	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
-		Scheme:                        testenv.Scheme(),
+		Scheme:                        scheme,
 		Metrics:                       metricsOpts,
 		HealthProbeBindAddress:        f.probeAddr,
 		LeaderElection:                f.leaderElect,
@@ -124,11 +126,8 @@ func runManager(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("creating manager: %w", err)
 	}
-	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
-		return fmt.Errorf("adding health check: %w", err)
-	}
-	if err := mgr.AddReadyzCheck("nats", natsChecker(nc)); err != nil {
-		return fmt.Errorf("adding readiness check: %w", err)
+	if err := addChecks(mgr, nc); err != nil {
+		return err
 	}
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
 		return ensureStreamsEvery(ctx, log, js, limits, f.ensureInterval)

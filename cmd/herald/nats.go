@@ -8,6 +8,12 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+
+	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
 )
 
 // connectNATS connects with reconnects forever: the operator and the
@@ -42,4 +48,28 @@ func natsChecker(nc *nats.Conn) func(*http.Request) error {
 		}
 		return nil
 	}
+}
+
+// newScheme knows the core Kubernetes types and Herald's API.
+func newScheme() (*runtime.Scheme, error) {
+	s := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		return nil, err
+	}
+	if err := heraldv1.AddToScheme(s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// addChecks gives a manager its liveness check and a readiness check that
+// fails while NATS is unreachable.
+func addChecks(mgr manager.Manager, nc *nats.Conn) error {
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return fmt.Errorf("adding health check: %w", err)
+	}
+	if err := mgr.AddReadyzCheck("nats", natsChecker(nc)); err != nil {
+		return fmt.Errorf("adding readiness check: %w", err)
+	}
+	return nil
 }
