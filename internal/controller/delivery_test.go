@@ -1,9 +1,5 @@
-//go:build delivery
-
-// Deliveries through the real dispatcher. Behind the "delivery" build tag
-// while internal/dispatcher is being written:
-//
-//	KUBEBUILDER_ASSETS=... go test -tags delivery ./internal/controller/ -ginkgo.focus Delivery
+// Deliveries through the real dispatcher: the operator's status follows
+// what a real receiver answers.
 package controller
 
 import (
