@@ -30,6 +30,7 @@ type managerFlags struct {
 	natsURL, natsCreds         string
 	streamReplicas             int
 	maxBodyBytes               int
+	limits                     streams.Limits
 	dispatch                   string
 	dispatcherImage            string
 	dispatcherNATSURL          string
@@ -48,6 +49,12 @@ func runManager(ctx context.Context, args []string) error {
 	fs.StringVar(&f.natsCreds, "nats-creds", "", "NATS credentials file (optional)")
 	fs.IntVar(&f.streamReplicas, "stream-replicas", 1, "replicas of Herald's streams and buckets: 1 for one server, 3 for a production cluster")
 	fs.IntVar(&f.maxBodyBytes, "max-body-bytes", streams.DefaultLimits().MaxBodyBytes, "largest event envelope the events stream accepts")
+	d := streams.DefaultLimits()
+	fs.DurationVar(&f.limits.DuplicateWindow, "duplicate-window", d.DuplicateWindow, "how long a published event id is remembered, so a retried publish is stored once")
+	fs.DurationVar(&f.limits.EventsMaxAge, "events-max-age", d.EventsMaxAge, "how long events stay in the events stream")
+	fs.DurationVar(&f.limits.AttemptsMaxAge, "attempts-max-age", d.AttemptsMaxAge, "how long the delivery log keeps an attempt")
+	fs.DurationVar(&f.limits.DeadLetterMaxAge, "dead-letter-max-age", d.DeadLetterMaxAge, "how long a dead letter is kept for replay")
+	fs.DurationVar(&f.limits.VersionsMaxAge, "versions-max-age", d.VersionsMaxAge, "how long the newest delivered version of a key is remembered; must outlive replays")
 	fs.StringVar(&f.dispatch, "dispatch", string(controller.DispatchDeployment), "where deliveries run: deployment (one dispatcher Deployment per namespace) or in-process (inside this manager)")
 	fs.StringVar(&f.dispatcherImage, "dispatcher-image", "", "image of the per-namespace dispatcher (this binary); required with --dispatch=deployment")
 	fs.StringVar(&f.dispatcherNATSURL, "dispatcher-nats-url", "", "NATS URL the dispatcher pods use (default: --nats-url)")
@@ -86,7 +93,7 @@ func runManager(ctx context.Context, args []string) error {
 		return err
 	}
 	defer nc.Close()
-	limits := streams.DefaultLimits()
+	limits := f.limits
 	limits.Replicas = f.streamReplicas
 	limits.MaxBodyBytes = f.maxBodyBytes
 	// The reconcilers and the dispatcher need the streams and buckets, so
