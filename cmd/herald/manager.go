@@ -10,6 +10,7 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/nats-io/nats.go/jetstream"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -31,6 +32,8 @@ type managerFlags struct {
 	streamReplicas             int
 	maxBodyBytes               int
 	limits                     streams.Limits
+	dispatcherResources        corev1.ResourceRequirements
+	dispatcherImagePullPolicy  string
 	dispatch                   string
 	dispatcherImage            string
 	dispatcherNATSURL          string
@@ -57,6 +60,13 @@ func runManager(ctx context.Context, args []string) error {
 	fs.DurationVar(&f.limits.VersionsMaxAge, "versions-max-age", d.VersionsMaxAge, "how long the newest delivered version of a key is remembered; must outlive replays")
 	fs.StringVar(&f.dispatch, "dispatch", string(controller.DispatchDeployment), "where deliveries run: deployment (one dispatcher Deployment per namespace) or in-process (inside this manager)")
 	fs.StringVar(&f.dispatcherImage, "dispatcher-image", "", "image of the per-namespace dispatcher (this binary); required with --dispatch=deployment")
+	def := controller.DefaultDispatcherResources()
+	fs.Var(quantityFlag{def.Requests, corev1.ResourceCPU}, "dispatcher-cpu-request", "CPU request of each dispatcher pod")
+	fs.Var(quantityFlag{def.Requests, corev1.ResourceMemory}, "dispatcher-memory-request", "memory request of each dispatcher pod")
+	fs.Var(quantityFlag{def.Limits, corev1.ResourceCPU}, "dispatcher-cpu-limit", "CPU limit of each dispatcher pod")
+	fs.Var(quantityFlag{def.Limits, corev1.ResourceMemory}, "dispatcher-memory-limit", "memory limit of each dispatcher pod")
+	f.dispatcherResources = def
+	fs.StringVar(&f.dispatcherImagePullPolicy, "dispatcher-image-pull-policy", string(corev1.PullIfNotPresent), "image pull policy of the dispatcher pods")
 	fs.StringVar(&f.dispatcherNATSURL, "dispatcher-nats-url", "", "NATS URL the dispatcher pods use (default: --nats-url)")
 	fs.StringVar(&f.watchNamespaces, "watch-namespaces", "", "comma-separated namespaces to reconcile; empty means all")
 	fs.BoolVar(&f.leaderElect, "leader-elect", false, "elect a leader so only one replica reconciles and dispatches")
@@ -174,7 +184,8 @@ func setupControllers(ctx context.Context, mgr ctrl.Manager, js jetstream.JetStr
 	case controller.DispatchDeployment:
 		if err := (&controller.DispatcherDeploymentReconciler{
 			Client: mgr.GetClient(),
-			Config: controller.DispatcherConfig{Image: f.dispatcherImage, NATSURL: f.dispatcherNATSURL, ImagePullPolicy: corev1.PullIfNotPresent},
+			Config: controller.DispatcherConfig{Image: f.dispatcherImage, NATSURL: f.dispatcherNATSURL,
+				ImagePullPolicy: corev1.PullPolicy(f.dispatcherImagePullPolicy), Resources: &f.dispatcherResources},
 		}).SetupWithManager(mgr); err != nil {
 			return fmt.Errorf("setting up dispatcher deployment controller: %w", err)
 		}
@@ -239,4 +250,28 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// quantityFlag sets one resource of a ResourceList from a flag such as
+// --dispatcher-cpu-limit=2.
+type quantityFlag struct {
+	list corev1.ResourceList
+	name corev1.ResourceName
+}
+
+func (q quantityFlag) String() string {
+	if q.list == nil {
+		return ""
+	}
+	v := q.list[q.name]
+	return v.String()
+}
+
+func (q quantityFlag) Set(s string) error {
+	v, err := resource.ParseQuantity(s)
+	if err != nil {
+		return fmt.Errorf("%s: %w", q.name, err)
+	}
+	q.list[q.name] = v
+	return nil
 }

@@ -1,17 +1,24 @@
 package dispatcher_test
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 
 	"github.com/herald-dev/herald/internal/dispatcher"
+	"github.com/herald-dev/herald/internal/streams"
+	"github.com/herald-dev/herald/internal/testenv"
+	"github.com/herald-dev/herald/pkg/events"
 	"github.com/herald-dev/herald/pkg/signing"
 )
 
@@ -439,6 +446,55 @@ var _ = Describe("Dispatcher", func() {
 			for _, r := range rc.requests() {
 				Expect(r.Header.Get("webhook-id")).To(Equal(r.Envelope.ID))
 			}
+		})
+	})
+
+	Context("when NATS restarts", func() {
+		It("reconnects and keeps delivering from the stored stream", func() {
+			ctx, cancel := context.WithCancel(context.Background())
+			DeferCleanup(cancel)
+			dir := GinkgoT().TempDir()
+			srv, err := testenv.NATS(dir)
+			Expect(err).NotTo(HaveOccurred())
+			port := srv.Addr().(*net.TCPAddr).Port
+			DeferCleanup(func() { srv.Shutdown() })
+			conn, err := nats.Connect(srv.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+			Expect(err).NotTo(HaveOccurred())
+			DeferCleanup(conn.Close)
+			own, err := jetstream.New(conn)
+			Expect(err).NotTo(HaveOccurred())
+			Expect(streams.Ensure(ctx, own, streams.DefaultLimits())).To(Succeed())
+			spec := endpointSpec(nil)
+			cfg, err := streams.ConsumerConfig(ns, "crm", &spec)
+			Expect(err).NotTo(HaveOccurred())
+			_, err = own.CreateOrUpdateConsumer(ctx, events.StreamName, cfg)
+			Expect(err).NotTo(HaveOccurred())
+			rc := newReceiver(always(200))
+			d, err := dispatcher.New(ctx, own, dispatcher.WithLogger(testLogger()))
+			Expect(err).NotTo(HaveOccurred())
+			d.Upsert(endpoint(ns, "crm", rc.URL))
+			done := make(chan struct{})
+			go func() { defer close(done); _ = d.Run(ctx) }()
+			DeferCleanup(func() { cancel(); <-done })
+			ownPub, err := events.NewPublisher(own)
+			Expect(err).NotTo(HaveOccurred())
+			send := func(id string) func() error {
+				return func() error {
+					_, err := ownPub.Publish(ctx, events.Event{ID: id, Namespace: ns, Type: "a.b", Key: "k", Data: []byte(`{}`)})
+					return err
+				}
+			}
+
+			Eventually(send("evt_before_restart")).Should(Succeed())
+			Eventually(rc.ids).Should(ContainElement("evt_before_restart"))
+			srv.Shutdown()
+			srv.WaitForShutdown()
+			// Queued while NATS is down: published once it is back.
+			srv, err = testenv.NATSOn(dir, port)
+			Expect(err).NotTo(HaveOccurred())
+			Eventually(conn.IsConnected, 10*time.Second).Should(BeTrue())
+			Eventually(send("evt_after_restart"), 10*time.Second).Should(Succeed())
+			Eventually(rc.ids, 15*time.Second).Should(ContainElement("evt_after_restart"))
 		})
 	})
 })

@@ -51,10 +51,14 @@ func ControlPlane() (*envtest.Environment, error) {
 
 // NATS starts an in-process nats-server with JetStream on a random
 // loopback port, storing in dir.
-func NATS(dir string) (*natsserver.Server, error) {
+func NATS(dir string) (*natsserver.Server, error) { return NATSOn(dir, -1) }
+
+// NATSOn starts it on a given port: a restart is a new server on the old
+// port and directory.
+func NATSOn(dir string, port int) (*natsserver.Server, error) {
 	opts := &natsserver.Options{
 		Host:      "127.0.0.1",
-		Port:      -1,
+		Port:      port,
 		JetStream: true,
 		StoreDir:  dir,
 		NoLog:     true,
