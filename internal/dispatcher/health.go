@@ -73,6 +73,7 @@ type tracker struct {
 	mu      sync.Mutex
 	h       Health
 	retries []time.Time // scheduled retries, sorted
+	probe   bool        // a probe attempt is in flight
 	dirty   bool
 	kick    chan struct{}
 }
@@ -216,6 +217,46 @@ func (t *tracker) nextProbe(floor time.Duration) time.Time {
 		return t.h.LastFailure.Time.Add(floor)
 	}
 	return time.Now()
+}
+
+// takeTurn says whether an attempt may start now: always while the
+// endpoint is healthy; while it is probing, only one attempt at a time and
+// not before the earliest scheduled retry (floor after the last failure
+// when none is known).
+func (t *tracker) takeTurn(now time.Time, floor time.Duration) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.h.Probing {
+		return true
+	}
+	if t.probe {
+		return false
+	}
+	at := now
+	switch {
+	case len(t.retries) > 0:
+		at = t.retries[0]
+	case t.h.LastFailure != nil:
+		at = t.h.LastFailure.Time.Add(floor)
+	}
+	if now.Before(at) {
+		return false
+	}
+	t.probe = true
+	return true
+}
+
+// endTurn ends an attempt; a probe's end forgets the retries that were due
+// by now, so the next probe waits for the next scheduled one.
+func (t *tracker) endTurn(now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.probe {
+		return
+	}
+	t.probe = false
+	i, _ := slices.BinarySearchFunc(t.retries, now, time.Time.Compare)
+	t.retries = t.retries[i:]
 }
 
 // probed forgets the retries that were due by now: the probe took them.

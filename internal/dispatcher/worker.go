@@ -294,8 +294,8 @@ func (w *worker) shutdown() {
 	w.health.flush()
 }
 
-// waitForProbe waits until nothing is in flight and the earliest retry
-// is due.
+// waitForProbe waits until nothing is held and the earliest retry is
+// due; while events are held, they take the probe turns themselves.
 func (w *worker) waitForProbe(ctx context.Context) bool {
 	for {
 		w.mu.Lock()
@@ -317,6 +317,29 @@ func (w *worker) waitForProbe(ctx context.Context) bool {
 		}
 	}
 }
+
+// awaitTurn holds an event back while the endpoint is probing: events
+// already pulled wait in memory (kept alive) instead of hitting a failing
+// receiver, and only one of them at a time, at the earliest scheduled
+// retry, goes as the probe. It returns false when ctx ends.
+func (w *worker) awaitTurn(ctx context.Context, msg jetstream.Msg) bool {
+	keepAlive := time.Now()
+	for {
+		if w.health.takeTurn(time.Now(), w.ep.Load().Policy.Schedule[0]) {
+			return true
+		}
+		if time.Since(keepAlive) > w.fixed.Timeout/2 {
+			_ = msg.InProgress()
+			keepAlive = time.Now()
+		}
+		if !sleep(ctx, 50*time.Millisecond) {
+			return false
+		}
+	}
+}
+
+// endTurn ends an attempt started by awaitTurn.
+func (w *worker) endTurn() { w.health.endTurn(time.Now()) }
 
 // handle runs one event to its outcome for this attempt: delivered,
 // superseded, retrying or dead. Every path acks, naks or dead-letters it.
@@ -367,6 +390,11 @@ func (w *worker) handle(ctx context.Context, msg jetstream.Msg) {
 		}
 	}
 
+	if !w.awaitTurn(ctx, msg) {
+		_ = msg.Nak()
+		return
+	}
+	defer w.endTurn()
 	if err := w.limiter.Wait(ctx); err != nil {
 		_ = msg.Nak()
 		return
