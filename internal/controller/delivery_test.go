@@ -13,6 +13,7 @@ import (
 	. "github.com/onsi/gomega"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -25,8 +26,10 @@ var _ = Describe("Delivery through the dispatcher", Ordered, func() {
 	var status atomic.Int32
 	var received atomic.Int32
 	var srv *httptest.Server
+	var ns string
 
 	BeforeAll(func() {
+		ns = newNamespace("delivery")
 		status.Store(http.StatusOK)
 		srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			received.Add(1)
@@ -35,8 +38,13 @@ var _ = Describe("Delivery through the dispatcher", Ordered, func() {
 		DeferCleanup(srv.Close)
 
 		// A second manager runs the real dispatcher next to the suite's
-		// fake; controller names are per process, hence the skip.
+		// fake; controller names are per process, hence the skip. It sees
+		// only this spec's namespace, so it never delivers (or fails to
+		// deliver) other specs' endpoints, whatever order they run in.
+		mctx, stop := context.WithCancel(ctx)
+		DeferCleanup(stop)
 		mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+			Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{ns: {}}},
 			Scheme:                 testenv.Scheme(),
 			Metrics:                metricsserver.Options{BindAddress: "0"},
 			HealthProbeBindAddress: "0",
@@ -50,12 +58,11 @@ var _ = Describe("Delivery through the dispatcher", Ordered, func() {
 		Expect((&DispatchReconciler{Client: mgr.GetClient(), Dispatcher: d, WatchSecrets: true}).SetupWithManager(mgr)).To(Succeed())
 		go func() {
 			defer GinkgoRecover()
-			Expect(mgr.Start(ctx)).To(Succeed())
+			Expect(mgr.Start(mctx)).To(Succeed())
 		}()
 	})
 
 	It("delivers, then shows Failing on 500 and recovers", func() {
-		ns := newNamespace("delivery")
 		ep := newEndpoint(ns, "billing")
 		ep.Spec.URL = srv.URL + "/billing"
 		create(newSecret(ns, "billing-signing"), newPolicy(ns, "fast"))

@@ -71,8 +71,8 @@ func (w *worker) deadLetter(ctx context.Context, msg jetstream.Msg, a *Attempt) 
 		_ = msg.NakWithDelay(5 * time.Second)
 		return
 	}
-	_ = msg.Ack()
 	w.d.logAttempt(a)
+	_ = msg.Ack()
 	w.health.deadLettered()
 	metricOutcome(ep, OutcomeDead)
 }

@@ -376,14 +376,20 @@ func (w *worker) handle(ctx context.Context, msg jetstream.Msg) {
 			return
 		}
 		if last.seq == m.seq {
-			// Already delivered (we stopped before the ack): nothing to send.
+			// Delivered before a stop that came ahead of the ack (and maybe
+			// of its log entry): not sent again, and logged so the log
+			// says delivered whatever the stop lost.
+			a.Time, a.Outcome, a.Why = time.Now(), OutcomeDelivered, "delivered before a restart; not sent again"
+			w.d.logAttempt(a)
 			_ = msg.Ack()
 			return
 		}
 		if !m.newer(last) {
 			a.Time, a.Outcome, a.Why = time.Now(), OutcomeSuperseded, "a newer version of the key was delivered"
-			_ = msg.Ack()
+			// The log entry goes first: on one connection it reaches NATS
+			// before the ack, so an acked event always has its entry.
 			w.d.logAttempt(a)
+			_ = msg.Ack()
 			w.health.superseded()
 			metricOutcome(ep, OutcomeSuperseded)
 			return
@@ -429,9 +435,9 @@ func (w *worker) handle(ctx context.Context, msg jetstream.Msg) {
 				return
 			}
 		}
-		_ = msg.Ack()
 		a.Outcome = OutcomeDelivered
 		w.d.logAttempt(a)
+		_ = msg.Ack()
 		w.health.success(now)
 		metricOutcome(ep, OutcomeDelivered)
 		return
@@ -451,8 +457,8 @@ func (w *worker) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	next := now.Add(plan.delay)
 	a.Outcome, a.NextAttempt = OutcomeRetrying, &next
-	_ = msg.NakWithDelay(plan.delay)
 	w.d.logAttempt(a)
+	_ = msg.NakWithDelay(plan.delay)
 	w.health.failure(fail, &next)
 	metricOutcome(ep, OutcomeRetrying)
 }
