@@ -144,7 +144,7 @@ var _ = Describe("Dispatcher", func() {
 				ended := hist[i-1].Time
 				Expect(got[i].At.Sub(ended)).To(BeNumerically(">=", time.Duration(float64(delay)*0.8)-20*time.Millisecond),
 					"retry %d came too early", i)
-				Expect(got[i].At.Sub(ended)).To(BeNumerically("<=", time.Duration(float64(delay)*1.2)+time.Second),
+				Expect(got[i].At.Sub(ended)).To(BeNumerically("<=", time.Duration(float64(delay)*1.2)+2*time.Second),
 					"retry %d came too late", i)
 			}
 			Expect(status("evt_fail")(Default)).To(ConsistOf(HaveField("State", dispatcher.StateDead)))
