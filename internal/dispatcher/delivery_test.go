@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -258,17 +259,13 @@ var _ = Describe("Dispatcher", func() {
 
 	Context("ordering and versions", func() {
 		It("delivers the events of one key one at a time, in stream order", func() {
-			var inFlight, maxInFlight int32
-			var mu = make(chan struct{}, 1)
+			var inFlight, maxInFlight atomic.Int32
 			rc := newReceiver(func(int, request) (int, http.Header, time.Duration) {
-				mu <- struct{}{}
-				inFlight++
-				maxInFlight = max(maxInFlight, inFlight)
-				<-mu
-				time.Sleep(5 * time.Millisecond) // hold the request so overlap would show
-				mu <- struct{}{}
-				inFlight--
-				<-mu
+				n := inFlight.Add(1)
+				for m := maxInFlight.Load(); n > m && !maxInFlight.CompareAndSwap(m, n); m = maxInFlight.Load() {
+				}
+				time.Sleep(5 * time.Millisecond) // hold the request so an overlap would show
+				inFlight.Add(-1)
 				return 200, nil, 0
 			})
 			startDispatcher(endpoint(ns, "crm", rc.URL))
@@ -279,7 +276,7 @@ var _ = Describe("Dispatcher", func() {
 			for i, r := range rc.requests() {
 				Expect(r.Envelope.Version).To(BeEquivalentTo(i + 1))
 			}
-			Expect(maxInFlight).To(BeEquivalentTo(1))
+			Expect(maxInFlight.Load()).To(BeEquivalentTo(1))
 		})
 
 		It("ends on version 3 when version 3 is delivered before version 2, and records 2 as superseded", func() {

@@ -207,10 +207,14 @@ func (d *Dispatcher) Remove(namespace, name string) {
 
 func (d *Dispatcher) startLocked(ep Endpoint) {
 	w := newWorker(d, ep)
+	// The cancel exists before the goroutine does, so a stop that comes
+	// at once still reaches it.
+	ctx, cancel := context.WithCancel(d.ctx)
+	w.cancel = cancel
 	d.workers[ep.ID()] = w
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		w.run(d.ctx)
+		w.run(ctx)
 	}()
 }

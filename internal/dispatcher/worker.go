@@ -113,9 +113,7 @@ func (w *worker) reconfigure(ep Endpoint) bool {
 
 // stop ends the worker and waits for it to hand everything back.
 func (w *worker) stop() {
-	if w.cancel != nil {
-		w.cancel()
-	}
+	w.cancel()
 	<-w.done
 }
 
@@ -123,9 +121,7 @@ func (w *worker) stop() {
 // hands each to a key lane or straight to a request. While the endpoint
 // keeps failing it probes instead: one event at a time, at the earliest
 // scheduled retry, so new events wait in the stream.
-func (w *worker) run(parent context.Context) {
-	ctx, cancel := context.WithCancel(parent)
-	w.cancel = cancel
+func (w *worker) run(ctx context.Context) {
 	defer close(w.done)
 	defer w.shutdown()
 	go w.health.run(ctx)
