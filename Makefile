@@ -55,7 +55,7 @@ envtest: ## Build (once) and link kube-apiserver and etcd into bin/k8s/.
 
 .PHONY: test
 test: verify-generated vet envtest ## Run the unit and integration tests (real API server, real NATS).
-	KUBEBUILDER_ASSETS=$(BIN)/k8s/$(K8S_VERSION) go test ./... -count=1 -timeout 30m $(GINKGO_FLAGS) 2>&1 | tee $(BIN)/test.log | grep -Ev '^\s*$$' ; \
+	KUBEBUILDER_ASSETS=$(BIN)/k8s/$(K8S_VERSION) go test -race ./... -count=1 -timeout 30m $(GINKGO_FLAGS) 2>&1 | tee $(BIN)/test.log | grep -Ev '^\s*$$' ; \
 	status=$${PIPESTATUS[0]}; \
 	echo; echo "go test summary:"; grep -E '^(ok|FAIL|---|\?)' $(BIN)/test.log | grep -v 'no test files' || true; \
 	exit $$status
