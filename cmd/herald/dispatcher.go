@@ -24,8 +24,7 @@ func init() {
 func runDispatcher(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("herald dispatcher", flag.ContinueOnError)
 	namespace := fs.String("namespace", os.Getenv("POD_NAMESPACE"), "the namespace whose endpoints this dispatcher delivers")
-	natsURL := fs.String("nats-url", "nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
-	natsCreds := fs.String("nats-creds", "", "NATS credentials file (optional)")
+	conn := natsFlags(fs)
 	metricsAddr := fs.String("metrics-bind-address", ":8080", "metrics address (plain http, scraped inside the cluster), 0 to disable")
 	probeAddr := fs.String("health-probe-bind-address", ":8081", "health and readiness probe address")
 	resync := fs.Duration("resync-interval", controller.DefaultDispatchResync, "how often each endpoint's Secret is re-read (rotation latency)")
@@ -40,7 +39,7 @@ func runDispatcher(ctx context.Context, args []string) error {
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 	log := ctrl.Log.WithName("dispatcher").WithValues("namespace", *namespace)
 
-	nc, js, err := connectNATS(*natsURL, *natsCreds, "herald-dispatcher-"+*namespace)
+	nc, js, err := conn.connect("herald-dispatcher-" + *namespace)
 	if err != nil {
 		return err
 	}
@@ -94,6 +93,6 @@ func runDispatcher(ctx context.Context, args []string) error {
 	if err := (&controller.DispatchReconciler{Client: mgr.GetClient(), Dispatcher: d, WatchSecrets: false, Resync: *resync}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up dispatch controller: %w", err)
 	}
-	log.Info("starting dispatcher", "natsURL", *natsURL)
+	log.Info("starting dispatcher", "natsURL", conn.url)
 	return mgr.Start(ctx)
 }

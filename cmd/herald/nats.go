@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"net/http"
 	"time"
@@ -15,6 +16,21 @@ import (
 
 	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
 )
+
+// natsConn is where a subcommand finds NATS, from its --nats-url and
+// --nats-creds flags.
+type natsConn struct{ url, creds string }
+
+func natsFlags(fs *flag.FlagSet) *natsConn {
+	c := &natsConn{}
+	fs.StringVar(&c.url, "nats-url", envOr("NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated (env NATS_URL)")
+	fs.StringVar(&c.creds, "nats-creds", "", "NATS credentials file (optional)")
+	return c
+}
+
+func (c *natsConn) connect(name string) (*nats.Conn, jetstream.JetStream, error) {
+	return connectNATS(c.url, c.creds, name)
+}
 
 // connectNATS connects with reconnects forever: the operator and the
 // dispatcher outlive NATS restarts, and start before NATS is up.

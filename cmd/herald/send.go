@@ -21,8 +21,7 @@ func init() {
 
 func runSend(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("herald send", flag.ContinueOnError)
-	natsURL := fs.String("nats-url", envOr("NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL")
-	natsCreds := fs.String("nats-creds", "", "NATS credentials file (optional)")
+	conn := natsFlags(fs)
 	ns := fs.String("namespace", "default", "namespace whose endpoints receive the event")
 	typ := fs.String("type", "", "event type, such as subscription.updated (required)")
 	id := fs.String("id", "", "event id; a publish retried with the same id is delivered once (default: a new random id)")
@@ -48,7 +47,7 @@ func runSend(ctx context.Context, args []string) error {
 	if *id == "" {
 		*id = newEventID()
 	}
-	nc, js, err := connectNATS(*natsURL, *natsCreds, "herald-send")
+	nc, js, err := conn.connect("herald-send")
 	if err != nil {
 		return err
 	}

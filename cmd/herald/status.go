@@ -18,8 +18,7 @@ func init() {
 
 func runStatus(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("herald status", flag.ContinueOnError)
-	natsURL := fs.String("nats-url", envOr("NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL")
-	natsCreds := fs.String("nats-creds", "", "NATS credentials file (optional)")
+	conn := natsFlags(fs)
 	ns := fs.String("namespace", "", "the event's namespace; with --type, endpoints that have not tried it yet show as queued")
 	typ := fs.String("type", "", "the event's type (see --namespace)")
 	fs.Usage = func() {
@@ -33,7 +32,7 @@ func runStatus(ctx context.Context, args []string) error {
 		fs.Usage()
 		return errors.New("one event id is required")
 	}
-	nc, js, err := connectNATS(*natsURL, *natsCreds, "herald-status")
+	nc, js, err := conn.connect("herald-status")
 	if err != nil {
 		return err
 	}

@@ -53,8 +53,8 @@ func TestPlanRetry(t *testing.T) {
 	now := time.Date(2026, 11, 28, 10, 3, 0, 0, time.UTC)
 	p := DefaultPolicy()
 	mid := func() float64 { return 0.5 } // no jitter
-	hi := func() float64 { return 1 }   // +jitter
-	lo := func() float64 { return 0 }   // -jitter
+	hi := func() float64 { return 1 }    // +jitter
+	lo := func() float64 { return 0 }    // -jitter
 	for i, want := range []time.Duration{10 * time.Second, 30 * time.Second, 2 * time.Minute, 10 * time.Minute, time.Hour, time.Hour} {
 		if got := planRetry(&p, i+1, now, now, 0, false, mid); got.dead || got.delay != want {
 			t.Errorf("attempt %d: got %+v, want %s", i+1, got, want)

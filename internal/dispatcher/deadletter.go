@@ -39,7 +39,7 @@ const HeaderDeadReason = "Herald-Dead-Reason"
 // event is left to redeliver: nothing is dropped.
 func (w *worker) deadLetter(ctx context.Context, msg jetstream.Msg, a *Attempt) {
 	ep := w.ep.Load()
-	hist, err := History(ctx, w.d.js, ep.Namespace, ep.Name, a.EventID)
+	hist, err := readAttempts(ctx, w.d.attempts, streams.AttemptSubject(ep.Namespace, ep.Name, a.EventID))
 	if err != nil {
 		w.log.Error(err, "reading attempt history for a dead letter; keeping what this attempt knows", "eventID", a.EventID)
 	}
@@ -74,5 +74,5 @@ func (w *worker) deadLetter(ctx context.Context, msg jetstream.Msg, a *Attempt) 
 	w.d.logAttempt(a)
 	_ = msg.Ack()
 	w.health.deadLettered()
-	metricOutcome(ep, OutcomeDead)
+	w.metrics.outcome(OutcomeDead)
 }

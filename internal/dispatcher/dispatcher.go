@@ -103,6 +103,7 @@ type Dispatcher struct {
 	opts     options
 	versions jetstream.KeyValue
 	health   jetstream.KeyValue
+	attempts jetstream.Stream // the delivery log, read back for dead letters
 
 	mu sync.Mutex
 	// ctx is set by Run; workers live under it. Endpoints upserted before
@@ -137,7 +138,12 @@ func New(ctx context.Context, js jetstream.JetStream, opts ...Option) (*Dispatch
 	if err != nil {
 		return nil, fmt.Errorf("opening key-value bucket %s: %w", streams.HealthBucket, err)
 	}
-	return &Dispatcher{js: js, opts: o, versions: versions, health: health, workers: map[string]*worker{}, pending: map[string]Endpoint{}}, nil
+	attempts, err := js.Stream(ctx, streams.AttemptsStream)
+	if err != nil {
+		return nil, fmt.Errorf("opening stream %s: %w", streams.AttemptsStream, err)
+	}
+	return &Dispatcher{js: js, opts: o, versions: versions, health: health, attempts: attempts,
+		workers: map[string]*worker{}, pending: map[string]Endpoint{}}, nil
 }
 
 // Run starts the workers of every upserted endpoint and blocks until ctx

@@ -204,42 +204,41 @@ func (t *tracker) probing() bool {
 	return t.h.Probing
 }
 
-// nextProbe is when a probing endpoint should be tried next: the earliest
-// scheduled retry, or floor after the last failure when none is known
-// (after a restart, say).
+// nextProbe is when a probing endpoint should be tried next.
 func (t *tracker) nextProbe(floor time.Duration) time.Time {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if len(t.retries) > 0 {
+	return t.probeAtLocked(time.Now(), floor)
+}
+
+// probeAtLocked is the earliest scheduled retry, or floor after the last
+// failure when none is known (after a restart, say).
+func (t *tracker) probeAtLocked(now time.Time, floor time.Duration) time.Time {
+	switch {
+	case len(t.retries) > 0:
 		return t.retries[0]
-	}
-	if t.h.LastFailure != nil {
+	case t.h.LastFailure != nil:
 		return t.h.LastFailure.Time.Add(floor)
 	}
-	return time.Now()
+	return now
+}
+
+// pruneLocked forgets the retries that were due by now: a probe took them.
+func (t *tracker) pruneLocked(now time.Time) {
+	i, _ := slices.BinarySearchFunc(t.retries, now, time.Time.Compare)
+	t.retries = t.retries[i:]
 }
 
 // takeTurn says whether an attempt may start now: always while the
 // endpoint is healthy; while it is probing, only one attempt at a time and
-// not before the earliest scheduled retry (floor after the last failure
-// when none is known).
+// not before nextProbe.
 func (t *tracker) takeTurn(now time.Time, floor time.Duration) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if !t.h.Probing {
 		return true
 	}
-	if t.probe {
-		return false
-	}
-	at := now
-	switch {
-	case len(t.retries) > 0:
-		at = t.retries[0]
-	case t.h.LastFailure != nil:
-		at = t.h.LastFailure.Time.Add(floor)
-	}
-	if now.Before(at) {
+	if t.probe || now.Before(t.probeAtLocked(now, floor)) {
 		return false
 	}
 	t.probe = true
@@ -251,18 +250,15 @@ func (t *tracker) takeTurn(now time.Time, floor time.Duration) bool {
 func (t *tracker) endTurn(now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if !t.probe {
-		return
+	if t.probe {
+		t.probe = false
+		t.pruneLocked(now)
 	}
-	t.probe = false
-	i, _ := slices.BinarySearchFunc(t.retries, now, time.Time.Compare)
-	t.retries = t.retries[i:]
 }
 
-// probed forgets the retries that were due by now: the probe took them.
+// probed forgets the retries that were due by now, after a probe fetch.
 func (t *tracker) probed(now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	i, _ := slices.BinarySearchFunc(t.retries, now, time.Time.Compare)
-	t.retries = t.retries[i:]
+	t.pruneLocked(now)
 }

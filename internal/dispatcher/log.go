@@ -53,18 +53,18 @@ func (d *Dispatcher) logAttempt(a *Attempt) {
 // History reads every logged attempt to deliver one event to one endpoint,
 // oldest first.
 func History(ctx context.Context, js jetstream.JetStream, namespace, endpoint, eventID string) ([]Attempt, error) {
-	return readAttempts(ctx, js, streams.AttemptSubject(namespace, endpoint, eventID))
+	stream, err := js.Stream(ctx, streams.AttemptsStream)
+	if err != nil {
+		return nil, fmt.Errorf("opening delivery log: %w", err)
+	}
+	return readAttempts(ctx, stream, streams.AttemptSubject(namespace, endpoint, eventID))
 }
 
 // readAttempts reads the delivery-log entries on subject (which may hold
 // wildcards) with direct gets, oldest first. It creates no consumer, so a
 // burst of dead letters or status lookups leaves nothing behind in NATS.
 // One event has few attempts, so the walk is short.
-func readAttempts(ctx context.Context, js jetstream.JetStream, subject string) ([]Attempt, error) {
-	stream, err := js.Stream(ctx, streams.AttemptsStream)
-	if err != nil {
-		return nil, fmt.Errorf("opening delivery log: %w", err)
-	}
+func readAttempts(ctx context.Context, stream jetstream.Stream, subject string) ([]Attempt, error) {
 	var out []Attempt
 	for seq := uint64(1); ; {
 		m, err := stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))

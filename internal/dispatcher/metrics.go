@@ -1,8 +1,6 @@
 package dispatcher
 
 import (
-	"time"
-
 	"github.com/prometheus/client_golang/prometheus"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 )
@@ -27,14 +25,24 @@ func init() {
 	metrics.Registry.MustRegister(deliveries, attemptSeconds, inFlightGauge)
 }
 
-func metricOutcome(ep *Endpoint, outcome string) {
-	deliveries.WithLabelValues(ep.Namespace, ep.Name, outcome).Inc()
+// endpointMetrics are one endpoint's series, looked up once per worker
+// rather than by label on every delivery.
+type endpointMetrics struct {
+	outcomes map[string]prometheus.Counter
+	latency  prometheus.Observer
+	inFlight prometheus.Gauge
 }
 
-func observeLatency(ep *Endpoint, d time.Duration) {
-	attemptSeconds.WithLabelValues(ep.Namespace, ep.Name).Observe(d.Seconds())
+func newEndpointMetrics(namespace, endpoint string) endpointMetrics {
+	m := endpointMetrics{
+		outcomes: map[string]prometheus.Counter{},
+		latency:  attemptSeconds.WithLabelValues(namespace, endpoint),
+		inFlight: inFlightGauge.WithLabelValues(namespace, endpoint),
+	}
+	for _, o := range []string{OutcomeDelivered, OutcomeRetrying, OutcomeDead, OutcomeSuperseded} {
+		m.outcomes[o] = deliveries.WithLabelValues(namespace, endpoint, o)
+	}
+	return m
 }
 
-func inFlight(ep *Endpoint, delta float64) {
-	inFlightGauge.WithLabelValues(ep.Namespace, ep.Name).Add(delta)
-}
+func (m endpointMetrics) outcome(o string) { m.outcomes[o].Inc() }

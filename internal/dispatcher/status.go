@@ -36,7 +36,11 @@ const (
 // the endpoints whose consumers match the event but have not tried it yet,
 // as queued.
 func EventStatus(ctx context.Context, js jetstream.JetStream, eventID, namespace, eventType string) ([]EventState, error) {
-	all, err := readAttempts(ctx, js, streams.AttemptsPrefix+".*.*."+eventID)
+	log, err := js.Stream(ctx, streams.AttemptsStream)
+	if err != nil {
+		return nil, fmt.Errorf("opening delivery log: %w", err)
+	}
+	all, err := readAttempts(ctx, log, streams.AttemptsPrefix+".*.*."+eventID)
 	if err != nil {
 		return nil, err
 	}

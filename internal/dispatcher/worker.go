@@ -48,10 +48,12 @@ type worker struct {
 	slots chan struct{} // one per concurrent request
 	held  chan struct{} // one per event held in memory
 
+	metrics endpointMetrics
+
 	mu    sync.Mutex
-	lanes map[string][]jetstream.Msg // key -> events waiting behind the one in flight
-	inUse map[uint64]bool            // stream sequences held, to drop a redelivered copy
-	wg    sync.WaitGroup             // event goroutines
+	lanes map[string][]event // key -> events waiting behind the one in flight
+	inUse map[uint64]bool    // stream sequences held, to drop a redelivered copy
+	wg    sync.WaitGroup     // event goroutines
 }
 
 func newWorker(d *Dispatcher, ep Endpoint) *worker {
@@ -63,13 +65,14 @@ func newWorker(d *Dispatcher, ep Endpoint) *worker {
 		done:  make(chan struct{}),
 		slots: make(chan struct{}, ep.MaxInFlight),
 		held:  make(chan struct{}, ep.MaxInFlight*heldPerSlot),
-		lanes: map[string][]jetstream.Msg{},
+		lanes: map[string][]event{},
 		inUse: map[uint64]bool{},
 	}
 	w.ep.Store(&ep)
 	w.limiter = rate.NewLimiter(rate.Inf, 0)
 	w.setRate(ep)
 	w.health = newTracker(d, ep.Namespace, ep.Name)
+	w.metrics = newEndpointMetrics(ep.Namespace, ep.Name)
 	tr := &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
 		DialContext:           (&net.Dialer{Timeout: ep.Timeout, KeepAlive: 30 * time.Second}).DialContext,
@@ -188,6 +191,12 @@ func (w *worker) fetch(ctx context.Context, cons jetstream.Consumer, n int) {
 	}
 }
 
+// event is a pulled message with its metadata, parsed once.
+type event struct {
+	msg jetstream.Msg
+	md  *jetstream.MsgMetadata
+}
+
 // accept takes one fetched event (holding one held slot) and runs it, or
 // queues it behind the event of the same key that is in flight.
 func (w *worker) accept(ctx context.Context, msg jetstream.Msg) {
@@ -210,9 +219,10 @@ func (w *worker) accept(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	w.inUse[md.Sequence.Stream] = true
+	e := event{msg: msg, md: md}
 	if key != "" {
 		if q, busy := w.lanes[key]; busy {
-			w.lanes[key] = append(q, msg)
+			w.lanes[key] = append(q, e)
 			w.mu.Unlock()
 			return
 		}
@@ -220,22 +230,21 @@ func (w *worker) accept(ctx context.Context, msg jetstream.Msg) {
 	}
 	w.mu.Unlock()
 	w.wg.Add(1)
-	go w.lane(ctx, key, msg)
+	go w.lane(ctx, key, e)
 }
 
 // lane delivers msg and then, for a key, every event that queued behind
 // it, one at a time in stream order.
-func (w *worker) lane(ctx context.Context, key string, msg jetstream.Msg) {
+func (w *worker) lane(ctx context.Context, key string, e event) {
 	defer w.wg.Done()
-	for msg != nil {
-		w.handle(ctx, msg)
-		md, _ := msg.Metadata()
+	for more := true; more; {
+		w.handle(ctx, e)
 		w.mu.Lock()
-		delete(w.inUse, md.Sequence.Stream)
-		msg = nil
+		delete(w.inUse, e.md.Sequence.Stream)
+		more = false
 		if key != "" {
 			if q := w.lanes[key]; len(q) > 0 && ctx.Err() == nil {
-				msg, w.lanes[key] = q[0], q[1:]
+				e, w.lanes[key], more = q[0], q[1:], true
 			} else if ctx.Err() == nil {
 				delete(w.lanes, key)
 			}
@@ -258,13 +267,13 @@ func (w *worker) keepAlive(ctx context.Context) {
 		case <-t.C:
 		}
 		w.mu.Lock()
-		var waiting []jetstream.Msg
+		var waiting []event
 		for _, q := range w.lanes {
 			waiting = append(waiting, q...)
 		}
 		w.mu.Unlock()
-		for _, m := range waiting {
-			_ = m.InProgress()
+		for _, e := range waiting {
+			_ = e.msg.InProgress()
 		}
 	}
 }
@@ -281,8 +290,8 @@ func (w *worker) shutdown() {
 	}
 	w.mu.Lock()
 	for key, q := range w.lanes {
-		for _, m := range q {
-			_ = m.Nak()
+		for _, e := range q {
+			_ = e.msg.Nak()
 		}
 		delete(w.lanes, key)
 	}
@@ -339,12 +348,9 @@ func (w *worker) endTurn() { w.health.endTurn(time.Now()) }
 
 // handle runs one event to its outcome for this attempt: delivered,
 // superseded, retrying or dead. Every path acks, naks or dead-letters it.
-func (w *worker) handle(ctx context.Context, msg jetstream.Msg) {
+func (w *worker) handle(ctx context.Context, e event) {
 	ep := w.ep.Load()
-	md, err := msg.Metadata()
-	if err != nil {
-		return
-	}
+	msg, md := e.msg, e.md
 	ev, err := events.ParseMeta(msg.Subject(), msg.Headers().Get)
 	if ev.Time.IsZero() {
 		ev.Time = md.Timestamp
@@ -387,7 +393,7 @@ func (w *worker) handle(ctx context.Context, msg jetstream.Msg) {
 			w.d.logAttempt(a)
 			_ = msg.Ack()
 			w.health.superseded()
-			metricOutcome(ep, OutcomeSuperseded)
+			w.metrics.outcome(OutcomeSuperseded)
 			return
 		}
 	}
@@ -414,7 +420,7 @@ func (w *worker) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	now := time.Now()
 	a.Time, a.StatusCode, a.LatencyMS, a.Response = now, status, float64(latency.Microseconds())/1000, respBody
-	observeLatency(ep, latency)
+	w.metrics.latency.Observe(latency.Seconds())
 	v := classify(&ep.Policy, status, herr)
 	if herr != nil {
 		a.Error = errorMessage(herr)
@@ -435,7 +441,7 @@ func (w *worker) handle(ctx context.Context, msg jetstream.Msg) {
 		w.d.logAttempt(a)
 		_ = msg.Ack()
 		w.health.success(now)
-		metricOutcome(ep, OutcomeDelivered)
+		w.metrics.outcome(OutcomeDelivered)
 		return
 	}
 
@@ -456,7 +462,7 @@ func (w *worker) handle(ctx context.Context, msg jetstream.Msg) {
 	w.d.logAttempt(a)
 	_ = msg.NakWithDelay(plan.delay)
 	w.health.failure(fail, &next)
-	metricOutcome(ep, OutcomeRetrying)
+	w.metrics.outcome(OutcomeRetrying)
 }
 
 // send makes one signed POST. The signature's timestamp is the attempt's,
@@ -473,11 +479,11 @@ func (w *worker) send(ctx context.Context, ep *Endpoint, id string, body []byte)
 	req.Header.Set("User-Agent", w.d.opts.userAgent)
 	start := time.Now()
 	signing.SetHeaders(req.Header, ep.Keys, id, start, body)
-	inFlight(ep, 1)
+	w.metrics.inFlight.Inc()
 	w.health.inFlight.Add(1)
 	resp, err := w.client.Do(req)
 	w.health.inFlight.Add(-1)
-	inFlight(ep, -1)
+	w.metrics.inFlight.Dec()
 	if err != nil {
 		return 0, "", nil, time.Since(start), err
 	}
