@@ -17,6 +17,7 @@ import (
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/herald-dev/herald/api/v1alpha1"
@@ -192,4 +193,18 @@ func deleteAndWaitGone(o client.Object) {
 	Eventually(func() bool {
 		return apierrors.IsNotFound(k8sClient.Get(ctx, client.ObjectKeyFromObject(o), o))
 	}, eventually, poll).Should(BeTrue())
+}
+
+// updateEndpoint changes an endpoint, retrying on the conflicts that the
+// controller's own writes (finalizer, status) cause.
+func updateEndpoint(ns, name string, mutate func(*v1.WebhookEndpoint)) {
+	GinkgoHelper()
+	Expect(retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		ep := &v1.WebhookEndpoint{}
+		if err := k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, ep); err != nil {
+			return err
+		}
+		mutate(ep)
+		return k8sClient.Update(ctx, ep)
+	})).To(Succeed())
 }

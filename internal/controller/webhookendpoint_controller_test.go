@@ -38,9 +38,10 @@ var _ = Describe("WebhookEndpoint controller", func() {
 			Expect(info.Config.AckPolicy).To(Equal(jetstream.AckExplicitPolicy))
 
 			By("updating the consumer when the spec changes")
-			ep.Spec.EventTypes = []string{"invoice.paid", "subscription.*"}
-			ep.Spec.MaxInFlight = 4
-			Expect(k8sClient.Update(ctx, ep)).To(Succeed())
+			updateEndpoint(ns, "billing", func(ep *v1.WebhookEndpoint) {
+				ep.Spec.EventTypes = []string{"invoice.paid", "subscription.*"}
+				ep.Spec.MaxInFlight = 4
+			})
 			Eventually(func(g Gomega) {
 				info, err := consumerInfo(ns, "billing")
 				g.Expect(err).NotTo(HaveOccurred())
@@ -191,9 +192,7 @@ var _ = Describe("WebhookEndpoint controller", func() {
 			Eventually(func(g Gomega) int64 { return getEndpoint(g, ns, "crm").Status.Backlog }, eventually, poll).Should(BeEquivalentTo(2))
 
 			By("resuming")
-			ep := getEndpoint(Default, ns, "crm")
-			ep.Spec.Suspend = false
-			Expect(k8sClient.Update(ctx, ep)).To(Succeed())
+			updateEndpoint(ns, "crm", func(ep *v1.WebhookEndpoint) { ep.Spec.Suspend = false })
 			expectConditions(ns, "crm", readyAndDelivering)
 			Eventually(func(g Gomega) {
 				ep, ok := fake.get(ns, "crm")
@@ -233,9 +232,7 @@ var _ = Describe("RetryPolicy controller", func() {
 		Eventually(count, eventually, poll).Should(BeEquivalentTo(2))
 
 		By("dropping an endpoint that switches to the default policy")
-		b := getEndpoint(Default, ns, "b")
-		b.Spec.RetryPolicyRef = nil
-		Expect(k8sClient.Update(ctx, b)).To(Succeed())
+		updateEndpoint(ns, "b", func(ep *v1.WebhookEndpoint) { ep.Spec.RetryPolicyRef = nil })
 		Eventually(count, eventually, poll).Should(BeEquivalentTo(1))
 		deleteAndWaitGone(getEndpoint(Default, ns, "a"))
 		Eventually(count, eventually, poll).Should(BeEquivalentTo(0))
