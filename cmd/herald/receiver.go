@@ -28,6 +28,19 @@ type behaviour struct {
 	Delay  time.Duration `json:"delay"`
 }
 
+// arrival is one request as the receiver saw it.
+type arrival struct {
+	Path    string    `json:"path"`
+	ID      string    `json:"id"`
+	Key     string    `json:"key,omitempty"`
+	Version int64     `json:"version,omitempty"`
+	Status  int       `json:"status"` // what the receiver answered
+	Time    time.Time `json:"time"`   // when the request arrived
+}
+
+// maxArrivals bounds the arrivals kept in memory.
+const maxArrivals = 1_000_000
+
 func runReceiver(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("herald receiver", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:8090", "address to listen on")
@@ -41,6 +54,7 @@ func runReceiver(ctx context.Context, args []string) error {
 		mu    sync.Mutex
 		paths = map[string]behaviour{}
 		seen  = map[string]int{}
+		order []arrival
 	)
 	mux := http.NewServeMux()
 	// PUT /_herald/behaviour?path=/crm&status=500&delay=2s changes how one
@@ -75,6 +89,20 @@ func runReceiver(ctx context.Context, args []string) error {
 		defer mu.Unlock()
 		_ = json.NewEncoder(w).Encode(seen)
 	})
+	// GET /_herald/arrivals?path=/crm lists what arrived on one path (every
+	// path without it) in arrival order, so specs can check per-key order.
+	mux.HandleFunc("GET /_herald/arrivals", func(w http.ResponseWriter, r *http.Request) {
+		path := r.URL.Query().Get("path")
+		mu.Lock()
+		defer mu.Unlock()
+		out := []arrival{}
+		for _, a := range order {
+			if path == "" || a.Path == path {
+				out = append(out, a)
+			}
+		}
+		_ = json.NewEncoder(w).Encode(out)
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 		if err != nil {
@@ -104,6 +132,9 @@ func runReceiver(ctx context.Context, args []string) error {
 			b = behaviour{Status: *status, Delay: *delay}
 		}
 		seen[r.URL.Path+" "+env.ID]++
+		if len(order) < maxArrivals {
+			order = append(order, arrival{Path: r.URL.Path, ID: env.ID, Key: env.Key, Version: env.Version, Status: b.Status, Time: time.Now()})
+		}
 		mu.Unlock()
 		log.Printf("%s <- %s %s key=%s version=%d (%s) answering %d after %s", r.URL.Path, env.ID, env.Type, env.Key, env.Version, verdict, b.Status, b.Delay)
 		if b.Delay > 0 {
