@@ -34,7 +34,7 @@ if [[ ! -x "${cache}/kube-apiserver" || ! -x "${cache}/etcd" ]]; then
 		minor="${K8S_VERSION#*.}"; minor="${minor%%.*}"
 		ldflags="-s -w -X ${pkg}.gitVersion=v${K8S_VERSION} -X ${pkg}.gitMajor=1 -X ${pkg}.gitMinor=${minor}"
 		(cd "${here}/k8s/etcd" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "${tmp}/etcd" .)
-		(cd "${here}/k8s/apiserver" && CGO_ENABLED=0 go build -trimpath -ldflags "${ldflags}" -o "${tmp}/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver)
+		(cd "${here}/k8s/kubernetes" && CGO_ENABLED=0 go build -trimpath -ldflags "${ldflags}" -o "${tmp}/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver)
 	fi
 	rm -rf "${cache}" && mv "${tmp}" "${cache}"
 	trap - EXIT
