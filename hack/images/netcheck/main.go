@@ -1,0 +1,86 @@
+// Command netcheck is the e2e cluster's network probe: the images built
+// for it have no shell, curl or nslookup, so a pod that must check a
+// Service or the cluster DNS runs this instead.
+//
+//	netcheck get URL       GET the URL, print status and body, exit 1 unless 2xx
+//	netcheck resolve NAME  look NAME up with the pod's resolver, print the addresses
+//
+// Both retry for -timeout (default 30s), since a fresh Service or DNS
+// record takes a moment to be programmed.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"time"
+)
+
+func main() {
+	timeout := flag.Duration("timeout", 30*time.Second, "give up after this long")
+	flag.Usage = func() {
+		fmt.Fprintln(os.Stderr, "usage: netcheck [-timeout 30s] get URL | resolve NAME")
+	}
+	flag.Parse()
+	if flag.NArg() != 2 {
+		flag.Usage()
+		os.Exit(2)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	var check func(context.Context) error
+	switch cmd, arg := flag.Arg(0), flag.Arg(1); cmd {
+	case "get":
+		check = func(ctx context.Context) error { return get(ctx, arg) }
+	case "resolve":
+		check = func(ctx context.Context) error { return resolve(ctx, arg) }
+	default:
+		flag.Usage()
+		os.Exit(2)
+	}
+	for {
+		try, done := context.WithTimeout(ctx, 5*time.Second)
+		err := check(try)
+		done()
+		if err == nil {
+			return
+		}
+		fmt.Fprintln(os.Stderr, "netcheck:", err)
+		select {
+		case <-ctx.Done():
+			os.Exit(1)
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func get(ctx context.Context, url string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	fmt.Printf("GET %s: %s\n%s\n", url, resp.Status, body)
+	return nil
+}
+
+func resolve(ctx context.Context, name string) error {
+	addrs, err := net.DefaultResolver.LookupHost(ctx, name)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%s: %v\n", name, addrs)
+	return nil
+}
