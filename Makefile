@@ -64,6 +64,30 @@ test: verify-generated vet envtest ## Run the unit and integration tests (real A
 bench: ## Run the delivery benchmark (deliveries/s and latency vs a raw HTTP client).
 	go test ./internal/dispatcher/ -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m
 
+##@ E2E cluster
+
+.PHONY: cluster-build
+cluster-build: ## Build (once, cached) the cluster's Kubernetes components, CoreDNS and images.
+	K8S_VERSION=$(K8S_VERSION) ETCD_VERSION=$(ETCD_VERSION) hack/control-plane.sh $(BIN) kube-apiserver etcd kube-controller-manager kube-scheduler kubelet kube-proxy kubectl >/dev/null
+	$(MAKE) --no-print-directory build nats-server
+	BIN=$(BIN) hack/cluster/images.sh build
+
+.PHONY: cluster-up
+cluster-up: build nats-server ## Start the single-node e2e cluster (kubeconfig: bin/cluster/kubeconfig).
+	BIN=$(BIN) K8S_VERSION=$(K8S_VERSION) ETCD_VERSION=$(ETCD_VERSION) hack/cluster/up.sh
+
+.PHONY: cluster-down
+cluster-down: ## Stop the e2e cluster and restore the host.
+	BIN=$(BIN) hack/cluster/down.sh
+
+.PHONY: cluster-images
+cluster-images: build nats-server ## Rebuild bin/herald and the images, and import them into the running cluster.
+	BIN=$(BIN) hack/cluster/images.sh all
+
+.PHONY: cluster-check
+cluster-check: ## Check the running cluster: Service, DNS, port-forward and API access from pods.
+	BIN=$(BIN) hack/cluster/check.sh
+
 ##@ Build
 
 .PHONY: build

@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# Stops the e2e cluster and puts the host back as up.sh found it: the
+# processes it started (by recorded pid), the pods and their shims, the
+# mounts under bin/cluster, the kubepods cgroups, the bridges, the iptables
+# rules and chains that were not there before, the sysctls it or the
+# kubelet/kube-proxy/CNI changed, and the fixed paths that did not exist.
+# Safe to run twice, and after a failed or interrupted up.
+set -uo pipefail # not -e: every step runs, whatever failed before it
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+[[ ${EUID} -eq 0 ]] || die "the cluster needs root"
+t0=${SECONDS}
+problems=0
+warn() { log "warning: $*"; problems=$((problems + 1)); }
+
+# alive PID...: those of the pids that still run.
+alive() {
+	local p
+	for p in "$@"; do [[ -d /proc/${p} ]] && echo "${p}"; done
+}
+
+# stop_pids GRACE PID...: SIGTERM, up to GRACE seconds, then SIGKILL.
+stop_pids() {
+	local grace=$1 deadline left
+	shift
+	[[ $# -gt 0 ]] || return 0
+	kill -TERM "$@" 2>/dev/null
+	deadline=$((SECONDS + grace))
+	while left="$(alive "$@")" && [[ -n ${left} ]] && ((SECONDS < deadline)); do sleep 0.1; done
+	left="$(alive "$@")"
+	if [[ -n ${left} ]]; then
+		# shellcheck disable=SC2086
+		kill -KILL ${left} 2>/dev/null
+		deadline=$((SECONDS + 5))
+		while [[ -n "$(alive ${left})" ]] && ((SECONDS < deadline)); do sleep 0.1; done
+	fi
+}
+
+# --- 1. the components, newest first (the kubelet before containerd, so it
+# restarts nothing) ----------------------------------------------------------
+if [[ -d ${PIDS} ]]; then
+	pids=()
+	for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
+		p="$(pid_of "${COMPONENTS[i]}")" && pids+=("${p}")
+	done
+	stop_pids 5 "${pids[@]+"${pids[@]}"}"
+fi
+
+# --- 2. pods and shims ---------------------------------------------------
+# Pod processes are everything in the kubepods cgroups, when those are
+# ours; the shims are the ones that serve our containerd's socket. Their
+# state is thrown away, so SIGKILL is enough.
+pod_pids() {
+	local c
+	[[ -f ${HOST_DIR}/created-cgroups ]] || return 0
+	while read -r c; do
+		[[ -d ${c} ]] && find "${c}" -name cgroup.procs -exec cat {} + 2>/dev/null
+	done <"${HOST_DIR}/created-cgroups" | sort -u
+}
+shim_pids() {
+	local f p
+	for f in "${CONTAINERD_STATE}"/io.containerd.runtime.v2.task/*/*/shim.pid; do
+		[[ -f ${f} ]] && p="$(<"${f}")" && [[ -d /proc/${p} ]] && echo "${p}"
+	done
+	# A shim whose bundle is half-written has no shim.pid yet: find it by the
+	# socket it was started for, which is ours alone.
+	for f in /proc/[0-9]*/cmdline; do
+		p="${f#/proc/}"
+		p="${p%/cmdline}"
+		tr '\0' ' ' <"${f}" 2>/dev/null | grep -q -- "-address ${CONTAINERD_SOCK} " && echo "${p}"
+	done
+}
+for _ in $(seq 50); do
+	# shellcheck disable=SC2046
+	victims=($(pod_pids) $(shim_pids))
+	[[ ${#victims[@]} -gt 0 ]] || break
+	kill -KILL "${victims[@]}" 2>/dev/null
+	sleep 0.1
+done
+[[ -z "$(pod_pids)$(shim_pids)" ]] || warn "pod or shim processes remain: $(pod_pids) $(shim_pids)"
+
+# Shim sockets are in /run/containerd/s whatever containerd's state dir is.
+# Ours are the ones that are new since up and that nothing listens on now.
+if [[ -d /run/containerd/s ]]; then
+	listening="$(ss -xlH 2>/dev/null | awk '{print $5}')"
+	for s in /run/containerd/s/*; do
+		[[ -e ${s} ]] || continue
+		grep -qxF "${s##*/}" "${HOST_DIR}/shim-sockets" 2>/dev/null && continue
+		grep -qxF "${s}" <<<"${listening}" && continue
+		rm -f "${s}"
+	done
+fi
+
+# --- 3. mounts under the cluster dir (rootfs, shm, netns, kubelet volumes
+# and the kubelet's own bind mount), innermost first ------------------------
+for _ in 1 2 3 4 5; do
+	mapfile -t mounts < <(findmnt -rn -o TARGET | grep -F "${CLUSTER_DIR}/" | sort -ru)
+	[[ ${#mounts[@]} -gt 0 ]] || break
+	for m in "${mounts[@]}"; do
+		umount "${m}" 2>/dev/null || umount -l "${m}" 2>/dev/null
+	done
+done
+[[ -z "$(findmnt -rn -o TARGET | grep -F "${CLUSTER_DIR}/")" ]] || warn "mounts remain under ${CLUSTER_DIR}"
+
+# --- 4. cgroups the kubelet made -----------------------------------------
+if [[ -f ${HOST_DIR}/created-cgroups ]]; then
+	while read -r c; do
+		[[ -d ${c} ]] || continue
+		find "${c}" -depth -type d -exec rmdir {} + 2>/dev/null
+		[[ ! -d ${c} ]] || warn "cgroup ${c} remains"
+	done <"${HOST_DIR}/created-cgroups"
+fi
+
+# --- 5. network ----------------------------------------------------------
+# undo_iptables FAMILY BEFORE: remove what FAMILY-save shows now that
+# BEFORE (its output at up) did not have: new rules in old chains (by
+# their exact spec), then the new chains.
+undo_iptables() {
+	local cmd=$1 before=$2 now table line chain
+	now="$("${cmd}-save" 2>/dev/null)" || return 0
+	section() { awk -v t="*$1" '$0 == t {f = 1; next} /^COMMIT/ {f = 0} f'; }
+	for table in $(grep '^\*' <<<"${now}" | tr -d '*'); do
+		local now_t before_t new_chains
+		now_t="$(section "${table}" <<<"${now}")"
+		before_t="$(section "${table}" <"${before}")"
+		new_chains="$(comm -23 <(grep '^:' <<<"${now_t}" | cut -d' ' -f1 | cut -c2- | sort) \
+			<(grep '^:' <<<"${before_t}" | cut -d' ' -f1 | cut -c2- | sort))"
+		grep '^-A ' <<<"${now_t}" | grep -vxFf <(grep '^-A ' <<<"${before_t}") | tac |
+			while read -r line; do
+				chain="${line#-A }"
+				chain="${chain%% *}"
+				grep -qxF "${chain}" <<<"${new_chains}" && continue
+				# The saved rule is shell-quoted (comments); eval keeps the quoting.
+				eval "${cmd} -w -t ${table} -D ${line#-A }" || warn "${cmd} -t ${table}: could not delete: ${line}"
+			done
+		for chain in ${new_chains}; do "${cmd}" -w -t "${table}" -F "${chain}"; done
+		for chain in ${new_chains}; do "${cmd}" -w -t "${table}" -X "${chain}" || warn "${cmd} -t ${table}: chain ${chain} remains"; done
+		# iptables-nft made the table itself (e.g. mangle for HERALD-EGRESS):
+		# an empty table that was not there before goes too.
+		if ! grep -qxF "*${table}" "${before}" && command -v nft >/dev/null &&
+			[[ -z "$("${cmd}-save" -t "${table}" 2>/dev/null | grep '^-A ')" ]]; then
+			nft delete table "$([[ ${cmd} == ip6tables ]] && echo ip6 || echo ip)" "${table}" 2>/dev/null
+		fi
+	done
+}
+if [[ -f ${HOST_DIR}/iptables ]]; then
+	undo_iptables iptables "${HOST_DIR}/iptables"
+	undo_iptables ip6tables "${HOST_DIR}/ip6tables"
+else
+	# No record (up failed before making one): remove our own chain anyway.
+	iptables -w -t mangle -D FORWARD -i "${POD_BRIDGE}" -j HERALD-EGRESS 2>/dev/null
+	iptables -w -t mangle -F HERALD-EGRESS 2>/dev/null && iptables -w -t mangle -X HERALD-EGRESS 2>/dev/null
+fi
+
+for br in "${POD_BRIDGE}" "${NODE_BRIDGE}"; do
+	[[ -e /sys/class/net/${br} ]] || continue
+	# The host ends of pod veths vanish with the pods' network namespaces;
+	# any still attached are ours too.
+	for port in /sys/class/net/"${br}"/brif/*; do
+		[[ -e ${port} ]] && ip link del "${port##*/}" 2>/dev/null
+	done
+	ip link del "${br}" || warn "bridge ${br} remains"
+done
+# Connections tracked for the cluster's addresses would outlive it.
+for net in "${POD_CIDR}" "${SERVICE_CIDR}" "${NODE_CIDR}"; do
+	conntrack -D -s "${net}" >/dev/null 2>&1
+	conntrack -D -d "${net}" >/dev/null 2>&1
+done
+
+# --- 6. sysctls, back to what they were ----------------------------------
+if [[ -f ${HOST_DIR}/sysctls ]]; then
+	while IFS='=' read -r key value; do
+		[[ "$(sysctl -n "${key}" 2>/dev/null)" == "${value}" ]] && continue
+		sysctl -qw "${key}=${value}" || warn "could not restore ${key}=${value}"
+	done <"${HOST_DIR}/sysctls"
+fi
+
+# --- 7. fixed paths that did not exist before up ---------------------------
+if [[ -f ${HOST_DIR}/created-paths ]]; then
+	while read -r p; do
+		[[ -e ${p} ]] || continue
+		if [[ ${p} == /run/containerd ]]; then
+			# Shared with a host containerd started since: keep it unless only
+			# our (now removed) shim sockets were there.
+			rmdir "${p}/s" 2>/dev/null
+			rmdir "${p}" 2>/dev/null || warn "${p} is not empty: left alone"
+		else
+			rm -rf "${p}"
+		fi
+	done <"${HOST_DIR}/created-paths"
+fi
+# Where /var/lib/cni was there before, only our network's results go.
+rm -f /var/lib/cni/results/"${CNI_NETWORK}"-* 2>/dev/null
+
+# --- 8. the cluster's state ----------------------------------------------
+rm -rf "${STATE}" "${KUBECONFIG_ADMIN}" || warn "could not remove ${STATE}"
+
+if ((problems > 0)); then
+	log "cluster down in $((SECONDS - t0))s with ${problems} warning(s)"
+	exit 1
+fi
+log "cluster down in $((SECONDS - t0))s; host restored"
