@@ -13,10 +13,14 @@ t0=${SECONDS}
 problems=0
 warn() { log "warning: $*"; problems=$((problems + 1)); }
 
-# alive PID...: those of the pids that still run.
+# alive PID...: those of the pids that still run. A zombie counts as gone:
+# our components' parent is init, which may reap them only seconds later.
 alive() {
-	local p
-	for p in "$@"; do [[ -d /proc/${p} ]] && echo "${p}"; done
+	local p st
+	for p in "$@"; do
+		st="$(cut -d' ' -f3 "/proc/${p}/stat" 2>/dev/null)" || continue
+		[[ ${st} == Z ]] || echo "${p}"
+	done
 }
 
 # stop_pids GRACE PID...: SIGTERM, up to GRACE seconds, then SIGKILL.
@@ -43,7 +47,9 @@ if [[ -d ${PIDS} ]]; then
 	for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
 		p="$(pid_of "${COMPONENTS[i]}")" && pids+=("${p}")
 	done
-	stop_pids 5 "${pids[@]+"${pids[@]}"}"
+	# Their state is thrown away: a short grace is enough (the apiserver
+	# would otherwise drain for up to a minute).
+	stop_pids 3 "${pids[@]+"${pids[@]}"}"
 fi
 
 # --- 2. pods and shims ---------------------------------------------------
@@ -57,19 +63,22 @@ pod_pids() {
 		[[ -d ${c} ]] && find "${c}" -name cgroup.procs -exec cat {} + 2>/dev/null
 	done <"${HOST_DIR}/created-cgroups" | sort -u
 }
+# Shims are the processes started for our containerd's socket, which is
+# ours alone (containerd 1.6 keeps no pid file for them).
 shim_pids() {
 	local f p
-	for f in "${CONTAINERD_STATE}"/io.containerd.runtime.v2.task/*/*/shim.pid; do
-		[[ -f ${f} ]] && p="$(<"${f}")" && [[ -d /proc/${p} ]] && echo "${p}"
-	done
-	# A shim whose bundle is half-written has no shim.pid yet: find it by the
-	# socket it was started for, which is ours alone.
 	for f in /proc/[0-9]*/cmdline; do
 		p="${f#/proc/}"
 		p="${p%/cmdline}"
-		tr '\0' ' ' <"${f}" 2>/dev/null | grep -q -- "-address ${CONTAINERD_SOCK} " && echo "${p}"
+		[[ "$(tr '\0' ' ' <"${f}" 2>/dev/null)" == *" -address ${CONTAINERD_SOCK} "* ]] && echo "${p}"
 	done
 }
+# Their sockets are in /run/containerd/s whatever containerd's state dir
+# is; each task's bundle names its shim's.
+shim_sockets=()
+for f in "${CONTAINERD_STATE}"/io.containerd.runtime.v2.task/*/*/address; do
+	[[ -f ${f} ]] && a="$(<"${f}")" && [[ ${a} == unix:///run/containerd/s/* ]] && shim_sockets+=("${a#unix://}")
+done
 for _ in $(seq 50); do
 	# shellcheck disable=SC2046
 	victims=($(pod_pids) $(shim_pids))
@@ -79,17 +88,7 @@ for _ in $(seq 50); do
 done
 [[ -z "$(pod_pids)$(shim_pids)" ]] || warn "pod or shim processes remain: $(pod_pids) $(shim_pids)"
 
-# Shim sockets are in /run/containerd/s whatever containerd's state dir is.
-# Ours are the ones that are new since up and that nothing listens on now.
-if [[ -d /run/containerd/s ]]; then
-	listening="$(ss -xlH 2>/dev/null | awk '{print $5}')"
-	for s in /run/containerd/s/*; do
-		[[ -e ${s} ]] || continue
-		grep -qxF "${s##*/}" "${HOST_DIR}/shim-sockets" 2>/dev/null && continue
-		grep -qxF "${s}" <<<"${listening}" && continue
-		rm -f "${s}"
-	done
-fi
+rm -f "${shim_sockets[@]+"${shim_sockets[@]}"}"
 
 # --- 3. mounts under the cluster dir (rootfs, shm, netns, kubelet volumes
 # and the kubelet's own bind mount), innermost first ------------------------
@@ -135,12 +134,6 @@ undo_iptables() {
 			done
 		for chain in ${new_chains}; do "${cmd}" -w -t "${table}" -F "${chain}"; done
 		for chain in ${new_chains}; do "${cmd}" -w -t "${table}" -X "${chain}" || warn "${cmd} -t ${table}: chain ${chain} remains"; done
-		# iptables-nft made the table itself (e.g. mangle for HERALD-EGRESS):
-		# an empty table that was not there before goes too.
-		if ! grep -qxF "*${table}" "${before}" && command -v nft >/dev/null &&
-			[[ -z "$("${cmd}-save" -t "${table}" 2>/dev/null | grep '^-A ')" ]]; then
-			nft delete table "$([[ ${cmd} == ip6tables ]] && echo ip6 || echo ip)" "${table}" 2>/dev/null
-		fi
 	done
 }
 if [[ -f ${HOST_DIR}/iptables ]]; then
@@ -150,6 +143,20 @@ else
 	# No record (up failed before making one): remove our own chain anyway.
 	iptables -w -t mangle -D FORWARD -i "${POD_BRIDGE}" -j HERALD-EGRESS 2>/dev/null
 	iptables -w -t mangle -F HERALD-EGRESS 2>/dev/null && iptables -w -t mangle -X HERALD-EGRESS 2>/dev/null
+fi
+
+# iptables-nft also made the nf_tables tables and built-in chains it needed
+# (mangle for HERALD-EGRESS, nat and filter for kube-proxy): once empty,
+# those that were not there before go too.
+if command -v nft >/dev/null && [[ -f ${HOST_DIR}/nft-chains ]]; then
+	nft_chains | grep -vxFf "${HOST_DIR}/nft-chains" | while read -r fam tbl chain; do
+		iptables_table "${fam}" "${tbl}" && nft delete chain "${fam}" "${tbl}" "${chain}" 2>/dev/null
+	done
+	nft list tables 2>/dev/null | grep -vxFf "${HOST_DIR}/nft-tables" | while read -r _ fam tbl; do
+		iptables_table "${fam}" "${tbl}" || continue
+		# Never a table with chains left in it.
+		nft list table "${fam}" "${tbl}" | grep -q '^[[:space:]]*chain ' || nft delete table "${fam}" "${tbl}"
+	done
 fi
 
 for br in "${POD_BRIDGE}" "${NODE_BRIDGE}"; do
@@ -189,8 +196,12 @@ if [[ -f ${HOST_DIR}/created-paths ]]; then
 		fi
 	done <"${HOST_DIR}/created-paths"
 fi
-# Where /var/lib/cni was there before, only our network's results go.
-rm -f /var/lib/cni/results/"${CNI_NETWORK}"-* 2>/dev/null
+# Where /var/lib/cni was there before, only our sandboxes' results go.
+for r in /var/lib/cni/results/"${CNI_NETWORK}"-*-eth0; do
+	[[ -e ${r} ]] || continue
+	id="${r#/var/lib/cni/results/"${CNI_NETWORK}"-}"
+	rm -f "${r}" "/var/lib/cni/results/cni-loopback-${id%-eth0}-lo"
+done
 
 # --- 8. the cluster's state ----------------------------------------------
 rm -rf "${STATE}" "${KUBECONFIG_ADMIN}" || warn "could not remove ${STATE}"

@@ -36,6 +36,24 @@ build_coredns() {
 	ln -sfn "${dir}/coredns" "${tools}/coredns"
 }
 
+# pack -o OUT ARGS...: imagepack, unless OUT was packed from the same
+# arguments and file contents already (go and make rewrite binaries even
+# when nothing changed, so times say nothing). Packing is reproducible, so
+# skipping changes nothing but the time.
+pack() {
+	local out=$2 key a
+	key="$(
+		printf '%s\n' "$@"
+		for a in "$@"; do
+			[[ ${a} == *=/* && -f ${a%%=*} ]] && sha256sum "${a%%=*}" | cut -d' ' -f1
+		done
+		sha256sum "${tools}/imagepack" | cut -d' ' -f1
+	)"
+	[[ -f ${out} && -f ${out}.key && "$(<"${out}.key")" == "${key}" ]] && return 0
+	"${tools}/imagepack" "$@"
+	printf '%s\n' "${key}" >"${out}.key"
+}
+
 build() {
 	mkdir -p "${tools}"
 	[[ -x ${BIN}/herald ]] || die "${BIN}/herald is missing: run make build"
@@ -46,22 +64,22 @@ build() {
 	mv -f "${tools}/images" "${tools}/imagepack"
 	build_coredns
 
-	local pack="${tools}/imagepack" out="${IMAGES_DIR}"
-	"${pack}" -o "${out}/pause.tar" -t "${PAUSE_IMAGE}" -f "${tools}/pause=/pause" \
+	local out="${IMAGES_DIR}"
+	pack -o "${out}/pause.tar" -t "${PAUSE_IMAGE}" -f "${tools}/pause=/pause" \
 		-entrypoint /pause -user 65535:65535
-	"${pack}" -o "${out}/coredns.tar" -t "${COREDNS_IMAGE}" -f "$(readlink -f "${tools}/coredns")=/coredns" \
+	pack -o "${out}/coredns.tar" -t "${COREDNS_IMAGE}" -f "$(readlink -f "${tools}/coredns")=/coredns" \
 		-entrypoint /coredns -user 65532:65532
-	"${pack}" -o "${out}/netcheck.tar" -t "${NETCHECK_IMAGE}" -f "${tools}/netcheck=/netcheck" \
+	pack -o "${out}/netcheck.tar" -t "${NETCHECK_IMAGE}" -f "${tools}/netcheck=/netcheck" \
 		-entrypoint /netcheck -user 65532:65532
 	# Same shape as the Dockerfile's image on distroless static: /herald,
 	# nonroot, CA certificates for HTTPS endpoints.
 	local certs=()
 	[[ -f /etc/ssl/certs/ca-certificates.crt ]] && certs=(-f /etc/ssl/certs/ca-certificates.crt=/etc/ssl/certs/ca-certificates.crt:0644)
-	"${pack}" -o "${out}/herald.tar" -t "${HERALD_IMAGE}" -f "${BIN}/herald=/herald" "${certs[@]}" \
+	pack -o "${out}/herald.tar" -t "${HERALD_IMAGE}" -f "${BIN}/herald=/herald" "${certs[@]}" \
 		-entrypoint /herald -user 65532:65532
 	# JetStream's default store is under /tmp; /data is there for -sd /data
 	# without a volume.
-	"${pack}" -o "${out}/nats.tar" -t "${NATS_IMAGE}" -f "${BIN}/nats-server=/nats-server" \
+	pack -o "${out}/nats.tar" -t "${NATS_IMAGE}" -f "${BIN}/nats-server=/nats-server" \
 		-d /data:0755:65532:65532 -entrypoint /nats-server -user 65532:65532
 	log "images packed in ${out}"
 }

@@ -97,6 +97,16 @@ pid_of() {
 	echo "${pid}"
 }
 
+# nft_chains: "family table chain" for every nf_tables chain (up.sh
+# records them, down.sh removes the built-in ones iptables-nft added).
+nft_chains() {
+	nft list chains 2>/dev/null | awk '$1 == "table" {f = $2; t = $3} $1 == "chain" {print f, t, $2}'
+}
+# iptables_table FAMILY TABLE: whether iptables-nft manages that table.
+iptables_table() {
+	[[ $1 == ip || $1 == ip6 ]] && [[ $2 =~ ^(filter|nat|mangle|raw|security)$ ]]
+}
+
 # wait_for SECONDS WHAT CMD...: poll CMD until it succeeds.
 wait_for() {
 	local secs=$1 what=$2 deadline

@@ -53,6 +53,10 @@ for s in "${SYSCTLS[@]}"; do
 done
 iptables-save >"${HOST_DIR}/iptables"
 ip6tables-save >"${HOST_DIR}/ip6tables"
+if command -v nft >/dev/null; then
+	nft_chains >"${HOST_DIR}/nft-chains"
+	nft list tables >"${HOST_DIR}/nft-tables" 2>/dev/null
+fi
 for p in "${FIXED_PATHS[@]}"; do
 	[[ -e ${p} ]] || echo "${p}" >>"${HOST_DIR}/created-paths"
 done
@@ -94,12 +98,14 @@ log "pki"
 (
 	cd "${PKI}"
 	exec 2>>"${LOGS}/pki.log"
-	openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 30 -subj "/CN=herald-e2e-ca"
+	# ECDSA for the TLS keys (instant to generate); the ServiceAccount
+	# signing key is RSA, as the apiserver's default RS256 expects.
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.crt -days 30 -subj "/CN=herald-e2e-ca"
 	# issue NAME SUBJECT EXTENSIONS
 	issue() {
-		openssl req -newkey rsa:2048 -nodes -keyout "$1.key" -subj "$2" |
+		openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$1.key" -subj "$2" |
 			openssl x509 -req -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 -out "$1.crt" \
-				-extfile <(printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" "$3")
+				-extfile <(printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature" "$3")
 	}
 	issue apiserver "/CN=kube-apiserver" "extendedKeyUsage=serverAuth
 subjectAltName=IP:127.0.0.1,IP:${NODE_IP},IP:${API_SERVICE_IP},DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.${CLUSTER_DOMAIN}"
@@ -341,9 +347,16 @@ fail() {
 }
 
 log "containerd"
-start containerd containerd --config "${STATE}/containerd/config.toml"
+# Every image is imported; a pull means a spec names an image that is not.
+# Sending pulls to a closed local port makes them fail at once, with no DNS
+# lookup and no connection off the machine.
+start containerd env HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY= \
+	containerd --config "${STATE}/containerd/config.toml"
 wait_for 30 containerd ctr --address "${CONTAINERD_SOCK}" version || fail containerd
-"${REPO}/hack/cluster/images.sh" import
+# Imported while etcd and the apiserver start; waited for before the
+# kubelet, which must never find an image missing (it would try a pull).
+"${REPO}/hack/cluster/images.sh" import &
+import_pid=$!
 
 log "etcd"
 etcd_url="http://127.0.0.1:${ETCD_CLIENT_PORT}"
@@ -371,6 +384,8 @@ start kube-apiserver kube-apiserver \
 	--kubelet-preferred-address-types=InternalIP \
 	--allow-privileged=true --cert-dir="${PKI}/apiserver-generated" --profiling=false
 wait_for 60 kube-apiserver kubectl_admin get --raw /readyz || fail kube-apiserver
+
+wait "${import_pid}" || fail containerd
 
 log "kube-controller-manager, kube-scheduler"
 start kube-controller-manager kube-controller-manager \
