@@ -25,20 +25,21 @@ alive() {
 
 # stop_pids GRACE PID...: SIGTERM, up to GRACE seconds, then SIGKILL.
 stop_pids() {
-	local grace=$1 deadline left
+	local grace=$1 deadline
+	local -a left
 	shift
 	[[ $# -gt 0 ]] || return 0
 	kill -TERM "$@" 2>/dev/null
 	deadline=$((SECONDS + grace))
-	while left="$(alive "$@")" && [[ -n ${left} ]] && ((SECONDS < deadline)); do sleep 0.1; done
-	left="$(alive "$@")"
-	if [[ -n ${left} ]]; then
-		# shellcheck disable=SC2086
-		kill -KILL ${left} 2>/dev/null
-		deadline=$((SECONDS + 5))
-		while [[ -n "$(alive ${left})" ]] && ((SECONDS < deadline)); do sleep 0.1; done
-	fi
+	while [[ -n "$(alive "$@")" ]] && ((SECONDS < deadline)); do sleep 0.1; done
+	mapfile -t left < <(alive "$@")
+	[[ ${#left[@]} -gt 0 ]] || return 0
+	kill -KILL "${left[@]}" 2>/dev/null
+	deadline=$((SECONDS + 5))
+	while [[ -n "$(alive "${left[@]}")" ]] && ((SECONDS < deadline)); do sleep 0.1; done
 }
+
+killed=() # every pid this script ended, to wait for at the end
 
 # --- 1. the components, newest first (the kubelet before containerd, so it
 # restarts nothing) ----------------------------------------------------------
@@ -49,7 +50,8 @@ if [[ -d ${PIDS} ]]; then
 	done
 	# Their state is thrown away: a short grace is enough (the apiserver
 	# would otherwise drain for up to a minute).
-	stop_pids 3 "${pids[@]+"${pids[@]}"}"
+	stop_pids 2 "${pids[@]+"${pids[@]}"}"
+	killed+=("${pids[@]+"${pids[@]}"}")
 fi
 
 # --- 2. pods and shims ---------------------------------------------------
@@ -63,14 +65,15 @@ pod_pids() {
 		[[ -d ${c} ]] && find "${c}" -name cgroup.procs -exec cat {} + 2>/dev/null
 	done <"${HOST_DIR}/created-cgroups" | sort -u
 }
-# Shims are the processes started for our containerd's socket, which is
-# ours alone (containerd 1.6 keeps no pid file for them).
+# Shims are the processes started with our containerd's socket on their
+# command line, which is ours alone (containerd 1.6 keeps no pid file for
+# them).
 shim_pids() {
-	local f p
-	for f in /proc/[0-9]*/cmdline; do
-		p="${f#/proc/}"
-		p="${p%/cmdline}"
-		[[ "$(tr '\0' ' ' <"${f}" 2>/dev/null)" == *" -address ${CONTAINERD_SOCK} "* ]] && echo "${p}"
+	local f
+	# "[.]sock" so that the pattern does not match grep's own command line.
+	grep -lsa -- "${CONTAINERD_SOCK%.sock}[.]sock" /proc/[0-9]*/cmdline | while read -r f; do
+		f="${f#/proc/}"
+		echo "${f%/cmdline}"
 	done
 }
 # Their sockets are in /run/containerd/s whatever containerd's state dir
@@ -80,10 +83,10 @@ for f in "${CONTAINERD_STATE}"/io.containerd.runtime.v2.task/*/*/address; do
 	[[ -f ${f} ]] && a="$(<"${f}")" && [[ ${a} == unix:///run/containerd/s/* ]] && shim_sockets+=("${a#unix://}")
 done
 for _ in $(seq 50); do
-	# shellcheck disable=SC2046
-	victims=($(pod_pids) $(shim_pids))
+	mapfile -t victims < <(pod_pids; shim_pids)
 	[[ ${#victims[@]} -gt 0 ]] || break
 	kill -KILL "${victims[@]}" 2>/dev/null
+	killed+=("${victims[@]}")
 	sleep 0.1
 done
 [[ -z "$(pod_pids)$(shim_pids)" ]] || warn "pod or shim processes remain: $(pod_pids) $(shim_pids)"
@@ -99,7 +102,7 @@ for _ in 1 2 3 4 5; do
 		umount "${m}" 2>/dev/null || umount -l "${m}" 2>/dev/null
 	done
 done
-[[ -z "$(findmnt -rn -o TARGET | grep -F "${CLUSTER_DIR}/")" ]] || warn "mounts remain under ${CLUSTER_DIR}"
+! findmnt -rn -o TARGET | grep -qF "${CLUSTER_DIR}/" || warn "mounts remain under ${CLUSTER_DIR}"
 
 # --- 4. cgroups the kubelet made -----------------------------------------
 if [[ -f ${HOST_DIR}/created-cgroups ]]; then
@@ -113,28 +116,29 @@ fi
 # --- 5. network ----------------------------------------------------------
 # undo_iptables FAMILY BEFORE: remove what FAMILY-save shows now that
 # BEFORE (its output at up) did not have: new rules in old chains (by
-# their exact spec), then the new chains.
+# their exact spec), then the new chains. One FAMILY-restore --noflush
+# transaction: kube-proxy's dozens of chains one command each would take
+# seconds.
 undo_iptables() {
-	local cmd=$1 before=$2 now table line chain
+	local cmd=$1 before=$2 now table script="" now_t before_t new_chains chain
 	now="$("${cmd}-save" 2>/dev/null)" || return 0
 	section() { awk -v t="*$1" '$0 == t {f = 1; next} /^COMMIT/ {f = 0} f'; }
 	for table in $(grep '^\*' <<<"${now}" | tr -d '*'); do
-		local now_t before_t new_chains
 		now_t="$(section "${table}" <<<"${now}")"
 		before_t="$(section "${table}" <"${before}")"
 		new_chains="$(comm -23 <(grep '^:' <<<"${now_t}" | cut -d' ' -f1 | cut -c2- | sort) \
 			<(grep '^:' <<<"${before_t}" | cut -d' ' -f1 | cut -c2- | sort))"
-		grep '^-A ' <<<"${now_t}" | grep -vxFf <(grep '^-A ' <<<"${before_t}") | tac |
-			while read -r line; do
-				chain="${line#-A }"
-				chain="${chain%% *}"
-				grep -qxF "${chain}" <<<"${new_chains}" && continue
-				# The saved rule is shell-quoted (comments); eval keeps the quoting.
-				eval "${cmd} -w -t ${table} -D ${line#-A }" || warn "${cmd} -t ${table}: could not delete: ${line}"
-			done
-		for chain in ${new_chains}; do "${cmd}" -w -t "${table}" -F "${chain}"; done
-		for chain in ${new_chains}; do "${cmd}" -w -t "${table}" -X "${chain}" || warn "${cmd} -t ${table}: chain ${chain} remains"; done
+		script+="*${table}"$'\n'
+		# New rules in chains that were there before, last first; rules in
+		# new chains go with their chain.
+		script+="$(grep '^-A ' <<<"${now_t}" | grep -vxFf <(grep '^-A ' <<<"${before_t}") |
+			awk 'NR == FNR {if ($0 != "") nc[$0] = 1; next} !($2 in nc)' <(printf '%s\n' "${new_chains}") - |
+			tac | sed 's/^-A /-D /')"$'\n'
+		for chain in ${new_chains}; do script+="-F ${chain}"$'\n'; done
+		for chain in ${new_chains}; do script+="-X ${chain}"$'\n'; done
+		script+="COMMIT"$'\n'
 	done
+	"${cmd}-restore" -w --noflush <<<"${script}" || warn "${cmd}-restore could not undo all rules; what it was given: $(tr '\n' ';' <<<"${script}")"
 }
 if [[ -f ${HOST_DIR}/iptables ]]; then
 	undo_iptables iptables "${HOST_DIR}/iptables"
@@ -205,6 +209,14 @@ done
 
 # --- 8. the cluster's state ----------------------------------------------
 rm -rf "${STATE}" "${KUBECONFIG_ADMIN}" || warn "could not remove ${STATE}"
+
+# Whatever this script killed is dead already, but init reaps orphans at
+# its own pace: wait (briefly) until they are gone from the process table
+# too, so that nothing of the cluster shows in ps afterwards.
+deadline=$((SECONDS + 5))
+for p in "${killed[@]+"${killed[@]}"}"; do
+	while [[ -e /proc/${p} ]] && ((SECONDS < deadline)); do sleep 0.1; done
+done
 
 if ((problems > 0)); then
 	log "cluster down in $((SECONDS - t0))s with ${problems} warning(s)"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034 # settings used by the scripts that source this
 # Shared settings of the e2e cluster scripts (up.sh, down.sh, images.sh).
 # Sourced, not run. Everything the cluster writes is under ${CLUSTER_DIR};
 # what it must touch outside (fixed kubelet/containerd paths, sysctls,
