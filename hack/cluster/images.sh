@@ -94,7 +94,9 @@ import() {
 		# Unpacked into overlayfs now, so the first pod starts without delay.
 		ctr_k8s images import --snapshotter overlayfs "${t}" >/dev/null
 	done
-	log "imported: $(ctr_k8s images ls -q | grep -v '^sha256:' | sort | tr '\n' ' ')"
+	# Shown as pods name them: containerd adds the default registry host
+	# and library/ path.
+	log "imported: $(ctr_k8s images ls -q | grep -v '^sha256:' | sed -E 's#^[^/]+[.][^/]+/##; s#^library/##' | sort | tr '\n' ' ')"
 }
 
 case "${what}" in
