@@ -9,6 +9,7 @@ set -uo pipefail # not -e: every step runs, whatever failed before it
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 [[ ${EUID} -eq 0 ]] || die "the cluster needs root"
+lock
 t0=${SECONDS}
 problems=0
 warn() { log "warning: $*"; problems=$((problems + 1)); }

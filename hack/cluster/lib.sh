@@ -81,6 +81,16 @@ SYSCTLS=(
 
 export PATH="${CBIN}:/usr/local/go/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH}"
 
+# lock: one up, down or import at a time per cluster dir (an e2e run and a
+# developer's make may overlap). up.sh runs down.sh with the lock held.
+lock() {
+	[[ -z ${HERALD_CLUSTER_LOCKED:-} ]] || return 0
+	mkdir -p "${CLUSTER_DIR}"
+	exec 8>"${CLUSTER_DIR}/.lock"
+	flock 8
+	export HERALD_CLUSTER_LOCKED=1
+}
+
 log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 

@@ -10,7 +10,10 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 [[ ${EUID} -eq 0 ]] || die "the cluster needs root (containerd, bridges, iptables)"
+# Unix socket paths (containerd's, the kubelet's) are limited to 107 bytes.
+((${#CLUSTER_DIR} <= 60)) || die "${CLUSTER_DIR} is too long for the sockets under it: set CLUSTER_DIR to a shorter directory"
 t0=${SECONDS}
+lock
 
 healthy() {
 	local c
@@ -336,7 +339,8 @@ EOF
 start() {
 	local name=$1
 	shift
-	setsid "$@" </dev/null >"${LOGS}/${name}.log" 2>&1 &
+	# 8>&-: the daemons must not inherit (and so hold forever) the lock.
+	setsid "$@" </dev/null >"${LOGS}/${name}.log" 2>&1 8>&- &
 	echo $! >"${PIDS}/${name}.pid"
 }
 # fail NAME: say which component failed and show the end of its log.
