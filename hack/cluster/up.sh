@@ -69,12 +69,9 @@ for d in /sys/fs/cgroup/*/; do
 	[[ -d ${d}kubepods ]] || echo "${d}kubepods" >>"${HOST_DIR}/created-cgroups"
 done
 touch "${HOST_DIR}/created-cgroups"
-# Shim sockets land in /run/containerd/s whatever containerd's state dir is.
-ls /run/containerd/s 2>/dev/null >"${HOST_DIR}/shim-sockets" || true
 
 # --- network ---------------------------------------------------------------
 log "network: node ${NODE_IP} on ${NODE_BRIDGE}, pods ${POD_CIDR} on ${POD_BRIDGE}, services ${SERVICE_CIDR}"
-echo "${NODE_BRIDGE} ${POD_BRIDGE}" >"${HOST_DIR}/bridges"
 ip link add "${NODE_BRIDGE}" type bridge
 ip addr add "${NODE_IP}/${NODE_CIDR#*/}" dev "${NODE_BRIDGE}"
 ip link set "${NODE_BRIDGE}" up
