@@ -46,8 +46,8 @@ fmt: ## go fmt.
 	go fmt ./...
 
 .PHONY: vet
-vet: ## go vet.
-	go vet ./...
+vet: ## go vet (the e2e suite too).
+	go vet -tags e2e ./...
 
 .PHONY: envtest
 envtest: ## Build (once) and link kube-apiserver and etcd into bin/k8s/.
@@ -66,27 +66,41 @@ bench: ## Run the delivery benchmark (deliveries/s and latency vs a raw HTTP cli
 
 ##@ E2E cluster
 
+# The cluster's unix sockets live under CLUSTER_DIR, and socket paths are
+# short (108 bytes): a deep clone gets a short directory under /tmp instead.
+CLUSTER_DIR ?= $(shell d="$(BIN)/cluster"; if [ $${#d} -le 60 ]; then echo "$$d"; else echo "/tmp/herald-cluster-$$(printf %s "$$d" | md5sum | cut -c1-8)"; fi)
+CLUSTER_ENV = BIN=$(BIN) CLUSTER_DIR=$(CLUSTER_DIR) K8S_VERSION=$(K8S_VERSION) ETCD_VERSION=$(ETCD_VERSION)
+
 .PHONY: cluster-build
 cluster-build: ## Build (once, cached) the cluster's Kubernetes components, CoreDNS and images.
 	K8S_VERSION=$(K8S_VERSION) ETCD_VERSION=$(ETCD_VERSION) hack/control-plane.sh $(BIN) kube-apiserver etcd kube-controller-manager kube-scheduler kubelet kube-proxy kubectl >/dev/null
 	$(MAKE) --no-print-directory build nats-server
-	BIN=$(BIN) hack/cluster/images.sh build
+	$(CLUSTER_ENV) hack/cluster/images.sh build
+
+.PHONY: cluster-host
+cluster-host: ## Install containerd, runc, CNI plugins and iptables from Debian when missing.
+	hack/cluster/host-packages.sh
 
 .PHONY: cluster-up
-cluster-up: build nats-server ## Start the single-node e2e cluster (kubeconfig: bin/cluster/kubeconfig).
-	BIN=$(BIN) K8S_VERSION=$(K8S_VERSION) ETCD_VERSION=$(ETCD_VERSION) hack/cluster/up.sh
+cluster-up: cluster-host build nats-server ## Start the single-node e2e cluster (kubeconfig: bin/cluster/kubeconfig).
+	$(CLUSTER_ENV) hack/cluster/up.sh
 
 .PHONY: cluster-down
 cluster-down: ## Stop the e2e cluster and restore the host.
-	BIN=$(BIN) hack/cluster/down.sh
+	$(CLUSTER_ENV) hack/cluster/down.sh
 
 .PHONY: cluster-images
 cluster-images: build nats-server ## Rebuild bin/herald and the images, and import them into the running cluster.
-	BIN=$(BIN) hack/cluster/images.sh all
+	$(CLUSTER_ENV) hack/cluster/images.sh all
+
+.PHONY: test-e2e
+test-e2e: ## Run the e2e suite (test/e2e) in the cluster of `make cluster-up`, or KUBECONFIG's with E2E_KUBECONFIG=.
+	E2E_KUBECONFIG=$${E2E_KUBECONFIG:-$(CLUSTER_DIR)/kubeconfig} KUBECTL=$${KUBECTL:-$(CLUSTER_DIR)/bin/kubectl} \
+		go test -tags e2e ./test/e2e/ -count=1 -timeout 60m -v -ginkgo.v $(E2E_FLAGS) 2>&1 | tee $(BIN)/e2e.log
 
 .PHONY: cluster-check
 cluster-check: ## Check the running cluster: Service, DNS, port-forward and API access from pods.
-	BIN=$(BIN) hack/cluster/check.sh
+	$(CLUSTER_ENV) hack/cluster/check.sh
 
 ##@ Build
 

@@ -1,6 +1,6 @@
-// Package e2e will hold the end-to-end suite that installs Herald from
-// dist/install.yaml into a real cluster and breaks it on purpose (make
-// test-e2e). It is separate from `make test`, which needs no cluster; until
-// the suite lands, the envtest suites in internal/ cover the operator and
-// the dispatcher against a real API server, NATS and HTTP receivers.
+// Package e2e is the end-to-end suite: it installs Herald from
+// dist/install.yaml into a real cluster (by default the single-node one
+// `make cluster-up` builds from source) and breaks it on purpose. Its files
+// carry the e2e build tag, so `make test` does not run them; `make
+// test-e2e` does. docs/testing.md says what each spec checks.
 package e2e
