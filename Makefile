@@ -95,7 +95,8 @@ cluster-images: build nats-server ## Rebuild bin/herald and the images, and impo
 
 .PHONY: test-e2e
 test-e2e: ## Run the e2e suite (test/e2e) in the cluster of `make cluster-up`, or KUBECONFIG's with E2E_KUBECONFIG=.
-	E2E_KUBECONFIG=$${E2E_KUBECONFIG:-$(CLUSTER_DIR)/kubeconfig} KUBECTL=$${KUBECTL:-$(CLUSTER_DIR)/bin/kubectl} \
+	kubectl="$(CLUSTER_DIR)/bin/kubectl"; [[ -x $$kubectl ]] || kubectl=kubectl; \
+	E2E_KUBECONFIG=$${E2E_KUBECONFIG:-$(CLUSTER_DIR)/kubeconfig} KUBECTL=$${KUBECTL:-$$kubectl} \
 		go test -tags e2e ./test/e2e/ -count=1 -timeout 60m -v -ginkgo.v $(E2E_FLAGS) 2>&1 | tee $(BIN)/e2e.log
 
 .PHONY: cluster-check

@@ -79,16 +79,21 @@ func get(ctx context.Context, url string) error {
 	if err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	return show(http.DefaultClient, req, "")
+}
+
+// show makes the request and prints the answer; anything but 2xx fails.
+func show(client *http.Client, req *http.Request, note string) error {
+	resp, err := client.Do(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("GET %s: %s", url, resp.Status)
+		return fmt.Errorf("GET %s: %s", req.URL, resp.Status)
 	}
-	fmt.Printf("GET %s: %s\n%s\n", url, resp.Status, body)
+	fmt.Printf("GET %s: %s%s\n%s\n", req.URL, resp.Status, note, body)
 	return nil
 }
 
@@ -125,15 +130,5 @@ func api(ctx context.Context, client *http.Client, path string) error {
 		return err
 	}
 	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
-	resp, err := client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	fmt.Printf("GET %s: %s (TLS verified with the ServiceAccount CA)\n%s\n", url, resp.Status, body)
-	return nil
+	return show(client, req, " (TLS verified with the ServiceAccount CA)")
 }
