@@ -116,6 +116,11 @@ var _ = AfterSuite(func() {
 	}
 	_, _ = tryKubectl("delete", "-f", filepath.Join(repoRoot, "dist", "install.yaml"), "--ignore-not-found", "--wait=true", "--timeout=2m")
 	_, _ = tryKubectl("delete", "namespace", "nats", "--ignore-not-found", "--wait=true", "--timeout=2m")
+	// The store's directory is on this machine when the node is (the
+	// cluster of `make cluster-up`); elsewhere there is nothing here to remove.
+	if natsDataDir != "" {
+		_ = os.RemoveAll(natsDataDir)
+	}
 })
 
 // On failure every spec leaves what a person needs to see why: logs of the
