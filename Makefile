@@ -82,7 +82,7 @@ cluster-host: ## Install containerd, runc, CNI plugins and iptables from Debian 
 	hack/cluster/host-packages.sh
 
 .PHONY: cluster-up
-cluster-up: cluster-host build nats-server ## Start the single-node e2e cluster (kubeconfig: bin/cluster/kubeconfig).
+cluster-up: build nats-server ## Start the single-node e2e cluster (kubeconfig: bin/cluster/kubeconfig).
 	$(CLUSTER_ENV) hack/cluster/up.sh
 
 .PHONY: cluster-down

@@ -53,7 +53,6 @@ func runReceiver(ctx context.Context, args []string) error {
 	var (
 		mu    sync.Mutex
 		paths = map[string]behaviour{}
-		seen  = map[string]int{}
 		order []arrival
 	)
 	mux := http.NewServeMux()
@@ -83,10 +82,15 @@ func runReceiver(ctx context.Context, args []string) error {
 		mu.Unlock()
 		_ = json.NewEncoder(w).Encode(b)
 	})
-	// GET /_herald/received returns how often each event id arrived.
+	// GET /_herald/received returns how often each event id arrived, per
+	// path ("<path> <id>": count).
 	mux.HandleFunc("GET /_herald/received", func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
-		defer mu.Unlock()
+		seen := map[string]int{}
+		for _, a := range order {
+			seen[a.Path+" "+a.ID]++
+		}
+		mu.Unlock()
 		_ = json.NewEncoder(w).Encode(seen)
 	})
 	// GET /_herald/arrivals?path=/crm lists what arrived on one path (every
@@ -131,7 +135,6 @@ func runReceiver(ctx context.Context, args []string) error {
 		if !ok {
 			b = behaviour{Status: *status, Delay: *delay}
 		}
-		seen[r.URL.Path+" "+env.ID]++
 		if len(order) < maxArrivals {
 			order = append(order, arrival{Path: r.URL.Path, ID: env.ID, Key: env.Key, Version: env.Version, Status: b.Status, Time: time.Now()})
 		}

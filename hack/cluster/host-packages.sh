@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs, from Debian's repositories, the container runtime and network
-# tools the e2e cluster runs on, when any is missing. A fresh machine lacks
+# tools the e2e cluster runs on, when any is missing (up.sh runs it first). A fresh machine lacks
 # them; a machine that has them is left alone, so this is cheap to repeat.
 set -euo pipefail
 
-packages=(containerd runc containernetworking-plugins iptables iproute2 openssl util-linux procps curl)
-tools=(containerd containerd-shim-runc-v2 ctr runc iptables ip openssl findmnt sysctl flock curl)
+packages=(containerd runc containernetworking-plugins iptables iproute2 openssl util-linux procps curl conntrack)
+tools=(containerd containerd-shim-runc-v2 ctr runc iptables iptables-save ip6tables-save ip openssl findmnt sysctl flock curl conntrack)
 
 missing=0
 for t in "${tools[@]}"; do

@@ -31,12 +31,8 @@ if [[ -d ${STATE} ]]; then
 	"${REPO}/hack/cluster/down.sh"
 fi
 
-for t in containerd containerd-shim-runc-v2 ctr runc iptables iptables-save ip6tables-save ip openssl findmnt sysctl flock curl; do
-	command -v "${t}" >/dev/null || die "${t} is missing (Debian: containerd runc iptables iproute2 openssl util-linux procps curl)"
-done
-for p in bridge host-local portmap loopback; do
-	[[ -x /usr/lib/cni/${p} ]] || die "/usr/lib/cni/${p} is missing (Debian: containernetworking-plugins)"
-done
+# The runtime and network tools, from Debian when a fresh machine lacks them.
+"${REPO}/hack/cluster/host-packages.sh"
 
 # --- binaries and images (cached; nothing to do when warm) ----------------
 assets="$(K8S_VERSION=${K8S_VERSION} ETCD_VERSION=${ETCD_VERSION} "${REPO}/hack/control-plane.sh" "${BIN}" \

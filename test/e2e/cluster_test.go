@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -180,8 +179,6 @@ func startForward(ns, target string, port int) *forward {
 		for {
 			cmd := exec.Command(envOr("KUBECTL", "kubectl"), "--kubeconfig", kubeconfig, "-n", ns,
 				"port-forward", "--address=127.0.0.1", target, fmt.Sprintf("%s:%d", local, port))
-			var stderr bytes.Buffer
-			cmd.Stderr = &stderr
 			stdout, _ := cmd.StdoutPipe()
 			f.mu.Lock()
 			err := cmd.Start()
