@@ -394,6 +394,27 @@ var _ = Describe("Dispatcher", func() {
 		})
 	})
 
+	Context("when an endpoint starts timing out with events queued for its request slots", func() {
+		It("sends it no more than the rounds that were already under way when it started probing", func() {
+			slow := newReceiver(func(int, request) (int, http.Header, time.Duration) { return 200, nil, time.Hour })
+			startDispatcher(endpoint(ns, "slow", slow.URL, func(e *dispatcher.Endpoint) {
+				e.Timeout = 300 * time.Millisecond
+				e.MaxInFlight = 4
+				e.Policy = fastPolicy(3 * time.Second)
+				e.Policy.Jitter = 0
+			}))
+			for i := range 40 {
+				publish(ns, "a.b", fmt.Sprintf("evt_q%d", i), fmt.Sprintf("k%d", i), 0, map[string]any{})
+			}
+			Eventually(func(g Gomega) { g.Expect(healthOf(g, ns, "slow").Probing).To(BeTrue()) }).Should(Succeed())
+			// Two rounds of four reach the five failures that start probing;
+			// the events held in memory for the other slots wait for a probe
+			// turn instead of timing out one round after another. No retry is
+			// due for three seconds, so nothing else may arrive meanwhile.
+			Consistently(slow.count, 2*time.Second).Should(BeNumerically("<=", 8))
+		})
+	})
+
 	Context("when the dispatcher process is killed with SIGKILL mid-stream", func() {
 		It("loses nothing: after a restart every event is delivered, and a redelivery keeps its webhook-id", func() {
 			const total = 300

@@ -343,6 +343,26 @@ func (w *worker) awaitTurn(ctx context.Context, msg jetstream.Msg) bool {
 	}
 }
 
+// acquireSlot waits for a request slot, keeping msg alive meanwhile: behind
+// a full set of requests to a slow endpoint the wait can outlast the ack wait.
+func (w *worker) acquireSlot(ctx context.Context, msg jetstream.Msg) bool {
+	if tryAcquire(w.slots) {
+		return true
+	}
+	t := time.NewTicker(max(w.fixed.Timeout/2, 100*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case w.slots <- struct{}{}:
+			return true
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			_ = msg.InProgress()
+		}
+	}
+}
+
 // endTurn ends an attempt started by awaitTurn.
 func (w *worker) endTurn() { w.health.endTurn(time.Now()) }
 
@@ -398,16 +418,22 @@ func (w *worker) handle(ctx context.Context, e event) {
 		}
 	}
 
+	// The request slot comes before the turn: an event that queued for a
+	// slot while the endpoint was healthy must still ask for its turn once
+	// it has one, or every event held when the endpoint started failing
+	// would be sent to it anyway.
+	if !w.acquireSlot(ctx, msg) {
+		_ = msg.Nak()
+		return
+	}
 	if !w.awaitTurn(ctx, msg) {
+		release(w.slots, 1)
 		_ = msg.Nak()
 		return
 	}
 	defer w.endTurn()
 	if err := w.limiter.Wait(ctx); err != nil {
-		_ = msg.Nak()
-		return
-	}
-	if !acquire(ctx, w.slots) {
+		release(w.slots, 1)
 		_ = msg.Nak()
 		return
 	}
