@@ -400,7 +400,7 @@ var _ = Describe("Dispatcher", func() {
 			startDispatcher(endpoint(ns, "slow", slow.URL, func(e *dispatcher.Endpoint) {
 				e.Timeout = 300 * time.Millisecond
 				e.MaxInFlight = 4
-				e.Policy = fastPolicy(3 * time.Second)
+				e.Policy = fastPolicy(10 * time.Second)
 				e.Policy.Jitter = 0
 			}))
 			for i := range 40 {
@@ -410,7 +410,7 @@ var _ = Describe("Dispatcher", func() {
 			// Two rounds of four reach the five failures that start probing;
 			// the events held in memory for the other slots wait for a probe
 			// turn instead of timing out one round after another. No retry is
-			// due for three seconds, so nothing else may arrive meanwhile.
+			// due for ten seconds, so nothing else may arrive meanwhile.
 			Consistently(slow.count, 2*time.Second).Should(BeNumerically("<=", 8))
 		})
 	})
