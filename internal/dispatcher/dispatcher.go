@@ -30,6 +30,10 @@ type options struct {
 	drainTimeout    time.Duration
 	probeAfter      int
 	userAgent       string
+	// Set only by the cost benchmark (export_test.go), to show what the
+	// durable writes cost; Herald itself never turns them off.
+	noVersionRecords bool
+	noDeliveryLog    bool
 }
 
 // Option configures a Dispatcher.

@@ -40,6 +40,9 @@ type Attempt struct {
 // the log is an audit trail, and waiting would put a round trip on every
 // delivery. Failures show in the publish-error callback's log.
 func (d *Dispatcher) logAttempt(a *Attempt) {
+	if d.opts.noDeliveryLog {
+		return
+	}
 	b, err := json.Marshal(a)
 	if err != nil {
 		d.opts.log.Error(err, "encoding attempt", "eventID", a.EventID)

@@ -454,7 +454,7 @@ func (w *worker) handle(ctx context.Context, e event) {
 	a.Reason = v.reason
 
 	if v.delivered {
-		if keyed {
+		if keyed && !w.d.opts.noVersionRecords {
 			if err := w.vers.record(ctx, ev.Key, m); err != nil {
 				// Delivered but not recorded: leave it unacked so the
 				// redelivery records it (the receiver may see it twice).

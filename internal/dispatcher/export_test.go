@@ -1,0 +1,11 @@
+package dispatcher
+
+// WithoutVersionRecords and WithoutDeliveryLog switch off one durable write
+// each, for BenchmarkDeliveryCost only: it shows what each costs.
+func WithoutVersionRecords() Option {
+	return func(o *options) error { o.noVersionRecords = true; return nil }
+}
+
+func WithoutDeliveryLog() Option {
+	return func(o *options) error { o.noDeliveryLog = true; return nil }
+}
