@@ -76,12 +76,15 @@ type tracker struct {
 	probe   bool        // a probe attempt is in flight
 	dirty   bool
 	kick    chan struct{}
+	// changed is closed, and replaced, whenever who may take a turn
+	// changes: a probe ends, the endpoint recovers, a retry is scheduled.
+	changed chan struct{}
 }
 
 const maxTrackedRetries = 10_000
 
 func newTracker(d *Dispatcher, namespace, name string) *tracker {
-	t := &tracker{d: d, key: streams.EndpointKey(namespace, name), kick: make(chan struct{}, 1)}
+	t := &tracker{d: d, key: streams.EndpointKey(namespace, name), kick: make(chan struct{}, 1), changed: make(chan struct{})}
 	// Totals carry over a restart; a lost read only resets counters.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -142,7 +145,13 @@ func (t *tracker) write(ctx context.Context) {
 	}
 }
 
-func (t *tracker) changed(kick bool) {
+// turnsChangedLocked wakes the events waiting for a turn.
+func (t *tracker) turnsChangedLocked() {
+	close(t.changed)
+	t.changed = make(chan struct{})
+}
+
+func (t *tracker) stateChanged(kick bool) {
 	t.dirty = true
 	if kick {
 		select {
@@ -156,11 +165,15 @@ func (t *tracker) success(now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	recovered := t.h.ConsecutiveFailures > 0
+	wasProbing := t.h.Probing
 	t.h.LastSuccess = &now
 	t.h.Delivered++
 	t.h.ConsecutiveFailures = 0
 	t.h.Probing = false
-	t.changed(recovered || t.h.Delivered == 1)
+	if wasProbing {
+		t.turnsChangedLocked()
+	}
+	t.stateChanged(recovered || t.h.Delivered == 1)
 }
 
 // failure records a failed attempt and, when it will be retried, when.
@@ -176,26 +189,29 @@ func (t *tracker) failure(f Failure, next *time.Time) {
 		if len(t.retries) > maxTrackedRetries {
 			t.retries = t.retries[:maxTrackedRetries]
 		}
+		if i == 0 && t.h.Probing {
+			t.turnsChangedLocked() // the next probe comes sooner
+		}
 	}
 	startedProbing := !t.h.Probing && t.h.ConsecutiveFailures >= int64(t.d.opts.probeAfter)
 	if startedProbing {
 		t.h.Probing = true
 	}
-	t.changed(t.h.ConsecutiveFailures == 1 || startedProbing)
+	t.stateChanged(t.h.ConsecutiveFailures == 1 || startedProbing)
 }
 
 func (t *tracker) superseded() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.h.Superseded++
-	t.changed(false)
+	t.stateChanged(false)
 }
 
 func (t *tracker) deadLettered() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.h.DeadLettered++
-	t.changed(false)
+	t.stateChanged(false)
 }
 
 func (t *tracker) probing() bool {
@@ -231,18 +247,24 @@ func (t *tracker) pruneLocked(now time.Time) {
 
 // takeTurn says whether an attempt may start now: always while the
 // endpoint is healthy; while it is probing, only one attempt at a time and
-// not before nextProbe.
-func (t *tracker) takeTurn(now time.Time, floor time.Duration) bool {
+// not before nextProbe. When it says no, it says when to ask again at the
+// latest, and gives a channel that is closed if that changes sooner.
+func (t *tracker) takeTurn(now time.Time, floor time.Duration) (ok bool, next time.Time, changed <-chan struct{}) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if !t.h.Probing {
-		return true
+		return true, now, nil
 	}
-	if t.probe || now.Before(t.probeAtLocked(now, floor)) {
-		return false
+	at := t.probeAtLocked(now, floor)
+	if t.probe {
+		// The probe's end wakes the waiters; the floor bounds a lost wake.
+		return false, now.Add(floor), t.changed
+	}
+	if now.Before(at) {
+		return false, at, t.changed
 	}
 	t.probe = true
-	return true
+	return true, now, nil
 }
 
 // endTurn ends an attempt; a probe's end forgets the retries that were due
@@ -253,6 +275,7 @@ func (t *tracker) endTurn(now time.Time) {
 	if t.probe {
 		t.probe = false
 		t.pruneLocked(now)
+		t.turnsChangedLocked()
 	}
 }
 

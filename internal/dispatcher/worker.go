@@ -257,8 +257,7 @@ func (w *worker) lane(ctx context.Context, key string, e event) {
 // keepAlive tells JetStream that events waiting in a lane are still being
 // worked on, so their ack wait does not run out behind a slow request.
 func (w *worker) keepAlive(ctx context.Context) {
-	ep := w.ep.Load()
-	t := time.NewTicker(max(ep.Timeout/2, 500*time.Millisecond))
+	t := time.NewTicker(w.keepAliveEvery())
 	defer t.Stop()
 	for {
 		select {
@@ -276,6 +275,12 @@ func (w *worker) keepAlive(ctx context.Context) {
 			_ = e.msg.InProgress()
 		}
 	}
+}
+
+// keepAliveEvery is how often an event held back is marked in progress:
+// three times per ack wait, so one lost message does not cost a redelivery.
+func (w *worker) keepAliveEvery() time.Duration {
+	return streams.AckWait(w.fixed.Timeout) / 3
 }
 
 // shutdown waits (bounded) for requests in flight and hands every waiting
@@ -326,20 +331,27 @@ func (w *worker) waitForProbe(ctx context.Context) bool {
 // awaitTurn holds an event back while the endpoint is probing: events
 // already pulled wait in memory (kept alive) instead of hitting a failing
 // receiver, and only one of them at a time, at the earliest scheduled
-// retry, goes as the probe. It returns false when ctx ends.
+// retry, goes as the probe. They sleep until the next probe is due or the
+// endpoint's state changes, not on a poll. It returns false when ctx ends.
 func (w *worker) awaitTurn(ctx context.Context, msg jetstream.Msg) bool {
-	keepAlive := time.Now()
+	keepAlive := time.NewTicker(w.keepAliveEvery())
+	defer keepAlive.Stop()
 	for {
-		if w.health.takeTurn(time.Now(), w.ep.Load().Policy.Schedule[0]) {
+		ok, at, changed := w.health.takeTurn(time.Now(), w.ep.Load().Policy.Schedule[0])
+		if ok {
 			return true
 		}
-		if time.Since(keepAlive) > w.fixed.Timeout/2 {
-			_ = msg.InProgress()
-			keepAlive = time.Now()
-		}
-		if !sleep(ctx, 50*time.Millisecond) {
+		due := time.NewTimer(max(time.Until(at), time.Millisecond))
+		select {
+		case <-ctx.Done():
+			due.Stop()
 			return false
+		case <-keepAlive.C:
+			_ = msg.InProgress()
+		case <-changed:
+		case <-due.C:
 		}
+		due.Stop()
 	}
 }
 
@@ -349,7 +361,7 @@ func (w *worker) acquireSlot(ctx context.Context, msg jetstream.Msg) bool {
 	if tryAcquire(w.slots) {
 		return true
 	}
-	t := time.NewTicker(max(w.fixed.Timeout/2, 100*time.Millisecond))
+	t := time.NewTicker(w.keepAliveEvery())
 	defer t.Stop()
 	for {
 		select {

@@ -99,6 +99,10 @@ func covers(a, b []string) bool {
 	return len(a) == len(b)
 }
 
+// AckWait is how long JetStream waits for an endpoint's answer to an event
+// before it redelivers it: the request timeout and a margin.
+func AckWait(timeout time.Duration) time.Duration { return timeout + ackMargin }
+
 // ConsumerConfig derives an endpoint's durable consumer from its spec. The
 // dispatcher takes retries into its own hands (NAK with delay, as the
 // retry policy says), so MaxDeliver is unlimited and nothing here depends
@@ -123,7 +127,7 @@ func ConsumerConfig(namespace, endpoint string, spec *v1.WebhookEndpointSpec) (j
 		// A new endpoint starts with the events published after it exists.
 		DeliverPolicy: jetstream.DeliverNewPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       timeout + ackMargin,
+		AckWait:       AckWait(timeout),
 		MaxDeliver:    -1,
 		MaxAckPending: inFlight + retryHeadroom,
 		MaxWaiting:    16,

@@ -1,0 +1,54 @@
+package dispatcher
+
+import (
+	"testing"
+	"time"
+)
+
+func TestTurnsWhileProbing(t *testing.T) {
+	tr := &tracker{d: &Dispatcher{opts: options{probeAfter: 2}}, kick: make(chan struct{}, 1), changed: make(chan struct{})}
+	now := time.Now()
+	retry := now.Add(time.Second)
+	floor := 10 * time.Second
+	if ok, _, _ := tr.takeTurn(now, floor); !ok {
+		t.Fatal("a healthy endpoint must give every attempt a turn")
+	}
+
+	tr.failure(Failure{Time: now}, &retry)
+	tr.failure(Failure{Time: now}, &retry)
+	ok, next, _ := tr.takeTurn(now, floor)
+	if ok || !next.Equal(retry) {
+		t.Fatalf("probing before the retry is due: got turn %v, next %v; want no turn until %v", ok, next, retry)
+	}
+
+	if ok, _, _ := tr.takeTurn(retry, floor); !ok {
+		t.Fatal("the first attempt when the retry is due must be the probe")
+	}
+	ok, _, probeRunning := tr.takeTurn(retry, floor)
+	if ok {
+		t.Fatal("only one probe at a time")
+	}
+
+	after := retry.Add(time.Millisecond)
+	tr.failure(Failure{Time: after}, nil)
+	tr.endTurn(after)
+	select {
+	case <-probeRunning:
+	default:
+		t.Fatal("the end of a probe must wake the events waiting for a turn")
+	}
+
+	ok, next, recovered := tr.takeTurn(after, floor)
+	if ok || !next.Equal(after.Add(floor)) {
+		t.Fatal("with no retry scheduled, the next probe waits for the floor after the last failure")
+	}
+	tr.success(after)
+	select {
+	case <-recovered:
+	default:
+		t.Fatal("a recovery must wake the events waiting for a turn")
+	}
+	if ok, _, _ := tr.takeTurn(after, floor); !ok {
+		t.Fatal("a recovered endpoint must give every attempt a turn")
+	}
+}
