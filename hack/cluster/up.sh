@@ -334,7 +334,15 @@ start() {
 	shift
 	# 8>&-: the daemons must not inherit (and so hold forever) the lock.
 	setsid "$@" </dev/null >"${LOGS}/${name}.log" 2>&1 8>&- &
-	echo $! >"${PIDS}/${name}.pid"
+	local pid=$! i
+	echo "${pid}" >"${PIDS}/${name}.pid"
+	# Until the fork has exec'd the program, pid_of (which checks the
+	# binary) would call it dead; on a busy machine that takes a moment.
+	for ((i = 0; i < 100; i++)); do
+		pid_of "${name}" >/dev/null && return 0
+		[[ -d /proc/${pid} ]] || return 0 # died: the caller's check shows its log
+		sleep 0.05
+	done
 }
 # fail NAME: say which component failed and show the end of its log.
 fail() {
