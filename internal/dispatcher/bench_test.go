@@ -1,6 +1,7 @@
 package dispatcher_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -9,9 +10,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"runtime/pprof"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -138,15 +141,20 @@ func benchEndpoints(b benchT, env *benchEnv, ns string, n int, url string, opts 
 }
 
 func createBenchConsumers(b benchT, env *benchEnv, ns string, n int) {
-	spec := endpointSpec(nil)
 	for i := range n {
-		cfg, err := streams.ConsumerConfig(ns, fmt.Sprintf("ep%d", i), &spec)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := env.js.CreateOrUpdateConsumer(context.Background(), events.StreamName, cfg); err != nil {
-			b.Fatal(err)
-		}
+		createBenchConsumer(b, env, ns, fmt.Sprintf("ep%d", i))
+	}
+}
+
+// createBenchConsumer does what the operator does for an endpoint.
+func createBenchConsumer(b benchT, env *benchEnv, ns, name string) {
+	spec := endpointSpec(nil)
+	cfg, err := streams.ConsumerConfig(ns, name, &spec)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := env.js.CreateOrUpdateConsumer(context.Background(), events.StreamName, cfg); err != nil {
+		b.Fatal(err)
 	}
 }
 
@@ -338,27 +346,28 @@ func BenchmarkIsolation(b *testing.B) {
 		env := newBenchEnv(b)
 		rc := newLatencyReceiver(healthy * count)
 		defer rc.Close()
-		benchEndpoints(b, env, "iso", healthy, rc.URL)
+		d := benchEndpoints(b, env, "iso", healthy, rc.URL)
+		var receivers *exec.Cmd
 		if faulty {
-			stop := make(chan struct{})
-			hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				select {
-				case <-r.Context().Done():
-				case <-stop:
-				}
-			}))
-			fail := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(500) }))
-			// Cleanups run last-in first-out: these run after the dispatchers stopped.
-			b.Cleanup(func() { close(stop); hang.Close(); fail.Close() })
+			// The faulty pair are endpoints of the same dispatcher, as two
+			// endpoints of one namespace would be; their receivers run in a
+			// process of their own, as a customer's would, not in the one
+			// whose latency is measured.
+			var hang, fail string
+			receivers, hang, fail = faultyReceivers(b)
 			short := dispatcher.DefaultPolicy()
 			short.Schedule = []time.Duration{200 * time.Millisecond, 500 * time.Millisecond, time.Second}
-			benchEndpointsNamed(b, env, "iso", "slow", hang.URL, short)
-			benchEndpointsNamed(b, env, "iso", "failing", fail.URL, short)
+			k, _ := signingKeys(secretA)
+			for name, url := range map[string]string{"slow": hang, "failing": fail} {
+				createBenchConsumer(b, env, "iso", name)
+				d.Upsert(dispatcher.Endpoint{Namespace: "iso", Name: name, URL: url, Keys: k, Timeout: time.Second,
+					PerKey: true, MaxInFlight: benchInFlight, Policy: short})
+			}
 		}
-		cpu0 := processCPU()
+		cpu0 := processCPU() + childCPU(receivers)
 		publishAll(b, env, "iso", count, rate)
 		<-rc.done
-		cpu[faulty] += processCPU() - cpu0
+		cpu[faulty] += processCPU() + childCPU(receivers) - cpu0
 		rc.mu.Lock()
 		defer rc.mu.Unlock()
 		return slices.Clone(rc.lat)
@@ -385,8 +394,9 @@ func BenchmarkIsolation(b *testing.B) {
 	b.ReportMetric(float64(pf.Microseconds())/1000, "p99-faulty-ms")
 	b.ReportMetric(float64(pf)/float64(pc), "ratio")
 	b.ReportMetric(float64(percentile(cleanOdd, 99))/float64(percentile(cleanEven, 99)), "clean-vs-clean")
-	// The CPU this process (NATS, dispatchers, receivers) used while the
-	// runs published and delivered: what the faulty pair adds.
+	// The CPU this process (NATS, the dispatcher, the healthy receiver)
+	// and the faulty receivers used while the runs published and
+	// delivered: what the faulty pair adds.
 	b.ReportMetric(float64(cpu[true])/float64(cpu[false]), "cpu-faulty-vs-clean")
 }
 
@@ -420,21 +430,76 @@ func (s *runScope) end() {
 	}
 }
 
-func benchEndpointsNamed(b benchT, env *benchEnv, ns, name, url string, policy dispatcher.Policy) {
-	ctx, cancel := context.WithCancel(context.Background())
-	d, err := dispatcher.New(ctx, env.js, dispatcher.WithLogger(logr.Discard()))
+// faultyReceivers starts this test binary as a process serving a receiver
+// that never answers and one that answers 500 to everything, and returns
+// their URLs. The process ends with the run.
+func faultyReceivers(b benchT) (cmd *exec.Cmd, hang, fail string) {
+	cmd = exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), receiversEnv+"=1")
+	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		b.Fatal(err)
 	}
-	spec := endpointSpec(nil)
-	cfg, _ := streams.ConsumerConfig(ns, name, &spec)
-	if _, err := env.js.CreateOrUpdateConsumer(ctx, events.StreamName, cfg); err != nil {
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
 		b.Fatal(err)
 	}
-	k, _ := signingKeys(secretA)
-	d.Upsert(dispatcher.Endpoint{Namespace: ns, Name: name, URL: url, Keys: k, Timeout: time.Second,
-		PerKey: true, MaxInFlight: benchInFlight, Policy: policy})
-	done := make(chan struct{})
-	go func() { defer close(done); _ = d.Run(ctx) }()
-	b.Cleanup(func() { cancel(); <-done })
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = stdin.Close(); _ = cmd.Wait() })
+	sc := bufio.NewScanner(stdout)
+	for (hang == "" || fail == "") && sc.Scan() {
+		k, v, _ := strings.Cut(sc.Text(), "=")
+		switch k {
+		case "hang":
+			hang = v
+		case "fail":
+			fail = v
+		}
+	}
+	if hang == "" || fail == "" {
+		b.Fatal("the faulty receivers did not start")
+	}
+	return cmd, hang, fail
+}
+
+const receiversEnv = "HERALD_TEST_FAULTY_RECEIVERS"
+
+// runFaultyReceivers is the faulty receivers' process: it serves until its
+// parent closes stdin.
+func runFaultyReceivers() {
+	stop := make(chan struct{})
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-stop:
+		}
+	}))
+	fail := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(500) }))
+	fmt.Printf("hang=%s\nfail=%s\n", hang.URL, fail.URL)
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	close(stop)
+	hang.Close()
+	fail.Close()
+}
+
+// childCPU is the CPU time a running child has used (0 for none).
+func childCPU(cmd *exec.Cmd) time.Duration {
+	if cmd == nil || cmd.Process == nil {
+		return 0
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name (which may hold spaces): utime and
+	// stime are the 12th and 13th, in clock ticks of 1/100 s.
+	f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
 }

@@ -47,6 +47,11 @@ func TestMain(m *testing.M) {
 		runChild()
 		return
 	}
+	// The isolation benchmark serves its faulty receivers from here.
+	if os.Getenv(receiversEnv) != "" {
+		runFaultyReceivers()
+		return
+	}
 	os.Exit(m.Run())
 }
 
