@@ -334,19 +334,23 @@ func (w *worker) waitForProbe(ctx context.Context) bool {
 // retry, goes as the probe. They sleep until the next probe is due or the
 // endpoint's state changes, not on a poll. It returns false when ctx ends.
 func (w *worker) awaitTurn(ctx context.Context, msg jetstream.Msg) bool {
-	keepAlive := time.NewTicker(w.keepAliveEvery())
-	defer keepAlive.Stop()
+	var keepAlive <-chan time.Time // made on the first wait: a healthy endpoint never waits
 	for {
 		ok, at, changed := w.health.takeTurn(time.Now(), w.ep.Load().Policy.Schedule[0])
 		if ok {
 			return true
+		}
+		if keepAlive == nil {
+			t := time.NewTicker(w.keepAliveEvery())
+			defer t.Stop()
+			keepAlive = t.C
 		}
 		due := time.NewTimer(max(time.Until(at), time.Millisecond))
 		select {
 		case <-ctx.Done():
 			due.Stop()
 			return false
-		case <-keepAlive.C:
+		case <-keepAlive:
 			_ = msg.InProgress()
 		case <-changed:
 		case <-due.C:
