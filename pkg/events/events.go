@@ -64,6 +64,11 @@ var (
 	ErrInvalidVersion   = errors.New("version must not be negative")
 	ErrBodyNotJSON      = errors.New("event data must be valid JSON")
 	ErrBodyTooLarge     = errors.New("event is over the size limit")
+	ErrInvalidTime      = errors.New("event time must be RFC 3339")
+	ErrHeadersTooLarge  = errors.New("event headers are over the size limit")
+	// ErrStreamFull is returned when the events stream has reached its
+	// byte budget: it refuses new events rather than drop stored ones.
+	ErrStreamFull = errors.New("the events stream is full (its byte budget is reached); nothing was stored, try again later")
 )
 
 var (
@@ -123,8 +128,8 @@ func (e Event) Validate() error {
 		return fmt.Errorf("%w: %q", ErrInvalidType, e.Type)
 	case !namespacePattern.MatchString(e.Namespace):
 		return fmt.Errorf("%w: %q", ErrInvalidNamespace, e.Namespace)
-	case len(e.Key) > maxKeyLength || strings.IndexFunc(e.Key, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0:
-		return fmt.Errorf("%w: %q", ErrInvalidKey, e.Key)
+	case !validKey(e.Key):
+		return fmt.Errorf("%w: %q", ErrInvalidKey, clip(e.Key))
 	case e.Version < 0:
 		return fmt.Errorf("%w: %d", ErrInvalidVersion, e.Version)
 	case len(e.Data) == 0 || !json.Valid(e.Data):
@@ -168,6 +173,18 @@ func (e Event) Encode(maxBody int) ([]byte, map[string]string, error) {
 	return body, h, nil
 }
 
+// CheckID reports whether id is a valid event id (wrapping ErrMissingID or
+// ErrInvalidID), for tools that put an id a person typed into a subject.
+func CheckID(id string) error {
+	switch {
+	case id == "":
+		return ErrMissingID
+	case len(id) > maxIDLength || !idPattern.MatchString(id):
+		return fmt.Errorf("%w: %q", ErrInvalidID, clip(id))
+	}
+	return nil
+}
+
 // MsgID is the Nats-Msg-Id of an event: its id scoped by its namespace.
 func MsgID(namespace, id string) string { return namespace + ":" + id }
 
@@ -182,40 +199,89 @@ type Meta struct {
 	Time      time.Time
 }
 
-// ParseMeta reads an event's metadata back from its subject and headers.
-// get is a header lookup such as nats.Header.Get.
-func ParseMeta(subject string, get func(string) string) (Meta, error) {
+// ErrMalformed is wrapped by every error of ParseMeta: a stored event that
+// breaks the producer contract. Producers that skip this package can store
+// anything the stream accepts, so the dispatcher checks every event by the
+// same rules Validate applies before it uses any field.
+var ErrMalformed = errors.New("malformed event")
+
+// ParseMeta reads and checks an event's metadata from its stored subject,
+// headers and body, by the rules Validate and Encode apply at publish
+// time: the id, type, namespace, key, version and time, the headers' total
+// size and a JSON body. Errors wrap ErrMalformed and the rule's sentinel.
+func ParseMeta(subject string, h map[string][]string, body []byte) (Meta, error) {
+	get := func(k string) string {
+		if v := h[k]; len(v) > 0 {
+			return v[0]
+		}
+		return ""
+	}
+	bad := func(err error) (Meta, error) { return Meta{}, fmt.Errorf("%w: %w", ErrMalformed, err) }
 	rest, ok := strings.CutPrefix(subject, SubjectPrefix+".")
 	if !ok {
-		return Meta{}, fmt.Errorf("subject %q is not an event subject", subject)
+		return bad(fmt.Errorf("subject %q is not an event subject", subject))
 	}
 	ns, typ, ok := strings.Cut(rest, ".")
 	if !ok {
-		return Meta{}, fmt.Errorf("subject %q has no event type", subject)
+		return bad(fmt.Errorf("%w: subject %q has no event type", ErrInvalidType, subject))
+	}
+	if !namespacePattern.MatchString(ns) {
+		return bad(fmt.Errorf("%w: %q", ErrInvalidNamespace, ns))
+	}
+	if len(typ) > maxTypeLen || !typePattern.MatchString(typ) {
+		return bad(fmt.Errorf("%w: %q", ErrInvalidType, clip(typ)))
 	}
 	m := Meta{Namespace: ns, Type: typ, Key: get(HeaderKey)}
 	// A producer that publishes without this package may leave out the
 	// namespace prefix; the id is what follows it either way.
-	m.ID = strings.TrimPrefix(get(HeaderID), ns+":")
-	if m.ID == "" {
-		return m, ErrMissingID
-	}
-	if !idPattern.MatchString(m.ID) {
-		return m, fmt.Errorf("%w: %q", ErrInvalidID, m.ID)
+	raw := get(HeaderID)
+	m.ID = strings.TrimPrefix(raw, ns+":")
+	switch {
+	case m.ID == "":
+		return bad(ErrMissingID)
+	case len(m.ID) > maxIDLength || !idPattern.MatchString(m.ID):
+		return bad(fmt.Errorf("%w: %q", ErrInvalidID, clip(raw)))
+	case !validKey(m.Key):
+		return bad(fmt.Errorf("%w: header %s has %d bytes", ErrInvalidKey, HeaderKey, len(m.Key)))
 	}
 	if v := get(HeaderVersion); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n < 0 {
-			return m, fmt.Errorf("%w: header %s=%q", ErrInvalidVersion, HeaderVersion, v)
+			return bad(fmt.Errorf("%w: header %s=%q", ErrInvalidVersion, HeaderVersion, clip(v)))
 		}
 		m.Version = n
 	}
 	if t := get(HeaderTime); t != "" {
 		ts, err := time.Parse(time.RFC3339Nano, t)
-		if err != nil {
-			return m, fmt.Errorf("header %s=%q is not RFC 3339: %w", HeaderTime, t, err)
+		if err != nil || len(t) > 64 {
+			return bad(fmt.Errorf("%w: header %s=%q is not RFC 3339", ErrInvalidTime, HeaderTime, clip(t)))
 		}
 		m.Time = ts
 	}
+	size := 0
+	for k, vs := range h {
+		size += len(k)
+		for _, v := range vs {
+			size += len(v)
+		}
+	}
+	if size > HeaderAllowance {
+		return bad(fmt.Errorf("%w: headers take %d bytes, limit %d", ErrHeadersTooLarge, size, HeaderAllowance))
+	}
+	if len(body) == 0 || !json.Valid(body) {
+		return bad(ErrBodyNotJSON)
+	}
 	return m, nil
+}
+
+func validKey(k string) bool {
+	return len(k) <= maxKeyLength && strings.IndexFunc(k, func(r rune) bool { return !unicode.IsPrint(r) }) < 0
+}
+
+// clip shortens hostile input quoted in an error message.
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
 }

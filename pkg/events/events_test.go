@@ -114,11 +114,66 @@ func TestParseMetaReadsWhatEncodeWrote(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := events.ParseMeta(events.Subject(e.Namespace, e.Type), func(k string) string { return h[k] })
+	hdr := map[string][]string{}
+	for k, v := range h {
+		hdr[k] = []string{v}
+	}
+	body, _, _ := e.Encode(events.DefaultMaxBodyBytes)
+	m, err := events.ParseMeta(events.Subject(e.Namespace, e.Type), hdr, body)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if m.ID != e.ID || m.Namespace != e.Namespace || m.Type != e.Type || m.Key != e.Key || m.Version != e.Version || m.Time.IsZero() {
 		t.Fatalf("round trip lost something: %+v", m)
+	}
+}
+
+// A raw publisher skips Encode: ParseMeta must refuse, by the same rules,
+// whatever it stores.
+func TestParseMetaRefusesWhatValidateRefuses(t *testing.T) {
+	ok := map[string][]string{events.HeaderID: {"shop:evt_1"}, events.HeaderKey: {"sub_1"}, events.HeaderVersion: {"3"}, events.HeaderTime: {"2026-12-01T10:03:00Z"}}
+	with := func(k, v string) map[string][]string {
+		h := map[string][]string{}
+		for hk, hv := range ok {
+			h[hk] = hv
+		}
+		h[k] = []string{v}
+		return h
+	}
+	long := strings.Repeat("k", 4<<10)
+	cases := []struct {
+		name    string
+		subject string
+		h       map[string][]string
+		body    string
+		want    error
+	}{
+		{"4 KiB key", "herald.events.shop.a.b", with(events.HeaderKey, long), "{}", events.ErrInvalidKey},
+		{"key with a newline", "herald.events.shop.a.b", with(events.HeaderKey, "a\nb"), "{}", events.ErrInvalidKey},
+		{"over-long version", "herald.events.shop.a.b", with(events.HeaderVersion, strings.Repeat("9", 400)), "{}", events.ErrInvalidVersion},
+		{"negative version", "herald.events.shop.a.b", with(events.HeaderVersion, "-1"), "{}", events.ErrInvalidVersion},
+		{"over-long time", "herald.events.shop.a.b", with(events.HeaderTime, strings.Repeat("1", 400)), "{}", events.ErrInvalidTime},
+		{"unicode type", "herald.events.shop.caf\u00e9.b", ok, "{}", events.ErrInvalidType},
+		{"wildcard type", "herald.events.shop.a.*", ok, "{}", events.ErrInvalidType},
+		{"id with a star", "herald.events.shop.a.b", with(events.HeaderID, "shop:a*b"), "{}", events.ErrInvalidID},
+		{"id with >", "herald.events.shop.a.b", with(events.HeaderID, ">"), "{}", events.ErrInvalidID},
+		{"id with a space", "herald.events.shop.a.b", with(events.HeaderID, "shop:a b"), "{}", events.ErrInvalidID},
+		{"no id", "herald.events.shop.a.b", with(events.HeaderID, ""), "{}", events.ErrMissingID},
+		{"body not JSON", "herald.events.shop.a.b", ok, "not json", events.ErrBodyNotJSON},
+		{"60 KiB of headers", "herald.events.shop.a.b", with("X-Junk", strings.Repeat("j", 60<<10)), "{}", events.ErrHeadersTooLarge},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := events.ParseMeta(c.subject, c.h, []byte(c.body))
+			if !errors.Is(err, events.ErrMalformed) || !errors.Is(err, c.want) {
+				t.Fatalf("ParseMeta = %v, want an error wrapping ErrMalformed and %v", err, c.want)
+			}
+			if len(err.Error()) > 300 {
+				t.Fatalf("the error quotes the hostile input whole (%d bytes)", len(err.Error()))
+			}
+		})
+	}
+	if _, err := events.ParseMeta("herald.events.shop.a.b", ok, []byte("{}")); err != nil {
+		t.Fatalf("a valid event was refused: %v", err)
 	}
 }

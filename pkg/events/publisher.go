@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -48,7 +49,8 @@ func NewPublisher(js jetstream.JetStream, opts ...Option) (*Publisher, error) {
 // window returns an ack with Duplicate set and stores nothing new. Errors
 // wrap ErrMissingID, ErrInvalidID, ErrInvalidType, ErrInvalidNamespace,
 // ErrInvalidKey, ErrInvalidVersion, ErrBodyNotJSON or ErrBodyTooLarge when
-// the event is at fault, and the JetStream error otherwise.
+// the event is at fault, ErrStreamFull when the stream is at its budget,
+// and the JetStream error otherwise.
 func (p *Publisher) Publish(ctx context.Context, e Event) (*jetstream.PubAck, error) {
 	body, headers, err := e.Encode(p.maxBody)
 	if err != nil {
@@ -60,7 +62,24 @@ func (p *Publisher) Publish(ctx context.Context, e Event) (*jetstream.PubAck, er
 	}
 	ack, err := p.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(StreamName))
 	if err != nil {
+		if isFull(err) {
+			err = fmt.Errorf("%w: %w", ErrStreamFull, err)
+		}
 		return nil, fmt.Errorf("publishing event %q to %s: %w", e.ID, msg.Subject, err)
 	}
 	return ack, nil
 }
+
+// isFull reports whether JetStream refused a message because the stream
+// reached its byte or message budget (it discards new, not stored, events).
+func isFull(err error) bool {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) || apiErr.ErrorCode != jsStoreFailed {
+		return false
+	}
+	return strings.Contains(apiErr.Description, "maximum bytes exceeded") || strings.Contains(apiErr.Description, "maximum messages exceeded")
+}
+
+// jsStoreFailed is JetStream's error code for a message it could not store
+// (JSStreamStoreFailedF); the description says why.
+const jsStoreFailed jetstream.ErrorCode = 10077
