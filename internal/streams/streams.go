@@ -43,6 +43,18 @@ type Limits struct {
 	// VersionsMaxAge is how long the highest delivered version of a key is
 	// remembered after its last delivery; it must outlive every replay.
 	VersionsMaxAge time.Duration
+
+	// Byte budgets, one per stream and bucket, so that no one of them can
+	// fill the JetStream storage the others need. When one is reached:
+	// the events stream refuses new publishes (producers get
+	// events.ErrStreamFull; stored events are never dropped), the delivery
+	// log drops its oldest entries, and the dead letters and buckets refuse
+	// new writes (the dispatcher keeps the event and retries the write).
+	EventsMaxBytes     int64
+	AttemptsMaxBytes   int64
+	DeadLetterMaxBytes int64
+	VersionsMaxBytes   int64
+	HealthMaxBytes     int64
 }
 
 // DefaultLimits suit a single local server.
@@ -55,7 +67,41 @@ func DefaultLimits() Limits {
 		AttemptsMaxAge:   7 * 24 * time.Hour,
 		DeadLetterMaxAge: 30 * 24 * time.Hour,
 		VersionsMaxAge:   60 * 24 * time.Hour,
+		// 13.3 GiB in all: fits a 20 GiB JetStream volume with room for
+		// the server's own files (docs/operations.md has the sizing table).
+		EventsMaxBytes:     8 << 30,
+		AttemptsMaxBytes:   4 << 30,
+		DeadLetterMaxBytes: 1 << 30,
+		VersionsMaxBytes:   256 << 20,
+		HealthMaxBytes:     64 << 20,
 	}
+}
+
+// Budget is one stream's byte budget, for the storage metrics.
+type Budget struct {
+	Stream   string
+	MaxBytes int64
+}
+
+// Budgets lists every stream Herald owns (buckets by their streams' names)
+// with its byte budget.
+func Budgets(l Limits) []Budget {
+	var out []Budget
+	for _, c := range StreamConfigs(l) {
+		out = append(out, Budget{Stream: c.Name, MaxBytes: c.MaxBytes})
+	}
+	for _, c := range BucketConfigs(l) {
+		out = append(out, Budget{Stream: "KV_" + c.Bucket, MaxBytes: c.MaxBytes})
+	}
+	return out
+}
+
+// budget turns 0 (unset) into JetStream's "no limit".
+func budget(n int64) int64 {
+	if n <= 0 {
+		return -1
+	}
+	return n
 }
 
 // StreamConfigs are the desired configs of Herald's streams.
@@ -71,7 +117,10 @@ func StreamConfigs(l Limits) []jetstream.StreamConfig {
 			MaxAge:      l.EventsMaxAge,
 			MaxMsgSize:  int32(l.MaxBodyBytes + events.HeaderAllowance),
 			Duplicates:  l.DuplicateWindow,
-			Discard:     jetstream.DiscardOld,
+			MaxBytes:    budget(l.EventsMaxBytes),
+			// Full means refuse the publish, never drop a stored event:
+			// the producer gets an error it can act on.
+			Discard: jetstream.DiscardNew,
 		},
 		{
 			Name:        DeadLetterStream,
@@ -80,6 +129,13 @@ func StreamConfigs(l Limits) []jetstream.StreamConfig {
 			Storage:     jetstream.FileStorage,
 			Replicas:    l.Replicas,
 			MaxAge:      l.DeadLetterMaxAge,
+			// Its own duplicate window: a dead letter written twice around
+			// a crash or a retried publish is stored once.
+			Duplicates: l.DuplicateWindow,
+			MaxBytes:   budget(l.DeadLetterMaxBytes),
+			// A full dead-letter stream refuses: the dispatcher keeps the
+			// event (never resent) and retries storing it, visibly.
+			Discard: jetstream.DiscardNew,
 		},
 		{
 			Name:        AttemptsStream,
@@ -88,6 +144,10 @@ func StreamConfigs(l Limits) []jetstream.StreamConfig {
 			Storage:     jetstream.FileStorage,
 			Replicas:    l.Replicas,
 			MaxAge:      l.AttemptsMaxAge,
+			MaxBytes:    budget(l.AttemptsMaxBytes),
+			// The log is the one stream that drops its oldest entries when
+			// full: an audit trail that thins out beats deliveries that stop.
+			Discard: jetstream.DiscardOld,
 			// Direct gets let `herald status` read without a consumer.
 			AllowDirect: true,
 		},
@@ -97,8 +157,8 @@ func StreamConfigs(l Limits) []jetstream.StreamConfig {
 // BucketConfigs are the desired configs of Herald's key-value buckets.
 func BucketConfigs(l Limits) []jetstream.KeyValueConfig {
 	return []jetstream.KeyValueConfig{
-		{Bucket: VersionsBucket, Description: "highest delivered version per endpoint and key", Storage: jetstream.FileStorage, Replicas: l.Replicas, TTL: l.VersionsMaxAge},
-		{Bucket: HealthBucket, Description: "delivery health per endpoint", Storage: jetstream.FileStorage, Replicas: l.Replicas},
+		{Bucket: VersionsBucket, Description: "highest delivered version per endpoint and key", Storage: jetstream.FileStorage, Replicas: l.Replicas, TTL: l.VersionsMaxAge, MaxBytes: budget(l.VersionsMaxBytes)},
+		{Bucket: HealthBucket, Description: "delivery health per endpoint", Storage: jetstream.FileStorage, Replicas: l.Replicas, MaxBytes: budget(l.HealthMaxBytes)},
 	}
 }
 
