@@ -109,9 +109,10 @@ func (r *DispatchReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	refs, err := resolveReferences(ctx, r.secrets, r.Client, ep)
 	if s, ok := asStalled(err); ok {
 		// Stop delivering rather than sign with a key that is gone; the
-		// events wait in the stream until a person fixes it.
-		log.V(1).Info("endpoint stalled, not dispatching", "webhookEndpoint", klog.KObj(ep), "reason", s.Reason)
-		r.remove(req.NamespacedName)
+		// events wait in the stream until a person fixes it, and those
+		// whose window ends meanwhile are dead-lettered as Expired.
+		log.V(1).Info("endpoint stalled, not delivering", "webhookEndpoint", klog.KObj(ep), "reason", s.Reason)
+		r.sweepOnly(ctx, ep)
 		return resync, nil
 	}
 	if err != nil {
@@ -120,19 +121,40 @@ func (r *DispatchReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	}
 	cfg, err := dispatcher.EndpointFromSpec(ep.Namespace, ep.Name, &ep.Spec, refs.SecretData, refs.Policy)
 	if err != nil {
-		r.remove(req.NamespacedName)
+		r.sweepOnly(ctx, ep)
 		return resync, nil
 	}
-	fingerprint := fmt.Sprintf("%s/%d/%s/%s", ep.UID, ep.Generation, refs.SecretVersion, refs.PolicyVersion)
+	r.apply(ctx, ep, cfg, fmt.Sprintf("%s/%d/%s/%s", ep.UID, ep.Generation, refs.SecretVersion, refs.PolicyVersion))
+	return resync, nil
+}
+
+// sweepOnly hands the dispatcher a stalled endpoint that sends nothing but
+// still dead-letters the events whose window ends (dispatcher.SweepOnly).
+// Its window comes from its RetryPolicy when that can be read.
+func (r *DispatchReconciler) sweepOnly(ctx context.Context, ep *v1.WebhookEndpoint) {
+	var policy *v1.RetryPolicySpec
+	version := "default"
+	if ref := ep.Spec.RetryPolicyRef; ref != nil {
+		var p v1.RetryPolicy
+		if err := r.Get(ctx, types.NamespacedName{Namespace: ep.Namespace, Name: ref.Name}, &p); err == nil {
+			policy, version = &p.Spec, p.ResourceVersion
+		}
+	}
+	cfg := dispatcher.SweepOnly(ep.Namespace, ep.Name, &ep.Spec, policy)
+	r.apply(ctx, ep, cfg, fmt.Sprintf("%s/%d/stalled/%s", ep.UID, ep.Generation, version))
+}
+
+// apply upserts cfg unless the same fingerprint was applied last.
+func (r *DispatchReconciler) apply(ctx context.Context, ep *v1.WebhookEndpoint, cfg dispatcher.Endpoint, fingerprint string) {
+	req := client.ObjectKeyFromObject(ep)
 	r.mu.Lock()
-	same := r.applied[req.NamespacedName] == fingerprint
-	r.applied[req.NamespacedName] = fingerprint
+	same := r.applied[req] == fingerprint
+	r.applied[req] = fingerprint
 	r.mu.Unlock()
 	if !same {
 		r.Dispatcher.Upsert(cfg)
-		log.V(1).Info("endpoint dispatched", "webhookEndpoint", klog.KObj(ep), "suspend", cfg.Suspend)
+		ctrl.LoggerFrom(ctx).V(1).Info("endpoint dispatched", "webhookEndpoint", klog.KObj(ep), "suspend", cfg.Suspend)
 	}
-	return resync, nil
 }
 
 func (r *DispatchReconciler) remove(key types.NamespacedName) {

@@ -3,6 +3,7 @@ package dispatcher
 import (
 	"context"
 	"errors"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -25,7 +26,9 @@ const (
 	ReasonConnectionError = "ConnectionError"
 	ReasonHTTPError       = "HTTPError"
 	ReasonRedirect        = "Redirect"
-	ReasonMalformed       = "MalformedEvent"
+	// ReasonVersionUnreadable: the endpoint's delivered version of the
+	// event's key could not be read, so the event was not sent yet.
+	ReasonVersionUnreadable = "VersionUnreadable"
 )
 
 // verdict is what one response (or its absence) means.
@@ -79,7 +82,12 @@ func retryAfter(h http.Header, now time.Time) (time.Duration, bool) {
 	if v == "" {
 		return 0, false
 	}
-	if s, err := strconv.Atoi(v); err == nil {
+	if s, err := strconv.ParseInt(v, 10, 64); err == nil {
+		// Past what a Duration holds the answer means "much later":
+		// the policy's cap applies, not an overflow to a negative delay.
+		if s > int64(math.MaxInt64/time.Second) {
+			return time.Duration(math.MaxInt64), true
+		}
 		return max(time.Duration(s)*time.Second, 0), true
 	}
 	if t, err := http.ParseTime(v); err == nil {
@@ -90,9 +98,10 @@ func retryAfter(h http.Header, now time.Time) (time.Duration, bool) {
 
 // retryPlan is when, if ever, a failed event is tried again.
 type retryPlan struct {
-	dead  bool
-	why   string // why it is dead
-	delay time.Duration
+	dead   bool
+	reason string // why it is dead: DeadMaxAttempts or DeadWindow
+	why    string
+	delay  time.Duration
 }
 
 // planRetry applies the policy after the attempt-th attempt failed
@@ -100,20 +109,21 @@ type retryPlan struct {
 // fall outside it is not scheduled. A receiver's Retry-After replaces the
 // schedule's delay (capped, and never below the first delay's floor of
 // one tenth, so a "Retry-After: 0" cannot make a tight loop); otherwise
-// the delay is jittered by up to ±Jitter.
+// the delay is jittered by up to ±Jitter, and never below a tenth of the
+// schedule's delay, so a jitter of 100% cannot make an immediate retry.
 func planRetry(p *Policy, attempt int, now, eventTime time.Time, ra time.Duration, hasRA bool, rnd func() float64) retryPlan {
 	if p.MaxAttempts > 0 && attempt >= p.MaxAttempts {
-		return retryPlan{dead: true, why: "max attempts reached"}
+		return retryPlan{dead: true, reason: DeadMaxAttempts, why: "max attempts reached"}
 	}
 	i := min(max(attempt-1, 0), len(p.Schedule)-1)
 	delay := p.Schedule[i]
 	if hasRA && p.HonorRetryAfter {
 		delay = max(min(ra, p.RetryAfterMax), p.Schedule[0]/10)
 	} else if p.Jitter > 0 {
-		delay = time.Duration(float64(delay) * (1 + p.Jitter*(2*rnd()-1)))
+		delay = max(time.Duration(float64(delay)*(1+p.Jitter*(2*rnd()-1))), delay/10)
 	}
 	if now.Add(delay).After(eventTime.Add(p.Window)) {
-		return retryPlan{dead: true, why: "retry window exhausted"}
+		return retryPlan{dead: true, reason: DeadWindow, why: "retry window exhausted"}
 	}
 	return retryPlan{delay: delay}
 }

@@ -35,6 +35,9 @@ type Endpoint struct {
 	Burst     int
 	Suspend   bool
 	Policy    Policy
+	// LatencyTarget is what "instant" means for this endpoint: deliveries
+	// later than this after the event was stored are counted.
+	LatencyTarget time.Duration
 }
 
 // ID is "<namespace>/<name>".
@@ -144,11 +147,26 @@ func EndpointFromSpec(namespace, name string, spec *v1.WebhookEndpointSpec, secr
 	if err != nil {
 		return Endpoint{}, err
 	}
+	e := endpointFromSpec(namespace, name, spec, policy)
+	e.Keys = keys
+	return e, nil
+}
+
+// SweepOnly is the Endpoint of a WebhookEndpoint that cannot deliver (its
+// Secret is missing or malformed): nothing is sent, but its waiting events
+// are dead-lettered as Expired when their window ends, as a suspended
+// endpoint's are, instead of aging out of the stream unseen.
+func SweepOnly(namespace, name string, spec *v1.WebhookEndpointSpec, policy *v1.RetryPolicySpec) Endpoint {
+	e := endpointFromSpec(namespace, name, spec, policy)
+	e.Suspend = true
+	return e
+}
+
+func endpointFromSpec(namespace, name string, spec *v1.WebhookEndpointSpec, policy *v1.RetryPolicySpec) Endpoint {
 	e := Endpoint{
 		Namespace:   namespace,
 		Name:        name,
 		URL:         spec.URL,
-		Keys:        keys,
 		Headers:     spec.Headers,
 		Timeout:     10 * time.Second,
 		PerKey:      spec.Ordering != v1.OrderingNone,
@@ -162,6 +180,9 @@ func EndpointFromSpec(namespace, name string, spec *v1.WebhookEndpointSpec, secr
 	if e.MaxInFlight <= 0 {
 		e.MaxInFlight = 16
 	}
+	if t := spec.Latency.Target; t != nil {
+		e.LatencyTarget = t.Duration
+	}
 	if rl := spec.RateLimit; rl != nil {
 		e.RateLimit = rate.Limit(rl.RequestsPerSecond)
 		e.Burst = int(rl.RequestsPerSecond)
@@ -169,5 +190,5 @@ func EndpointFromSpec(namespace, name string, spec *v1.WebhookEndpointSpec, secr
 			e.Burst = int(*rl.Burst)
 		}
 	}
-	return e, nil
+	return e
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/herald-dev/herald/internal/streams"
@@ -30,6 +31,7 @@ type options struct {
 	drainTimeout    time.Duration
 	probeAfter      int
 	userAgent       string
+	sweepInterval   time.Duration
 	// Set only by the cost benchmark (export_test.go), to show what the
 	// durable writes cost; Herald itself never turns them off.
 	noVersionRecords bool
@@ -93,6 +95,20 @@ func WithProbeAfter(n int) Option {
 	}
 }
 
+// WithSweepInterval sets how often a suspended or probing endpoint's
+// waiting events are checked for the end of their retry window (default
+// 1m); it must stay well below the margin between the longest window and
+// the events stream's retention.
+func WithSweepInterval(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return fmt.Errorf("%w: sweep interval must be positive", ErrInvalidOption)
+		}
+		o.sweepInterval = d
+		return nil
+	}
+}
+
 // WithUserAgent sets the user-agent header (default "Herald-Webhooks/<version>").
 func WithUserAgent(ua string) Option {
 	return func(o *options) error { o.userAgent = ua; return nil }
@@ -103,7 +119,12 @@ var Version = "dev"
 
 // Dispatcher runs one worker per endpoint.
 type Dispatcher struct {
-	js       jetstream.JetStream
+	js jetstream.JetStream
+	// logJS publishes the delivery log asynchronously, with its own error
+	// handler, on the same connection (so an entry reaches NATS before
+	// the ack that follows it).
+	logJS    jetstream.JetStream
+	logRetry chan *nats.Msg
 	opts     options
 	versions jetstream.KeyValue
 	health   jetstream.KeyValue
@@ -113,7 +134,11 @@ type Dispatcher struct {
 	// ctx is set by Run; workers live under it. Endpoints upserted before
 	// Run wait in pending.
 	ctx     context.Context
-	workers map[string]*worker
+	workers map[string]*worker // the current worker per endpoint
+	// newest is the newest worker per endpoint, current or still
+	// stopping: its successor starts only once it has stopped, so two
+	// workers never pull one consumer.
+	newest  map[string]*worker
 	pending map[string]Endpoint
 	wg      sync.WaitGroup
 }
@@ -128,6 +153,7 @@ func New(ctx context.Context, js jetstream.JetStream, opts ...Option) (*Dispatch
 		drainTimeout:    30 * time.Second,
 		probeAfter:      5,
 		userAgent:       "Herald-Webhooks/" + Version,
+		sweepInterval:   time.Minute,
 	}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
@@ -146,8 +172,14 @@ func New(ctx context.Context, js jetstream.JetStream, opts ...Option) (*Dispatch
 	if err != nil {
 		return nil, fmt.Errorf("opening stream %s: %w", streams.AttemptsStream, err)
 	}
-	return &Dispatcher{js: js, opts: o, versions: versions, health: health, attempts: attempts,
-		workers: map[string]*worker{}, pending: map[string]Endpoint{}}, nil
+	d := &Dispatcher{js: js, opts: o, versions: versions, health: health, attempts: attempts,
+		logRetry: make(chan *nats.Msg, logRetries),
+		workers:  map[string]*worker{}, newest: map[string]*worker{}, pending: map[string]Endpoint{}}
+	d.logJS, err = jetstream.New(js.Conn(), jetstream.WithPublishAsyncErrHandler(d.logFailed))
+	if err != nil {
+		return nil, fmt.Errorf("opening JetStream for the delivery log: %w", err)
+	}
+	return d, nil
 }
 
 // Run starts the workers of every upserted endpoint and blocks until ctx
@@ -166,65 +198,78 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		delete(d.pending, id)
 	}
 	d.mu.Unlock()
+	d.wg.Add(1)
+	go func() { defer d.wg.Done(); d.retryLog(ctx) }()
 
 	<-ctx.Done()
-	d.mu.Lock()
 	// ctx is done, so every worker is already stopping; wait for them all.
-	for id := range d.workers {
-		delete(d.workers, id)
-	}
-	d.mu.Unlock()
 	d.wg.Wait()
 	return nil
 }
 
 // Upsert starts delivering to ep, or applies a changed configuration. A
 // new URL, secret, header set, rate limit or retry policy takes effect on
-// the next attempt; a change of concurrency, timeout or ordering restarts
-// the endpoint's worker, which hands its held events back first. Suspend
-// stops the worker: events keep waiting in the stream.
+// the next attempt; a change of concurrency, timeout, ordering or suspend
+// replaces the endpoint's worker, which hands its held events back first.
+// A suspended endpoint's worker only dead-letters events whose window
+// ended; the others keep waiting in the stream. Upsert never waits for a
+// worker to stop: the replacement starts once its predecessor is done.
 func (d *Dispatcher) Upsert(ep Endpoint) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	id := ep.ID()
 	if d.ctx == nil {
-		d.pending[id] = ep
+		d.pending[ep.ID()] = ep
 		return
 	}
-	if w, ok := d.workers[id]; ok {
-		if !ep.Suspend && w.reconfigure(ep) {
-			return
-		}
-		w.stop()
-		delete(d.workers, id)
+	if w, ok := d.workers[ep.ID()]; ok && w.reconfigure(ep) {
+		return
 	}
-	if !ep.Suspend {
-		d.startLocked(ep)
-	}
+	d.startLocked(ep)
 }
 
-// Remove stops delivering to an endpoint.
+// Remove stops delivering to an endpoint, without waiting for its worker
+// to finish stopping.
 func (d *Dispatcher) Remove(namespace, name string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	id := namespace + "/" + name
 	delete(d.pending, id)
-	if w, ok := d.workers[id]; ok {
-		w.stop()
-		delete(d.workers, id)
+	w, ok := d.workers[id]
+	if !ok {
+		return
 	}
-}
-
-func (d *Dispatcher) startLocked(ep Endpoint) {
-	w := newWorker(d, ep)
-	// The cancel exists before the goroutine does, so a stop that comes
-	// at once still reaches it.
-	ctx, cancel := context.WithCancel(d.ctx)
-	w.cancel = cancel
-	d.workers[ep.ID()] = w
+	delete(d.workers, id)
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		w.run(ctx)
+		w.stop()
+		d.retired(id, w)
 	}()
+}
+
+// startLocked makes ep's worker current and runs it once the previous one
+// of the endpoint, if any, has stopped.
+func (d *Dispatcher) startLocked(ep Endpoint) {
+	id := ep.ID()
+	prev := d.newest[id]
+	w := newWorker(d, ep)
+	d.workers[id], d.newest[id] = w, w
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		if prev != nil {
+			prev.stop()
+		}
+		w.run()
+		d.retired(id, w)
+	}()
+}
+
+// retired forgets w once it has stopped, unless a successor replaced it.
+func (d *Dispatcher) retired(id string, w *worker) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.newest[id] == w && d.workers[id] != w {
+		delete(d.newest, id)
+	}
 }

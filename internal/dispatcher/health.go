@@ -37,12 +37,16 @@ type Health struct {
 	InFlight  int64      `json:"inFlight"`
 	// Probing is true while the endpoint keeps failing and only scheduled
 	// retries reach it; new events wait in the stream.
-	Probing        bool      `json:"probing,omitempty"`
-	Delivered      int64     `json:"delivered"`
-	FailedAttempts int64     `json:"failedAttempts"`
-	DeadLettered   int64     `json:"deadLettered"`
-	Superseded     int64     `json:"superseded"`
-	UpdatedAt      time.Time `json:"updatedAt"`
+	Probing        bool  `json:"probing,omitempty"`
+	Delivered      int64 `json:"delivered"`
+	FailedAttempts int64 `json:"failedAttempts"`
+	DeadLettered   int64 `json:"deadLettered"`
+	Superseded     int64 `json:"superseded"`
+	// PendingWrites counts events delivered or dead-lettered whose
+	// bookkeeping (version record, dead letter) is being retried: they are
+	// not sent again, and acked once it is written.
+	PendingWrites int64     `json:"pendingWrites,omitempty"`
+	UpdatedAt     time.Time `json:"updatedAt"`
 }
 
 // ReadHealth returns an endpoint's health record, or nil when its
@@ -74,6 +78,10 @@ type tracker struct {
 	h       Health
 	retries []time.Time // scheduled retries, sorted
 	probe   bool        // a probe attempt is in flight
+	// streak counts consecutive failures a later retry may fix; terminal
+	// answers (a 404 for one bad event) do not make an endpoint probe.
+	streak  int64
+	pending int64 // PendingWrites
 	dirty   bool
 	kick    chan struct{}
 	// changed is closed, and replaced, whenever who may take a turn
@@ -84,15 +92,27 @@ type tracker struct {
 const maxTrackedRetries = 10_000
 
 func newTracker(d *Dispatcher, namespace, name string) *tracker {
-	t := &tracker{d: d, key: streams.EndpointKey(namespace, name), kick: make(chan struct{}, 1), changed: make(chan struct{})}
-	// Totals carry over a restart; a lost read only resets counters.
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	return &tracker{d: d, key: streams.EndpointKey(namespace, name), kick: make(chan struct{}, 1), changed: make(chan struct{})}
+}
+
+// load takes the totals over from the record a previous worker wrote; a
+// lost read only resets counters. It runs in the worker's goroutine, so no
+// configuration change waits for it.
+func (t *tracker) load(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	if h, err := ReadHealth(ctx, d.health, namespace, name); err == nil && h != nil {
-		t.h = *h
-		t.h.InFlight, t.h.Probing, t.h.NextRetry = 0, false, nil
+	e, err := t.d.health.Get(ctx, t.key)
+	if err != nil {
+		return
 	}
-	return t
+	var h Health
+	if json.Unmarshal(e.Value(), &h) != nil {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.h = h
+	t.h.InFlight, t.h.Probing, t.h.NextRetry, t.h.PendingWrites = 0, false, nil, 0
 }
 
 func (t *tracker) run(ctx context.Context) {
@@ -125,6 +145,7 @@ func (t *tracker) write(ctx context.Context) {
 	now := time.Now()
 	h := t.h
 	h.InFlight = t.inFlight.Load()
+	h.PendingWrites = t.pending
 	h.UpdatedAt = now
 	h.NextRetry = nil
 	if i, _ := slices.BinarySearchFunc(t.retries, now, time.Time.Compare); i < len(t.retries) {
@@ -169,6 +190,7 @@ func (t *tracker) success(now time.Time) {
 	t.h.LastSuccess = &now
 	t.h.Delivered++
 	t.h.ConsecutiveFailures = 0
+	t.streak = 0
 	t.h.Probing = false
 	if wasProbing {
 		t.turnsChangedLocked()
@@ -177,12 +199,16 @@ func (t *tracker) success(now time.Time) {
 }
 
 // failure records a failed attempt and, when it will be retried, when.
-func (t *tracker) failure(f Failure, next *time.Time) {
+// Only retryable failures count toward probing.
+func (t *tracker) failure(f Failure, next *time.Time, retryable bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.h.LastFailure = &f
 	t.h.ConsecutiveFailures++
 	t.h.FailedAttempts++
+	if retryable {
+		t.streak++
+	}
 	if next != nil {
 		i, _ := slices.BinarySearchFunc(t.retries, *next, time.Time.Compare)
 		t.retries = slices.Insert(t.retries, i, *next)
@@ -193,11 +219,19 @@ func (t *tracker) failure(f Failure, next *time.Time) {
 			t.turnsChangedLocked() // the next probe comes sooner
 		}
 	}
-	startedProbing := !t.h.Probing && t.h.ConsecutiveFailures >= int64(t.d.opts.probeAfter)
+	startedProbing := !t.h.Probing && t.streak >= int64(t.d.opts.probeAfter)
 	if startedProbing {
 		t.h.Probing = true
 	}
 	t.stateChanged(t.h.ConsecutiveFailures == 1 || startedProbing)
+}
+
+// pendingWrites adds n to the events whose bookkeeping is being retried.
+func (t *tracker) pendingWrites(n int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.pending += n
+	t.stateChanged(t.pending == n || t.pending == 0) // started or ended
 }
 
 func (t *tracker) superseded() {

@@ -14,8 +14,8 @@ func TestTurnsWhileProbing(t *testing.T) {
 		t.Fatal("a healthy endpoint must give every attempt a turn")
 	}
 
-	tr.failure(Failure{Time: now}, &retry)
-	tr.failure(Failure{Time: now}, &retry)
+	tr.failure(Failure{Time: now}, &retry, true)
+	tr.failure(Failure{Time: now}, &retry, true)
 	ok, next, _ := tr.takeTurn(now, floor)
 	if ok || !next.Equal(retry) {
 		t.Fatalf("probing before the retry is due: got turn %v, next %v; want no turn until %v", ok, next, retry)
@@ -30,7 +30,7 @@ func TestTurnsWhileProbing(t *testing.T) {
 	}
 
 	after := retry.Add(time.Millisecond)
-	tr.failure(Failure{Time: after}, nil)
+	tr.failure(Failure{Time: after}, nil, true)
 	tr.endTurn(after)
 	select {
 	case <-probeRunning:
@@ -50,5 +50,25 @@ func TestTurnsWhileProbing(t *testing.T) {
 	}
 	if ok, _, _ := tr.takeTurn(after, floor); !ok {
 		t.Fatal("a recovered endpoint must give every attempt a turn")
+	}
+}
+
+func TestTerminalAnswersDoNotMakeAnEndpointProbe(t *testing.T) {
+	tr := &tracker{d: &Dispatcher{opts: options{probeAfter: 2}}, kick: make(chan struct{}, 1), changed: make(chan struct{})}
+	now := time.Now()
+	for range 5 {
+		tr.failure(Failure{Time: now, StatusCode: 404}, nil, false)
+	}
+	if tr.probing() {
+		t.Fatal("five 404s (terminal, one bad event each) made the endpoint probe")
+	}
+	if tr.h.ConsecutiveFailures != 5 {
+		t.Fatalf("consecutive failures = %d, want 5: terminal failures still show", tr.h.ConsecutiveFailures)
+	}
+	retry := now.Add(time.Second)
+	tr.failure(Failure{Time: now, StatusCode: 503}, &retry, true)
+	tr.failure(Failure{Time: now, StatusCode: 503}, &retry, true)
+	if !tr.probing() {
+		t.Fatal("two retryable failures at probeAfter=2 must make the endpoint probe")
 	}
 }

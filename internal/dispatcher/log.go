@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/herald-dev/herald/internal/streams"
@@ -32,13 +33,16 @@ type Attempt struct {
 	LatencyMS   float64    `json:"latencyMs"`
 	Response    string     `json:"response,omitempty"`
 	NextAttempt *time.Time `json:"nextAttempt,omitempty"`
-	// Why says why an event went dead (terminal response, window, attempts).
+	// DeadReason is set on a dead outcome: one of the Dead... reasons.
+	DeadReason string `json:"deadReason,omitempty"`
+	// Why says why an event went dead, or what else happened, in words.
 	Why string `json:"why,omitempty"`
 }
 
 // logAttempt appends a to the delivery log without waiting for the ack;
 // the log is an audit trail, and waiting would put a round trip on every
-// delivery. Failures show in the publish-error callback's log.
+// delivery. A publish that fails is retried (see logFailed), so no entry
+// is lost without a metric and a log line saying so.
 func (d *Dispatcher) logAttempt(a *Attempt) {
 	if d.opts.noDeliveryLog {
 		return
@@ -48,8 +52,67 @@ func (d *Dispatcher) logAttempt(a *Attempt) {
 		d.opts.log.Error(err, "encoding attempt", "eventID", a.EventID)
 		return
 	}
-	if _, err := d.js.PublishAsync(streams.AttemptSubject(a.Namespace, a.Endpoint, a.EventID), b); err != nil {
-		d.opts.log.Error(err, "logging attempt", "eventID", a.EventID, "endpoint", a.Namespace+"/"+a.Endpoint)
+	subject := streams.AttemptSubject(a.Namespace, a.Endpoint, a.EventID)
+	if _, err := d.logJS.PublishAsync(subject, b); err != nil {
+		d.logFailed(nil, &nats.Msg{Subject: subject, Data: b}, err)
+	}
+}
+
+// logAttemptSync appends a and waits for the stream to store it: for the
+// entries that record a decision a redelivery must find (dead).
+func (d *Dispatcher) logAttemptSync(ctx context.Context, a *Attempt) error {
+	if d.opts.noDeliveryLog {
+		return nil
+	}
+	b, err := json.Marshal(a)
+	if err != nil {
+		return fmt.Errorf("encoding attempt: %w", err)
+	}
+	if _, err := d.js.Publish(ctx, streams.AttemptSubject(a.Namespace, a.Endpoint, a.EventID), b); err != nil {
+		return fmt.Errorf("logging attempt: %w", err)
+	}
+	return nil
+}
+
+// logRetries is how many failed log entries may wait for their retry;
+// past it an entry is counted lost.
+const logRetries = 10_000
+
+// logFailed is the delivery log's asynchronous publish error handler: the
+// entry is queued for retryLog.
+func (d *Dispatcher) logFailed(_ jetstream.JetStream, msg *nats.Msg, err error) {
+	logPublishFailures.Inc()
+	select {
+	case d.logRetry <- msg:
+	default:
+		logEntriesLost.Inc()
+		d.opts.log.Error(err, "delivery log entry lost: its retry queue is full", "subject", msg.Subject)
+	}
+}
+
+// retryLog re-publishes failed log entries synchronously, a few times with
+// backoff, until ctx ends; an entry that still fails is counted lost.
+func (d *Dispatcher) retryLog(ctx context.Context) {
+	for {
+		var msg *nats.Msg
+		select {
+		case <-ctx.Done():
+			return
+		case msg = <-d.logRetry:
+		}
+		var err error
+		for i, backoff := 0, 100*time.Millisecond; i < 5; i, backoff = i+1, backoff*2 {
+			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, err = d.js.Publish(pctx, msg.Subject, msg.Data)
+			cancel()
+			if err == nil || !sleep(ctx, backoff) {
+				break
+			}
+		}
+		if err != nil {
+			logEntriesLost.Inc()
+			d.opts.log.Error(err, "delivery log entry lost after retries", "subject", msg.Subject)
+		}
 	}
 }
 

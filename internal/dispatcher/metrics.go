@@ -19,25 +19,52 @@ var (
 		Name: "herald_in_flight",
 		Help: "Requests in flight to an endpoint.",
 	}, []string{"namespace", "endpoint"})
+	overTarget = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "herald_deliveries_over_target_total",
+		Help: "Deliveries that reached the endpoint later than its latency target after the event was stored.",
+	}, []string{"namespace", "endpoint"})
+	bookkeepingFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "herald_bookkeeping_failures_total",
+		Help: "Failed writes of a decided outcome (what: version, versionRead, deadLetter); the event is kept and not sent again.",
+	}, []string{"namespace", "endpoint", "what"})
+	pendingWrites = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "herald_bookkeeping_pending",
+		Help: "Events whose outcome is decided but whose version record or dead letter is still being written.",
+	}, []string{"namespace", "endpoint"})
+	logPublishFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "herald_delivery_log_publish_failures_total",
+		Help: "Delivery-log publishes that failed and were queued for a retry.",
+	})
+	logEntriesLost = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "herald_delivery_log_lost_total",
+		Help: "Delivery-log entries lost after their retries failed (each is also logged as an error).",
+	})
 )
 
 func init() {
-	metrics.Registry.MustRegister(deliveries, attemptSeconds, inFlightGauge)
+	metrics.Registry.MustRegister(deliveries, attemptSeconds, inFlightGauge, overTarget,
+		bookkeepingFailures, pendingWrites, logPublishFailures, logEntriesLost)
 }
 
 // endpointMetrics are one endpoint's series, looked up once per worker
 // rather than by label on every delivery.
 type endpointMetrics struct {
-	outcomes map[string]prometheus.Counter
-	latency  prometheus.Observer
-	inFlight prometheus.Gauge
+	namespace, endpoint string
+	outcomes            map[string]prometheus.Counter
+	latency             prometheus.Observer
+	inFlight            prometheus.Gauge
+	overTarget          prometheus.Counter
+	pending             prometheus.Gauge
 }
 
 func newEndpointMetrics(namespace, endpoint string) endpointMetrics {
 	m := endpointMetrics{
-		outcomes: map[string]prometheus.Counter{},
-		latency:  attemptSeconds.WithLabelValues(namespace, endpoint),
-		inFlight: inFlightGauge.WithLabelValues(namespace, endpoint),
+		namespace: namespace, endpoint: endpoint,
+		overTarget: overTarget.WithLabelValues(namespace, endpoint),
+		pending:    pendingWrites.WithLabelValues(namespace, endpoint),
+		outcomes:   map[string]prometheus.Counter{},
+		latency:    attemptSeconds.WithLabelValues(namespace, endpoint),
+		inFlight:   inFlightGauge.WithLabelValues(namespace, endpoint),
 	}
 	for _, o := range []string{OutcomeDelivered, OutcomeRetrying, OutcomeDead, OutcomeSuperseded} {
 		m.outcomes[o] = deliveries.WithLabelValues(namespace, endpoint, o)
@@ -46,3 +73,7 @@ func newEndpointMetrics(namespace, endpoint string) endpointMetrics {
 }
 
 func (m endpointMetrics) outcome(o string) { m.outcomes[o].Inc() }
+
+func (m endpointMetrics) bookkeepingFailed(what string) {
+	bookkeepingFailures.WithLabelValues(m.namespace, m.endpoint, what).Inc()
+}

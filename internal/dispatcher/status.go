@@ -32,15 +32,27 @@ const (
 )
 
 // EventStatus looks an event up in the delivery log: one walk over the
-// event's entries, keeping the newest per endpoint. When namespace and eventType are given it also lists
-// the endpoints whose consumers match the event but have not tried it yet,
-// as queued.
+// event's entries, keeping the newest per endpoint. The id is checked
+// first (it becomes a subject token, so `>` would read the whole log);
+// namespace, when given, scopes the walk to that namespace. When
+// namespace and eventType are given it also lists the endpoints whose
+// consumers match the event but have not tried it yet, as queued.
 func EventStatus(ctx context.Context, js jetstream.JetStream, eventID, namespace, eventType string) ([]EventState, error) {
+	if err := events.CheckID(eventID); err != nil {
+		return nil, err
+	}
+	ns := "*"
+	if namespace != "" {
+		if err := (events.Event{ID: eventID, Namespace: namespace, Type: "x", Data: []byte("{}")}).Validate(); err != nil {
+			return nil, err
+		}
+		ns = namespace
+	}
 	log, err := js.Stream(ctx, streams.AttemptsStream)
 	if err != nil {
 		return nil, fmt.Errorf("opening delivery log: %w", err)
 	}
-	all, err := readAttempts(ctx, log, streams.AttemptsPrefix+".*.*."+eventID)
+	all, err := readAttempts(ctx, log, streams.AttemptsPrefix+"."+ns+".*."+eventID)
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package dispatcher
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -32,7 +33,9 @@ func (m mark) newer(o mark) bool {
 // versionStore remembers, durably in the versions bucket, the newest event
 // delivered per endpoint and key, with a cache in front: each endpoint has
 // one worker, so the cache is only stale after someone else wrote, and the
-// compare-and-set in record catches that.
+// compare-and-set in flush catches that. The cache also holds marks whose
+// write failed: they are what reads see (so an older version never gets
+// through while the bucket is down) until flush stores them.
 type versionStore struct {
 	kv     jetstream.KeyValue
 	prefix string // <namespace>.<endpoint>.
@@ -42,11 +45,19 @@ type versionStore struct {
 }
 
 type cached struct {
-	m   mark
-	rev uint64 // 0: no record yet
+	m      mark   // newest delivered; may be ahead of the record
+	stored mark   // what the record holds
+	rev    uint64 // the record's revision; 0: no record yet
 }
 
+// dirty reports whether m still has to be written.
+func (c cached) dirty() bool { return c.rev == 0 && c.m != (mark{}) || c.m.newer(c.stored) }
+
 const versionCacheSize = 100_000
+
+// maxKeyToken bounds the bucket key token an ordering key becomes: longer
+// keys are hashed, so no tenant's key can make a subject NATS refuses.
+const maxKeyToken = 64
 
 func newVersionStore(kv jetstream.KeyValue, namespace, endpoint string) *versionStore {
 	return &versionStore{kv: kv, prefix: streams.EndpointKey(namespace, endpoint) + ".", cache: map[string]cached{}}
@@ -54,7 +65,12 @@ func newVersionStore(kv jetstream.KeyValue, namespace, endpoint string) *version
 
 // kvKey encodes an ordering key into the bucket's key alphabet.
 func (s *versionStore) kvKey(key string) string {
-	return s.prefix + base64.RawURLEncoding.EncodeToString([]byte(key))
+	tok := base64.RawURLEncoding.EncodeToString([]byte(key))
+	if len(tok) > maxKeyToken {
+		sum := sha256.Sum256([]byte(key))
+		tok = "h-" + base64.RawURLEncoding.EncodeToString(sum[:])
+	}
+	return s.prefix + tok
 }
 
 func (s *versionStore) load(ctx context.Context, key string) (cached, error) {
@@ -64,30 +80,52 @@ func (s *versionStore) load(ctx context.Context, key string) (cached, error) {
 	if ok {
 		return c, nil
 	}
-	e, err := s.kv.Get(ctx, s.kvKey(key))
-	switch {
-	case errors.Is(err, jetstream.ErrKeyNotFound):
-		c = cached{}
-	case err != nil:
-		return cached{}, fmt.Errorf("reading delivered version: %w", err)
-	default:
-		m, perr := parseMark(string(e.Value()))
-		if perr != nil {
-			return cached{}, perr
-		}
-		c = cached{m: m, rev: e.Revision()}
+	c, err := s.read(ctx, key)
+	if err != nil {
+		return cached{}, err
 	}
-	s.put(key, c)
+	s.merge(key, c)
 	return c, nil
 }
 
-func (s *versionStore) put(key string, c cached) {
+// read gets key's record from the bucket.
+func (s *versionStore) read(ctx context.Context, key string) (cached, error) {
+	e, err := s.kv.Get(ctx, s.kvKey(key))
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return cached{}, nil
+	case err != nil:
+		return cached{}, fmt.Errorf("reading delivered version: %w", err)
+	}
+	m, err := parseMark(string(e.Value()))
+	if err != nil {
+		return cached{}, err
+	}
+	return cached{m: m, stored: m, rev: e.Revision()}, nil
+}
+
+// merge folds c into the cache: the newest mark wins, and the record's
+// state is c's when c is a fresher read or write of it.
+func (s *versionStore) merge(key string, c cached) cached {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.cache) >= versionCacheSize {
-		clear(s.cache)
+	old, ok := s.cache[key]
+	if ok {
+		if old.m.newer(c.m) {
+			c.m = old.m
+		}
+		if old.rev > c.rev {
+			c.stored, c.rev = old.stored, old.rev
+		}
+	} else if len(s.cache) >= versionCacheSize {
+		for k, v := range s.cache {
+			if !v.dirty() {
+				delete(s.cache, k)
+			}
+		}
 	}
 	s.cache[key] = c
+	return c
 }
 
 // delivered returns the newest mark delivered for key.
@@ -96,34 +134,54 @@ func (s *versionStore) delivered(ctx context.Context, key string) (mark, error) 
 	return c.m, err
 }
 
-// record raises key's delivered mark to m unless something newer is there.
+// record raises key's delivered mark to m, in memory at once and then in
+// the bucket. When the write fails the mark stays in memory and flush
+// writes it later.
 func (s *versionStore) record(ctx context.Context, key string, m mark) error {
+	c, err := s.load(ctx, key)
+	if err != nil {
+		// Unknown record: remember m alone; flush reads before it writes.
+		c = cached{}
+	}
+	c.m = m
+	s.merge(key, c)
+	if err != nil {
+		return err
+	}
+	return s.flush(ctx, key)
+}
+
+// flush writes key's cached mark unless the record already holds it or
+// something newer.
+func (s *versionStore) flush(ctx context.Context, key string) error {
 	for range 3 {
-		c, err := s.load(ctx, key)
-		if err != nil {
-			return err
-		}
-		if !m.newer(c.m) && c.rev != 0 {
+		s.mu.Lock()
+		c := s.cache[key]
+		s.mu.Unlock()
+		if !c.dirty() {
 			return nil
 		}
-		val := []byte(strconv.FormatInt(m.version, 10) + ":" + strconv.FormatUint(m.seq, 10))
+		val := []byte(strconv.FormatInt(c.m.version, 10) + ":" + strconv.FormatUint(c.m.seq, 10))
 		var rev uint64
+		var err error
 		if c.rev == 0 {
 			rev, err = s.kv.Create(ctx, s.kvKey(key), val)
 		} else {
 			rev, err = s.kv.Update(ctx, s.kvKey(key), val, c.rev)
 		}
 		if err == nil {
-			s.put(key, cached{m: m, rev: rev})
+			s.merge(key, cached{m: c.m, stored: c.m, rev: rev})
 			return nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) && !isWrongLastSequence(err) {
 			return fmt.Errorf("recording delivered version: %w", err)
 		}
-		// Someone else wrote: forget the cache and compare again.
-		s.mu.Lock()
-		delete(s.cache, key)
-		s.mu.Unlock()
+		// Someone else wrote: read the record and compare again.
+		fresh, rerr := s.read(ctx, key)
+		if rerr != nil {
+			return rerr
+		}
+		s.merge(key, fresh)
 	}
 	return fmt.Errorf("recording delivered version: concurrent writers kept winning")
 }
@@ -138,7 +196,14 @@ func parseMark(s string) (mark, error) {
 	ver, err1 := strconv.ParseInt(v, 10, 64)
 	seq, err2 := strconv.ParseUint(q, 10, 64)
 	if !ok || err1 != nil || err2 != nil {
-		return mark{}, fmt.Errorf("delivered version record %q is malformed", s)
+		return mark{}, fmt.Errorf("delivered version record %q is malformed", clip(s))
 	}
 	return mark{version: ver, seq: seq}, nil
+}
+
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
 }

@@ -2,11 +2,13 @@ package dispatcher
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -27,6 +29,13 @@ const (
 	// heldPerSlot bounds events held in memory (in flight plus waiting in a
 	// key's lane) to this many per request slot.
 	heldPerSlot = 4
+	// laneDepth is how many events of one key wait in memory behind the
+	// one in flight: enough that the next starts the moment it ends. The
+	// rest go back to the stream, so one busy key never takes the room
+	// other keys need.
+	laneDepth = 2
+	// sweepBatch is how many events one expiry sweep fetches at a time.
+	sweepBatch = 100
 )
 
 // worker delivers to one endpoint. Its fields that a live reconfiguration
@@ -42,33 +51,60 @@ type worker struct {
 	vers    *versionStore
 	health  *tracker
 
+	ctx    context.Context // the worker's life: pulling, waiting, retrying bookkeeping
 	cancel context.CancelFunc
-	done   chan struct{}
+	// reqCtx outlives ctx by the drain: a request in flight at a stop
+	// finishes and is acked, instead of being cut off and sent again.
+	reqCtx    context.Context
+	reqCancel context.CancelFunc
+	done      chan struct{}
 
 	slots chan struct{} // one per concurrent request
 	held  chan struct{} // one per event held in memory
 
 	metrics endpointMetrics
+	// latency is a moving average of request time (ns), to tell an event
+	// handed back when its turn will come.
+	latency atomic.Int64
 
 	mu    sync.Mutex
-	lanes map[string][]event // key -> events waiting behind the one in flight
+	lanes map[string][]event // key -> events waiting behind the one in flight, by stream sequence
 	inUse map[uint64]bool    // stream sequences held, to drop a redelivered copy
-	wg    sync.WaitGroup     // event goroutines
+	// out holds, per key, the events handed back to the stream and until
+	// when to wait for them: none of the key's later events may start
+	// before they are back, so the hand-back never reorders a key.
+	out map[string]map[uint64]time.Time
+	// progress is what this worker knows of events not finished yet, by
+	// stream sequence: HTTP attempts made, bookkeeping failures. Without
+	// an entry a redelivered event's history is read from the delivery log.
+	progress map[uint64]progress
+	wg       sync.WaitGroup // event goroutines
+	settling sync.WaitGroup // bookkeeping retries (see settle)
+}
+
+// progress is how far one event has come at this endpoint.
+type progress struct {
+	sent      int // HTTP attempts
+	readFails int // failed reads of the delivered version
 }
 
 func newWorker(d *Dispatcher, ep Endpoint) *worker {
 	w := &worker{
-		d:     d,
-		log:   d.opts.log.WithValues("webhookEndpoint", ep.ID()),
-		fixed: ep,
-		vers:  newVersionStore(d.versions, ep.Namespace, ep.Name),
-		done:  make(chan struct{}),
-		slots: make(chan struct{}, ep.MaxInFlight),
-		held:  make(chan struct{}, ep.MaxInFlight*heldPerSlot),
-		lanes: map[string][]event{},
-		inUse: map[uint64]bool{},
+		d:        d,
+		log:      d.opts.log.WithValues("webhookEndpoint", ep.ID()),
+		fixed:    ep,
+		vers:     newVersionStore(d.versions, ep.Namespace, ep.Name),
+		done:     make(chan struct{}),
+		slots:    make(chan struct{}, ep.MaxInFlight),
+		held:     make(chan struct{}, ep.MaxInFlight*heldPerSlot),
+		lanes:    map[string][]event{},
+		inUse:    map[uint64]bool{},
+		out:      map[string]map[uint64]time.Time{},
+		progress: map[uint64]progress{},
 	}
 	w.ep.Store(&ep)
+	w.ctx, w.cancel = context.WithCancel(d.ctx)
+	w.reqCtx, w.reqCancel = context.WithCancel(context.WithoutCancel(d.ctx))
 	w.limiter = rate.NewLimiter(rate.Inf, 0)
 	w.setRate(ep)
 	w.health = newTracker(d, ep.Namespace, ep.Name)
@@ -106,7 +142,7 @@ func (w *worker) setRate(ep Endpoint) {
 // reconfigure applies ep in place when only live fields changed.
 func (w *worker) reconfigure(ep Endpoint) bool {
 	f := w.fixed
-	if f.MaxInFlight != ep.MaxInFlight || f.Timeout != ep.Timeout || f.PerKey != ep.PerKey {
+	if f.MaxInFlight != ep.MaxInFlight || f.Timeout != ep.Timeout || f.PerKey != ep.PerKey || f.Suspend != ep.Suspend {
 		return false
 	}
 	w.ep.Store(&ep)
@@ -114,7 +150,8 @@ func (w *worker) reconfigure(ep Endpoint) bool {
 	return true
 }
 
-// stop ends the worker and waits for it to hand everything back.
+// stop ends the worker and waits for it to hand everything back. It may
+// be called before run starts, and more than once.
 func (w *worker) stop() {
 	w.cancel()
 	<-w.done
@@ -123,33 +160,44 @@ func (w *worker) stop() {
 // run is the fetch loop. It pulls as many events as it has room for and
 // hands each to a key lane or straight to a request. While the endpoint
 // keeps failing it probes instead: one event at a time, at the earliest
-// scheduled retry, so new events wait in the stream.
-func (w *worker) run(ctx context.Context) {
+// scheduled retry, so new events wait in the stream. A suspended endpoint
+// only sweeps: its events wait, and those whose window ends are
+// dead-lettered as Expired before the stream's retention could drop them.
+func (w *worker) run() {
+	ctx := w.ctx
 	defer close(w.done)
+	w.health.load(ctx)
 	defer w.shutdown()
 	go w.health.run(ctx)
-	go w.keepAlive(ctx)
 
-	ep := w.ep.Load()
-	var cons jetstream.Consumer
-	for backoff := 100 * time.Millisecond; ; backoff = min(backoff*2, 5*time.Second) {
-		var err error
-		cons, err = w.d.js.Consumer(ctx, events.StreamName, streams.ConsumerName(ep.Namespace, ep.Name))
-		if err == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			return
-		}
-		w.log.V(1).Info("waiting for the endpoint's consumer", "error", err.Error())
-		if !sleep(ctx, backoff) {
-			return
+	cons := w.consumer(ctx)
+	if cons == nil {
+		return
+	}
+	if w.fixed.Suspend {
+		for {
+			w.sweep(ctx, cons)
+			if !sleep(ctx, w.d.opts.sweepInterval) {
+				return
+			}
 		}
 	}
-
+	go w.keepAlive(ctx)
+	nextSweep := time.Now().Add(w.d.opts.sweepInterval)
 	for ctx.Err() == nil {
 		if w.health.probing() {
-			if !w.waitForProbe(ctx) || !acquire(ctx, w.held) {
+			if !time.Now().Before(nextSweep) {
+				w.sweep(ctx, cons)
+				nextSweep = time.Now().Add(w.d.opts.sweepInterval)
+			}
+			ready := w.waitForProbe(ctx, nextSweep)
+			if ctx.Err() != nil {
+				return
+			}
+			if !ready {
+				continue
+			}
+			if !acquire(ctx, w.held) {
 				return
 			}
 			w.fetch(ctx, cons, 1)
@@ -165,6 +213,25 @@ func (w *worker) run(ctx context.Context) {
 			n++
 		}
 		w.fetch(ctx, cons, n)
+	}
+}
+
+// consumer opens the endpoint's consumer, waiting for the operator to
+// create it; nil when ctx ends first.
+func (w *worker) consumer(ctx context.Context) jetstream.Consumer {
+	ep := w.ep.Load()
+	for backoff := 100 * time.Millisecond; ; backoff = min(backoff*2, 5*time.Second) {
+		cons, err := w.d.js.Consumer(ctx, events.StreamName, streams.ConsumerName(ep.Namespace, ep.Name))
+		if err == nil {
+			return cons
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		w.log.V(1).Info("waiting for the endpoint's consumer", "error", err.Error())
+		if !sleep(ctx, backoff) {
+			return nil
+		}
 	}
 }
 
@@ -191,52 +258,120 @@ func (w *worker) fetch(ctx context.Context, cons jetstream.Consumer, n int) {
 	}
 }
 
-// event is a pulled message with its metadata, parsed once.
+// event is a pulled message with its metadata, parsed and checked once.
 type event struct {
-	msg jetstream.Msg
-	md  *jetstream.MsgMetadata
+	msg  jetstream.Msg
+	md   *jetstream.MsgMetadata
+	meta events.Meta
+	bad  error // the producer contract rule it breaks, if any
+	lane string
 }
 
-// accept takes one fetched event (holding one held slot) and runs it, or
-// queues it behind the event of the same key that is in flight.
-func (w *worker) accept(ctx context.Context, msg jetstream.Msg) {
+func (w *worker) parse(msg jetstream.Msg) (event, bool) {
 	md, err := msg.Metadata()
 	if err != nil {
 		w.log.Error(err, "event without JetStream metadata")
+		return event{}, false
+	}
+	e := event{msg: msg, md: md}
+	e.meta, e.bad = events.ParseMeta(msg.Subject(), msg.Headers(), msg.Data())
+	// Per-key order is the ordering policy's to choose; newest-version-wins
+	// is not: versioned events of a key always go one at a time.
+	if e.bad == nil && e.meta.Key != "" && (w.fixed.PerKey || e.meta.Version > 0) {
+		e.lane = e.meta.Key
+	}
+	return e, true
+}
+
+// accept takes one fetched event (holding one held slot) and runs it,
+// queues it behind the event of the same key that is in flight, or, when
+// that key already has its lane's worth waiting, hands it back.
+func (w *worker) accept(ctx context.Context, msg jetstream.Msg) {
+	e, ok := w.parse(msg)
+	if !ok {
 		release(w.held, 1)
 		return
 	}
-	key := ""
-	if w.fixed.PerKey {
-		key = msg.Headers().Get(events.HeaderKey)
-	}
+	seq, key := e.md.Sequence.Stream, e.lane
+	now := time.Now()
 	w.mu.Lock()
-	if w.inUse[md.Sequence.Stream] {
+	if w.inUse[seq] {
 		// A redelivered copy of an event we still hold (its ack wait ran
 		// out while it waited its turn): the copy we hold will answer.
 		w.mu.Unlock()
 		release(w.held, 1)
 		return
 	}
-	w.inUse[md.Sequence.Stream] = true
-	e := event{msg: msg, md: md}
 	if key != "" {
-		if q, busy := w.lanes[key]; busy {
-			w.lanes[key] = append(q, e)
+		q, busy := w.lanes[key]
+		ahead := w.aheadLocked(key, seq, now)
+		if ahead > 0 || (busy && len(q) >= laneDepth) {
+			w.handBackLocked(e, ahead+len(q)+1, now)
+			w.mu.Unlock()
+			release(w.held, 1)
+			return
+		}
+		w.inUse[seq] = true
+		if busy {
+			i, _ := slices.BinarySearchFunc(q, seq, func(x event, s uint64) int { return cmp.Compare(x.md.Sequence.Stream, s) })
+			w.lanes[key] = slices.Insert(q, i, e)
 			w.mu.Unlock()
 			return
 		}
 		w.lanes[key] = nil
+	} else {
+		w.inUse[seq] = true
 	}
 	w.mu.Unlock()
 	w.wg.Add(1)
-	go w.lane(ctx, key, e)
+	go w.lane(ctx, e)
 }
 
-// lane delivers msg and then, for a key, every event that queued behind
+// aheadLocked forgets seq as handed back (it is here now) and counts the
+// key's earlier events still out; one that has not come back in time
+// (removed from the stream meanwhile) stops counting.
+func (w *worker) aheadLocked(key string, seq uint64, now time.Time) int {
+	out := w.out[key]
+	delete(out, seq)
+	n := 0
+	for s, until := range out {
+		switch {
+		case now.After(until):
+			delete(out, s)
+		case s < seq:
+			n++
+		}
+	}
+	if len(out) == 0 {
+		delete(w.out, key)
+	}
+	return n
+}
+
+// handBackLocked returns e to the stream, to come back about when its
+// turn in the key will be: pos requests from now. It is not an attempt.
+func (w *worker) handBackLocked(e event, pos int, now time.Time) {
+	seq := e.md.Sequence.Stream
+	lat := time.Duration(w.latency.Load())
+	if lat <= 0 {
+		lat = 50 * time.Millisecond
+	}
+	delay := min(max(time.Duration(pos)*lat, 20*time.Millisecond), streams.AckWait(w.fixed.Timeout))
+	if w.out[e.lane] == nil {
+		w.out[e.lane] = map[uint64]time.Time{}
+	}
+	w.out[e.lane][seq] = now.Add(delay + streams.AckWait(w.fixed.Timeout))
+	if _, known := w.progress[seq]; !known && e.md.NumDelivered == 1 && len(w.progress) < maxProgress {
+		w.progress[seq] = progress{} // so its return reads no history
+	}
+	_ = e.msg.NakWithDelay(delay)
+}
+
+// lane delivers e and then, for a key, every event that queued behind
 // it, one at a time in stream order.
-func (w *worker) lane(ctx context.Context, key string, e event) {
+func (w *worker) lane(ctx context.Context, e event) {
 	defer w.wg.Done()
+	key := e.lane
 	for more := true; more; {
 		w.handle(ctx, e)
 		w.mu.Lock()
@@ -283,8 +418,9 @@ func (w *worker) keepAliveEvery() time.Duration {
 	return streams.AckWait(w.fixed.Timeout) / 3
 }
 
-// shutdown waits (bounded) for requests in flight and hands every waiting
-// event back to JetStream for prompt redelivery.
+// shutdown lets requests in flight finish (bounded by the drain timeout,
+// on their own context) and hands every waiting event back to JetStream
+// for prompt redelivery.
 func (w *worker) shutdown() {
 	finished := make(chan struct{})
 	go func() { w.wg.Wait(); close(finished) }()
@@ -293,6 +429,9 @@ func (w *worker) shutdown() {
 	case <-time.After(w.d.opts.drainTimeout):
 		w.log.Info("requests still in flight after the drain timeout; JetStream will redeliver them")
 	}
+	w.reqCancel()
+	<-finished
+	w.settling.Wait()
 	w.mu.Lock()
 	for key, q := range w.lanes {
 		for _, e := range q {
@@ -305,21 +444,26 @@ func (w *worker) shutdown() {
 }
 
 // waitForProbe waits until nothing is held and the earliest retry is
-// due; while events are held, they take the probe turns themselves.
-func (w *worker) waitForProbe(ctx context.Context) bool {
+// due (true), or until the endpoint stops probing (true) or until
+// (false); while events are held, they take the probe turns themselves.
+func (w *worker) waitForProbe(ctx context.Context, until time.Time) bool {
 	for {
 		w.mu.Lock()
 		idle := len(w.inUse) == 0
 		w.mu.Unlock()
+		now := time.Now()
 		at := w.health.nextProbe(w.ep.Load().Policy.Schedule[0])
-		if idle && !time.Now().Before(at) {
+		if idle && !now.Before(at) {
 			return true
+		}
+		if !now.Before(until) {
+			return false
 		}
 		wait := time.Until(at)
 		if !idle || wait <= 0 {
 			wait = 50 * time.Millisecond
 		}
-		if !sleep(ctx, min(wait, time.Second)) {
+		if !sleep(ctx, min(wait, time.Second, time.Until(until)+time.Millisecond)) {
 			return false
 		}
 		if !w.health.probing() {
@@ -379,38 +523,156 @@ func (w *worker) acquireSlot(ctx context.Context, msg jetstream.Msg) bool {
 	}
 }
 
+// waitRate waits for the endpoint's rate limit, keeping msg alive: behind
+// a low limit the wait can outlast the ack wait.
+func (w *worker) waitRate(ctx context.Context, msg jetstream.Msg) bool {
+	r := w.limiter.Reserve()
+	if d := r.Delay(); d > 0 {
+		if !w.holdFor(ctx, msg, d) {
+			r.Cancel()
+			return false
+		}
+	}
+	return true
+}
+
+// holdFor waits d, marking msg in progress meanwhile; false when ctx ends.
+func (w *worker) holdFor(ctx context.Context, msg jetstream.Msg, d time.Duration) bool {
+	due := time.NewTimer(d)
+	defer due.Stop()
+	t := time.NewTicker(w.keepAliveEvery())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-due.C:
+			return true
+		case <-t.C:
+			_ = msg.InProgress()
+		}
+	}
+}
+
 // endTurn ends an attempt started by awaitTurn.
 func (w *worker) endTurn() { w.health.endTurn(time.Now()) }
 
+// prior is what is known of e from before this delivery: its progress and,
+// when it was already finished before a restart, the last outcome the
+// delivery log holds for it (delivered, superseded or dead).
+func (w *worker) prior(ctx context.Context, e event) (progress, *Attempt) {
+	seq := e.md.Sequence.Stream
+	w.mu.Lock()
+	p, ok := w.progress[seq]
+	w.mu.Unlock()
+	if ok || e.md.NumDelivered <= 1 {
+		return p, nil
+	}
+	ep := w.ep.Load()
+	hist, err := readAttempts(ctx, w.d.attempts, streams.AttemptSubject(ep.Namespace, ep.Name, e.meta.ID))
+	if err != nil {
+		// Counting deliveries over-counts hand-backs; it never under-counts.
+		w.log.Error(err, "reading an event's history; counting its deliveries as attempts", "eventID", e.meta.ID)
+		return progress{sent: int(e.md.NumDelivered) - 1}, nil
+	}
+	var last *Attempt
+	for i := range hist {
+		if hist[i].Sequence != seq {
+			continue // an earlier event that reused the id
+		}
+		p.sent = max(p.sent, hist[i].Attempt)
+		last = &hist[i]
+	}
+	if last != nil && last.Outcome == OutcomeRetrying {
+		last = nil
+	}
+	return p, last
+}
+
+func (w *worker) setProgress(seq uint64, p progress) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.progress) >= maxProgress {
+		// Entries of events that never came back (aged out of the stream);
+		// the rest fall back to the delivery log.
+		clear(w.progress)
+	}
+	w.progress[seq] = p
+}
+
+func (w *worker) forget(seq uint64) {
+	w.mu.Lock()
+	delete(w.progress, seq)
+	w.mu.Unlock()
+}
+
+// maxProgress bounds the progress map; the consumer's MaxAckPending bounds
+// the events really unfinished far below it.
+const maxProgress = 100_000
+
+// windowStart is when an event's retry window opened: its time, but never
+// later than when the stream stored it, so a producer cannot stretch the
+// window past the stream's retention.
+func windowStart(eventTime, stored time.Time) time.Time {
+	if eventTime.IsZero() || eventTime.After(stored) {
+		return stored
+	}
+	return eventTime
+}
+
 // handle runs one event to its outcome for this attempt: delivered,
-// superseded, retrying or dead. Every path acks, naks or dead-letters it.
+// superseded, retrying or dead. Every path acks, naks or dead-letters it;
+// once an outcome is decided, nothing that fails after it sends the event
+// again (see settle).
 func (w *worker) handle(ctx context.Context, e event) {
 	ep := w.ep.Load()
-	msg, md := e.msg, e.md
-	ev, err := events.ParseMeta(msg.Subject(), msg.Headers().Get)
-	if ev.Time.IsZero() {
-		ev.Time = md.Timestamp
-	}
+	msg, md, ev := e.msg, e.md, e.meta
+	seq := md.Sequence.Stream
 	a := &Attempt{
 		EventID: ev.ID, Namespace: ep.Namespace, Endpoint: ep.Name, Type: ev.Type,
-		Key: ev.Key, Version: ev.Version, Sequence: md.Sequence.Stream, Attempt: int(md.NumDelivered),
+		Key: ev.Key, Version: ev.Version, Sequence: seq,
 	}
-	if err != nil {
-		// Not an event Herald can deliver; keep it whole for a person.
-		if a.EventID == "" {
-			a.EventID = "seq-" + itoa(md.Sequence.Stream)
-		}
-		a.Time, a.Outcome, a.Reason, a.Error, a.Why = time.Now(), OutcomeDead, ReasonMalformed, err.Error(), "malformed event"
-		w.deadLetter(ctx, msg, a)
+	if e.bad != nil {
+		// Not an event Herald can deliver; keep it whole for a person. Its
+		// id may be anything, so the log and dead letter name it by its
+		// stream sequence.
+		a.EventID, a.Type, a.Key, a.Version = "seq-"+itoa(seq), "", "", 0
+		a.Time, a.Outcome, a.Error = time.Now(), OutcomeDead, e.bad.Error()
+		a.DeadReason, a.Why = DeadMalformed, "malformed event"
+		w.deadLetter(e, a)
 		return
 	}
-	m := mark{version: ev.Version, seq: md.Sequence.Stream}
+	start := windowStart(ev.Time, md.Timestamp)
+	p, last := w.prior(ctx, e)
+	a.Attempt = p.sent
 	keyed := ev.Key != ""
+	m := mark{version: ev.Version, seq: seq}
+	if last != nil {
+		// Finished before a restart that came ahead of its ack.
+		switch last.Outcome {
+		case OutcomeDead:
+			a.Time, a.Outcome, a.DeadReason, a.Why = time.Now(), OutcomeDead, last.DeadReason, last.Why
+			w.deadLetter(e, a)
+			return
+		case OutcomeDelivered:
+			a.Time, a.Outcome, a.Why = time.Now(), OutcomeDelivered, "delivered before a restart; not sent again"
+			w.finishDelivered(e, a, keyed, m)
+			return
+		}
+	}
+	if now := time.Now(); now.After(start.Add(ep.Policy.Window)) {
+		a.Time, a.Outcome = now, OutcomeDead
+		a.DeadReason, a.Why = DeadWindow, "retry window exhausted"
+		if p.sent == 0 {
+			a.DeadReason, a.Why = DeadExpired, "its retry window ended before it could be attempted"
+		}
+		w.deadLetter(e, a)
+		return
+	}
 	if keyed {
 		last, err := w.vers.delivered(ctx, ev.Key)
 		if err != nil {
-			w.log.Error(err, "reading delivered version; retrying shortly", "eventID", ev.ID)
-			_ = msg.NakWithDelay(time.Second)
+			w.bookkeepingFailed(e, a, p, start, err)
 			return
 		}
 		if last.seq == m.seq {
@@ -419,17 +681,12 @@ func (w *worker) handle(ctx context.Context, e event) {
 			// says delivered whatever the stop lost.
 			a.Time, a.Outcome, a.Why = time.Now(), OutcomeDelivered, "delivered before a restart; not sent again"
 			w.d.logAttempt(a)
+			w.forget(seq)
 			_ = msg.Ack()
 			return
 		}
 		if !m.newer(last) {
-			a.Time, a.Outcome, a.Why = time.Now(), OutcomeSuperseded, "a newer version of the key was delivered"
-			// The log entry goes first: on one connection it reaches NATS
-			// before the ack, so an acked event always has its entry.
-			w.d.logAttempt(a)
-			_ = msg.Ack()
-			w.health.superseded()
-			w.metrics.outcome(OutcomeSuperseded)
+			w.supersede(e, a)
 			return
 		}
 	}
@@ -448,20 +705,33 @@ func (w *worker) handle(ctx context.Context, e event) {
 		return
 	}
 	defer w.endTurn()
-	if err := w.limiter.Wait(ctx); err != nil {
+	if !w.waitRate(ctx, msg) {
 		release(w.slots, 1)
 		_ = msg.Nak()
 		return
 	}
-	status, respBody, hdr, latency, herr := w.send(ctx, ep, ev.ID, msg.Data())
+	if keyed && !ep.PerKey {
+		// Unordered endpoints check again at the last moment: the lane
+		// keeps versioned events of a key in order, this catches what was
+		// delivered while the event waited for its slot.
+		if last, err := w.vers.delivered(ctx, ev.Key); err == nil && !m.newer(last) {
+			release(w.slots, 1)
+			w.supersede(e, a)
+			return
+		}
+	}
+	status, respBody, hdr, latency, herr := w.send(ep, ev.ID, msg.Data())
 	release(w.slots, 1)
-	if ctx.Err() != nil && herr != nil {
-		// Shutting down mid-request: not the endpoint's fault.
+	if w.reqCtx.Err() != nil && herr != nil {
+		// Cut off at the end of the drain: not the endpoint's fault, and
+		// not an attempt.
 		_ = msg.Nak()
 		return
 	}
+	w.observeLatency(latency)
+	p.sent++
 	now := time.Now()
-	a.Time, a.StatusCode, a.LatencyMS, a.Response = now, status, float64(latency.Microseconds())/1000, respBody
+	a.Attempt, a.Time, a.StatusCode, a.LatencyMS, a.Response = p.sent, now, status, float64(latency.Microseconds())/1000, respBody
 	w.metrics.latency.Observe(latency.Seconds())
 	v := classify(&ep.Policy, status, herr)
 	if herr != nil {
@@ -470,47 +740,134 @@ func (w *worker) handle(ctx context.Context, e event) {
 	a.Reason = v.reason
 
 	if v.delivered {
-		if keyed && !w.d.opts.noVersionRecords {
-			if err := w.vers.record(ctx, ev.Key, m); err != nil {
-				// Delivered but not recorded: leave it unacked so the
-				// redelivery records it (the receiver may see it twice).
-				w.log.Error(err, "recording delivered version", "eventID", ev.ID)
-				_ = msg.NakWithDelay(time.Second)
-				return
-			}
+		if ep.LatencyTarget > 0 && now.Sub(md.Timestamp) > ep.LatencyTarget {
+			w.metrics.overTarget.Inc()
 		}
 		a.Outcome = OutcomeDelivered
-		w.d.logAttempt(a)
-		_ = msg.Ack()
 		w.health.success(now)
 		w.metrics.outcome(OutcomeDelivered)
+		w.finishDelivered(e, a, keyed, m)
 		return
 	}
 
 	fail := Failure{Time: now, StatusCode: status, Reason: v.reason, Message: failureMessage(status, a.Error), EventID: ev.ID}
-	plan := retryPlan{dead: true, why: "terminal response"}
+	plan := retryPlan{dead: true, reason: DeadTerminal, why: "terminal response"}
 	if v.retryable {
 		ra, hasRA := retryAfter(hdr, now)
-		plan = planRetry(&ep.Policy, a.Attempt, now, ev.Time, ra, hasRA, jitterRand)
+		plan = planRetry(&ep.Policy, p.sent+p.readFails, now, start, ra, hasRA, jitterRand)
 	}
 	if plan.dead {
-		a.Outcome, a.Why = OutcomeDead, plan.why
-		w.health.failure(fail, nil)
-		w.deadLetter(ctx, msg, a)
+		a.Outcome, a.DeadReason, a.Why = OutcomeDead, plan.reason, plan.why
+		w.health.failure(fail, nil, v.retryable)
+		w.deadLetter(e, a)
 		return
 	}
 	next := now.Add(plan.delay)
 	a.Outcome, a.NextAttempt = OutcomeRetrying, &next
+	w.setProgress(seq, p)
 	w.d.logAttempt(a)
 	_ = msg.NakWithDelay(plan.delay)
-	w.health.failure(fail, &next)
+	w.health.failure(fail, &next, true)
 	w.metrics.outcome(OutcomeRetrying)
 }
 
-// send makes one signed POST. The signature's timestamp is the attempt's,
-// as Standard Webhooks verifiers expect.
-func (w *worker) send(ctx context.Context, ep *Endpoint, id string, body []byte) (int, string, http.Header, time.Duration, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, ep.URL, bytes.NewReader(body))
+// finishDelivered records a delivered event's version, logs it and acks
+// it. When the version cannot be written the new mark is kept in memory
+// (so no older version gets through) and the write is retried without
+// sending the event again; the ack waits for the write.
+func (w *worker) finishDelivered(e event, a *Attempt, keyed bool, m mark) {
+	w.forget(m.seq)
+	if keyed && !w.d.opts.noVersionRecords {
+		if err := w.vers.record(w.reqCtx, e.meta.Key, m); err != nil {
+			w.log.Error(err, "recording a delivered version; keeping it in memory and retrying the write", "eventID", a.EventID)
+			w.metrics.bookkeepingFailed("version")
+			w.d.logAttempt(a)
+			w.settle(e.msg, "version", func(ctx context.Context) error { return w.vers.flush(ctx, e.meta.Key) })
+			return
+		}
+	}
+	w.d.logAttempt(a)
+	_ = e.msg.Ack()
+}
+
+func (w *worker) supersede(e event, a *Attempt) {
+	a.Time, a.Outcome, a.Why = time.Now(), OutcomeSuperseded, "a newer version of the key was delivered"
+	// The log entry goes first: on one connection it reaches NATS before
+	// the ack, so an acked event always has its entry.
+	w.d.logAttempt(a)
+	w.forget(a.Sequence)
+	_ = e.msg.Ack()
+	w.health.superseded()
+	w.metrics.outcome(OutcomeSuperseded)
+}
+
+// bookkeepingFailed handles an event whose delivered version could not be
+// read: not sent (it might be older than what was delivered), retried on
+// the endpoint's schedule within its window, as a failed attempt would be.
+func (w *worker) bookkeepingFailed(e event, a *Attempt, p progress, start time.Time, err error) {
+	ep := w.ep.Load()
+	now := time.Now()
+	w.metrics.bookkeepingFailed("versionRead")
+	p.readFails++
+	a.Time, a.Reason, a.Error = now, ReasonVersionUnreadable, err.Error()
+	plan := planRetry(&ep.Policy, p.sent+p.readFails, now, start, 0, false, jitterRand)
+	if plan.dead {
+		a.Outcome, a.DeadReason, a.Why = OutcomeDead, plan.reason, plan.why+" (its delivered version could not be read)"
+		w.deadLetter(e, a)
+		return
+	}
+	next := now.Add(plan.delay)
+	a.Outcome, a.NextAttempt = OutcomeRetrying, &next
+	w.log.Error(err, "reading the delivered version; retrying on the endpoint's schedule", "eventID", a.EventID, "retryIn", plan.delay.String())
+	w.setProgress(a.Sequence, p)
+	w.d.logAttempt(a)
+	_ = e.msg.NakWithDelay(plan.delay)
+}
+
+// settle finishes an event whose outcome is decided but whose bookkeeping
+// (a version record, a dead letter) failed: it retries fn with backoff,
+// keeping msg alive meanwhile, and acks msg once fn succeeds. The event is
+// never sent again for it. If the worker stops first, msg is left unacked:
+// its redelivery finds the outcome in the delivery log and finishes it.
+func (w *worker) settle(msg jetstream.Msg, what string, fn func(context.Context) error) {
+	w.health.pendingWrites(1)
+	w.metrics.pending.Inc()
+	w.settling.Add(1)
+	go func() {
+		defer w.settling.Done()
+		defer w.metrics.pending.Dec()
+		defer w.health.pendingWrites(-1)
+		for backoff := 250 * time.Millisecond; ; backoff = min(backoff*2, 10*time.Second) {
+			if !w.holdFor(w.ctx, msg, backoff) {
+				return
+			}
+			ctx, cancel := context.WithTimeout(w.ctx, 5*time.Second)
+			err := fn(ctx)
+			cancel()
+			if err == nil {
+				_ = msg.Ack()
+				return
+			}
+			w.metrics.bookkeepingFailed(what)
+			w.log.V(1).Info("bookkeeping still failing; the event is kept and not sent again", "what", what, "error", err.Error())
+		}
+	}()
+}
+
+// observeLatency folds one request's time into the moving average.
+func (w *worker) observeLatency(d time.Duration) {
+	old := w.latency.Load()
+	if old == 0 {
+		old = int64(d)
+	}
+	w.latency.Store(old - old/8 + int64(d)/8)
+}
+
+// send makes one signed POST on the request context, which a stop does
+// not cut short. The signature's timestamp is the attempt's, as Standard
+// Webhooks verifiers expect.
+func (w *worker) send(ep *Endpoint, id string, body []byte) (int, string, http.Header, time.Duration, error) {
+	req, err := http.NewRequestWithContext(w.reqCtx, http.MethodPost, ep.URL, bytes.NewReader(body))
 	if err != nil {
 		return 0, "", nil, 0, err
 	}
