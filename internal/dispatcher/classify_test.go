@@ -101,3 +101,26 @@ func TestRetryAfterHeader(t *testing.T) {
 		}
 	}
 }
+
+func TestRetryAfterPastADurationIsCappedNotNegative(t *testing.T) {
+	now := time.Now()
+	p := DefaultPolicy()
+	ra, ok := retryAfter(http.Header{"Retry-After": {"9223372037"}}, now)
+	if !ok || ra < 0 {
+		t.Fatalf("Retry-After 9223372037 = %s, %v; want a huge positive delay", ra, ok)
+	}
+	plan := planRetry(&p, 1, now, now.Add(-time.Minute), ra, ok, func() float64 { return 0.5 })
+	if plan.dead || plan.delay != p.RetryAfterMax {
+		t.Fatalf("got %+v, want a retry after the policy's cap %s", plan, p.RetryAfterMax)
+	}
+}
+
+func TestFullJitterNeverMakesAnImmediateRetry(t *testing.T) {
+	now := time.Now()
+	p := DefaultPolicy()
+	p.Jitter = 1
+	plan := planRetry(&p, 1, now, now, 0, false, func() float64 { return 0 })
+	if plan.dead || plan.delay < p.Schedule[0]/10 {
+		t.Fatalf("100%% jitter at its low end gave %+v; want at least a tenth of %s", plan, p.Schedule[0])
+	}
+}

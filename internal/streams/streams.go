@@ -116,7 +116,7 @@ func StreamConfigs(l Limits) []jetstream.StreamConfig {
 			Replicas:    l.Replicas,
 			MaxAge:      l.EventsMaxAge,
 			MaxMsgSize:  int32(l.MaxBodyBytes + events.HeaderAllowance),
-			Duplicates:  l.DuplicateWindow,
+			Duplicates:  min(l.DuplicateWindow, l.EventsMaxAge),
 			MaxBytes:    budget(l.EventsMaxBytes),
 			// Full means refuse the publish, never drop a stored event:
 			// the producer gets an error it can act on.
@@ -131,7 +131,7 @@ func StreamConfigs(l Limits) []jetstream.StreamConfig {
 			MaxAge:      l.DeadLetterMaxAge,
 			// Its own duplicate window: a dead letter written twice around
 			// a crash or a retried publish is stored once.
-			Duplicates: l.DuplicateWindow,
+			Duplicates: min(l.DuplicateWindow, l.DeadLetterMaxAge),
 			MaxBytes:   budget(l.DeadLetterMaxBytes),
 			// A full dead-letter stream refuses: the dispatcher keeps the
 			// event (never resent) and retries storing it, visibly.

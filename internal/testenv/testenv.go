@@ -56,14 +56,21 @@ func NATS(dir string) (*natsserver.Server, error) { return NATSOn(dir, -1) }
 // NATSOn starts it on a given port: a restart is a new server on the old
 // port and directory.
 func NATSOn(dir string, port int) (*natsserver.Server, error) {
+	return NATSWith(dir, func(o *natsserver.Options) { o.Port = port })
+}
+
+// NATSWith starts it with options a test changes (a smaller max payload,
+// say) on top of the defaults.
+func NATSWith(dir string, mutate func(*natsserver.Options)) (*natsserver.Server, error) {
 	opts := &natsserver.Options{
 		Host:      "127.0.0.1",
-		Port:      port,
+		Port:      -1,
 		JetStream: true,
 		StoreDir:  dir,
 		NoLog:     true,
 		NoSigs:    true,
 	}
+	mutate(opts)
 	s, err := natsserver.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("creating nats server: %w", err)

@@ -1,0 +1,481 @@
+package dispatcher_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	natsserver "github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+
+	"github.com/herald-dev/herald/internal/dispatcher"
+	"github.com/herald-dev/herald/internal/streams"
+	"github.com/herald-dev/herald/internal/testenv"
+	"github.com/herald-dev/herald/pkg/events"
+)
+
+// isolated is a NATS server of one spec's own, for specs that break NATS
+// on purpose (a bucket that refuses writes, a small max payload, short
+// retention) without touching the suite's shared server.
+type isolated struct {
+	nc *nats.Conn
+	js jetstream.JetStream
+}
+
+func newIsolated(limits streams.Limits, mutate func(*natsserver.Options)) *isolated {
+	GinkgoHelper()
+	if mutate == nil {
+		mutate = func(*natsserver.Options) {}
+	}
+	srv, err := testenv.NATSWith(GinkgoT().TempDir(), mutate)
+	Expect(err).NotTo(HaveOccurred())
+	DeferCleanup(srv.Shutdown)
+	nc, err := nats.Connect(srv.ClientURL())
+	Expect(err).NotTo(HaveOccurred())
+	DeferCleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	Expect(err).NotTo(HaveOccurred())
+	Expect(streams.Ensure(context.Background(), js, limits)).To(Succeed())
+	return &isolated{nc: nc, js: js}
+}
+
+// start runs a dispatcher on this server for the spec's duration; stop
+// ends it early and waits for it.
+func (s *isolated) start(opts []dispatcher.Option, eps ...dispatcher.Endpoint) (d *dispatcher.Dispatcher, stop func()) {
+	GinkgoHelper()
+	ctx, cancel := context.WithCancel(context.Background())
+	opts = append([]dispatcher.Option{dispatcher.WithLogger(testLogger()), dispatcher.WithHealthInterval(100 * time.Millisecond), dispatcher.WithDrainTimeout(5 * time.Second)}, opts...)
+	d, err := dispatcher.New(ctx, s.js, opts...)
+	Expect(err).NotTo(HaveOccurred())
+	for _, ep := range eps {
+		spec := endpointSpec(nil)
+		cfg, err := streams.ConsumerConfig(ep.Namespace, ep.Name, &spec)
+		Expect(err).NotTo(HaveOccurred())
+		_, err = s.js.CreateOrUpdateConsumer(ctx, events.StreamName, cfg)
+		Expect(err).NotTo(HaveOccurred())
+		d.Upsert(ep)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = d.Run(ctx) }()
+	stop = func() { cancel(); <-done }
+	DeferCleanup(stop)
+	return d, stop
+}
+
+func (s *isolated) publish(ns, typ, id, key string, version int64) {
+	GinkgoHelper()
+	p, err := events.NewPublisher(s.js)
+	Expect(err).NotTo(HaveOccurred())
+	_, err = p.Publish(context.Background(), events.Event{ID: id, Namespace: ns, Type: typ, Key: key, Version: version, Data: []byte(`{}`)})
+	Expect(err).NotTo(HaveOccurred())
+}
+
+func (s *isolated) deadLetters(g Gomega, ns, ep string) []dispatcher.DeadLetter {
+	var out []dispatcher.DeadLetter
+	for _, m := range readAllOn(g, s.js, streams.DeadLetterStream, streams.DeadLetterSubject(ns, ep)) {
+		var dl dispatcher.DeadLetter
+		g.Expect(json.Unmarshal(m.Data(), &dl)).To(Succeed())
+		out = append(out, dl)
+	}
+	return out
+}
+
+func (s *isolated) health(g Gomega, ns, ep string) *dispatcher.Health {
+	kv, err := s.js.KeyValue(context.Background(), streams.HealthBucket)
+	g.Expect(err).NotTo(HaveOccurred())
+	h, err := dispatcher.ReadHealth(context.Background(), kv, ns, ep)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(h).NotTo(BeNil())
+	return h
+}
+
+// setStream changes one of Herald's streams (or a bucket's) in place.
+func (s *isolated) setStream(name string, mutate func(*jetstream.StreamConfig)) {
+	GinkgoHelper()
+	st, err := s.js.Stream(context.Background(), name)
+	Expect(err).NotTo(HaveOccurred())
+	cfg := st.CachedInfo().Config
+	mutate(&cfg)
+	_, err = s.js.UpdateStream(context.Background(), cfg)
+	Expect(err).NotTo(HaveOccurred())
+}
+
+func readAllOn(g Gomega, js jetstream.JetStream, stream, filter string) []jetstream.Msg {
+	ctx := context.Background()
+	c, err := js.CreateConsumer(ctx, stream, jetstream.ConsumerConfig{FilterSubject: filter, AckPolicy: jetstream.AckNonePolicy, InactiveThreshold: 30 * time.Second})
+	g.Expect(err).NotTo(HaveOccurred())
+	defer func() { _ = js.DeleteConsumer(ctx, stream, c.CachedInfo().Name) }()
+	var out []jetstream.Msg
+	for pending := int(c.CachedInfo().NumPending); pending > 0; {
+		batch, err := c.FetchNoWait(pending)
+		g.Expect(err).NotTo(HaveOccurred())
+		n := 0
+		for m := range batch.Messages() {
+			out = append(out, m)
+			n++
+		}
+		if n == 0 {
+			break
+		}
+		pending -= n
+	}
+	return out
+}
+
+// versionsOf lists the versions a receiver got, in arrival order.
+func versionsOf(rc *receiver) []int64 {
+	var out []int64
+	for _, r := range rc.requests() {
+		out = append(out, r.Envelope.Version)
+	}
+	return out
+}
+
+var _ = Describe("Dispatcher at the edges of the contract", func() {
+	var ns string
+	BeforeEach(func() { ns = newNamespace() })
+
+	Context("when a producer skips pkg/events and publishes hostile events raw", func() {
+		It("dead-letters each one as Malformed, keeps its connection, and other namespaces' deliveries continue", func() {
+			s := newIsolated(streams.DefaultLimits(), nil)
+			hostile := newReceiver(always(200))
+			other := newReceiver(always(200))
+			victim := newNamespace()
+			s.start(nil, endpoint(ns, "crm", hostile.URL), endpoint(victim, "billing", other.URL))
+
+			raw := func(subject, id string, hdr map[string]string, body string) bool {
+				m := &nats.Msg{Subject: subject, Data: []byte(body), Header: nats.Header{}}
+				m.Header.Set(events.HeaderID, id)
+				for k, v := range hdr {
+					m.Header.Set(k, v)
+				}
+				_, err := s.js.PublishMsg(context.Background(), m)
+				return err == nil
+			}
+			subj := events.Subject(ns, "a.b")
+			variants := []func() bool{
+				func() bool { return raw(subj, ns+":k4", map[string]string{events.HeaderKey: strings.Repeat("k", 4<<10)}, "{}") },
+				func() bool {
+					return raw(subj, ns+":v", map[string]string{events.HeaderVersion: strings.Repeat("9", 2<<10)}, "{}")
+				},
+				func() bool {
+					return raw(subj, ns+":t", map[string]string{events.HeaderTime: strings.Repeat("2", 2<<10)}, "{}")
+				},
+				func() bool { return raw(events.Subject(ns, "caf\u00e9.b"), ns+":u", nil, "{}") },
+				func() bool { return raw(events.Subject(ns, "a.*"), ns+":w", nil, "{}") },
+				func() bool { return raw(subj, ns+":a*b", nil, "{}") },
+				func() bool { return raw(subj, ">", nil, "{}") },
+				func() bool { return raw(subj, ns+":a b", nil, "{}") },
+				func() bool { return raw(subj, ns+":nojson", nil, "not json") },
+				func() bool { return raw(subj, ns+":bighdr", map[string]string{"X-Junk": strings.Repeat("j", 60<<10)}, "{}") },
+			}
+			stored := 0
+			for i, v := range variants {
+				if v() {
+					stored++
+				}
+				s.publish(victim, "a.b", fmt.Sprintf("evt_ok%d", i), fmt.Sprintf("k%d", i), 1)
+			}
+			Expect(stored).To(BeNumerically(">=", 9), "the stream refused more variants than expected")
+			s.publish(ns, "a.b", "evt_after", "k", 1)
+
+			Eventually(other.count, 10*time.Second).Should(Equal(len(variants)))
+			Eventually(hostile.ids, 10*time.Second).Should(Equal([]string{"evt_after"}))
+			Eventually(func(g Gomega) {
+				dls := s.deadLetters(g, ns, "crm")
+				g.Expect(dls).To(HaveLen(stored))
+				for _, dl := range dls {
+					g.Expect(dl.Reason).To(Equal(dispatcher.DeadMalformed))
+					g.Expect(dl.EventID).To(HavePrefix("seq-"))
+					g.Expect(dl.Attempts).To(ConsistOf(HaveField("Error", ContainSubstring("malformed event"))))
+				}
+			}, 10*time.Second).Should(Succeed())
+			Expect(s.nc.IsConnected()).To(BeTrue())
+		})
+	})
+
+	Context("when one key has many events queued behind a slow request", func() {
+		It("starts an event of another key within one request time, and keeps the busy key in order", func() {
+			rc := newReceiver(func(_ int, r request) (int, http.Header, time.Duration) {
+				if r.Envelope.Key == "K" {
+					return 200, nil, 300 * time.Millisecond
+				}
+				return 200, nil, 0
+			})
+			startDispatcher(endpoint(ns, "crm", rc.URL, func(e *dispatcher.Endpoint) { e.MaxInFlight = 2 }))
+			for v := range 30 {
+				publish(ns, "a.b", fmt.Sprintf("evt_k%d", v+1), "K", int64(v+1), map[string]any{})
+			}
+			publish(ns, "a.b", "evt_j", "J", 1, map[string]any{})
+
+			Eventually(rc.ids).Should(ContainElement("evt_j"))
+			Eventually(rc.count).Should(BeNumerically(">=", 3))
+			// J went at once, next to K's first request: not behind K's queue.
+			Expect(rc.ids()[:3]).To(ContainElement("evt_j"))
+			want := make([]int64, 30)
+			for i := range want {
+				want[i] = int64(i + 1)
+			}
+			kOnly := func() []int64 {
+				var out []int64
+				for _, r := range rc.requests() {
+					if r.Envelope.Key == "K" {
+						out = append(out, r.Envelope.Version)
+					}
+				}
+				return out
+			}
+			Eventually(kOnly, 30*time.Second).Should(Equal(want))
+			Consistently(kOnly, time.Second).Should(HaveLen(30))
+		})
+	})
+
+	Context("when the versions bucket refuses writes", func() {
+		It("never sends a delivered event again, never lets an older version through, and writes the record once it can", func() {
+			s := newIsolated(streams.DefaultLimits(), nil)
+			rc := newReceiver(always(200))
+			s.start(nil, endpoint(ns, "crm", rc.URL))
+			s.publish(ns, "a.b", "evt_v1", "sub", 1)
+			Eventually(versionsOf).WithArguments(rc).Should(Equal([]int64{1}))
+
+			// The bucket's stream stops listening: every write fails, reads
+			// (direct gets by stream name) still work.
+			kvSubjects := []string{"$KV." + streams.VersionsBucket + ".>"}
+			s.setStream("KV_"+streams.VersionsBucket, func(c *jetstream.StreamConfig) { c.Subjects = []string{"$KV.switched-off.>"} })
+			s.publish(ns, "a.b", "evt_v9", "sub", 9)
+			s.publish(ns, "a.b", "evt_v8", "sub", 8)
+			Eventually(versionsOf).WithArguments(rc).Should(Equal([]int64{1, 9}))
+			Eventually(func(g Gomega) { g.Expect(s.health(g, ns, "crm").PendingWrites).To(BeEquivalentTo(1)) }).Should(Succeed())
+			Consistently(versionsOf, 3*time.Second).WithArguments(rc).Should(Equal([]int64{1, 9}))
+
+			s.setStream("KV_"+streams.VersionsBucket, func(c *jetstream.StreamConfig) { c.Subjects = kvSubjects })
+			Eventually(func(g Gomega) { g.Expect(s.health(g, ns, "crm").PendingWrites).To(BeZero()) }, 15*time.Second).Should(Succeed())
+			kv, err := s.js.KeyValue(context.Background(), streams.VersionsBucket)
+			Expect(err).NotTo(HaveOccurred())
+			keys, err := kv.Keys(context.Background())
+			Expect(err).NotTo(HaveOccurred())
+			Expect(keys).To(HaveLen(1))
+			e, err := kv.Get(context.Background(), keys[0])
+			Expect(err).NotTo(HaveOccurred())
+			Expect(string(e.Value())).To(HavePrefix("9:"))
+			Expect(versionsOf(rc)).To(Equal([]int64{1, 9}))
+		})
+	})
+
+	Context("when an event retries until its dead letter would be larger than NATS's max payload", func() {
+		It("stores a dead letter that fits, with the count of what it left out, and never sends the event again", func() {
+			s := newIsolated(streams.DefaultLimits(), func(o *natsserver.Options) { o.MaxPayload = 128 << 10 })
+			big := strings.Repeat("x", 4<<10)
+			rc := newReceiver(always(500))
+			rc.Config.Handler = wrapBody(rc.Config.Handler, big)
+			s.start(nil, endpoint(ns, "crm", rc.URL, func(e *dispatcher.Endpoint) {
+				e.Policy = fastPolicy(20 * time.Millisecond)
+				e.Policy.Jitter = 0
+				e.Policy.Window = 4 * time.Second
+			}))
+			s.publish(ns, "a.b", "evt_big", "k", 1)
+			var dl dispatcher.DeadLetter
+			Eventually(func(g Gomega) {
+				dls := s.deadLetters(g, ns, "crm")
+				g.Expect(dls).To(HaveLen(1))
+				dl = dls[0]
+			}, 15*time.Second).Should(Succeed())
+			n := rc.count()
+			Expect(n).To(BeNumerically(">", 50), "the spec needs more attempts than a dead letter carries")
+			Expect(dl.Reason).To(Equal(dispatcher.DeadWindow))
+			Expect(dl.AttemptCount).To(Equal(n))
+			var tail []string
+			for _, a := range dl.Attempts[len(dl.Attempts)-4:] {
+				tail = append(tail, fmt.Sprintf("%d/%s/%s", a.Attempt, a.Outcome, a.Time.Format(time.StampMicro)))
+			}
+			// At least: a log publish retried after a lost ack may log twice.
+			Expect(len(dl.Attempts)+dl.AttemptsOmitted).To(BeNumerically(">=", n), "tail %v", tail)
+			Expect(len(dl.Attempts)).To(BeNumerically("<=", 50))
+			Expect(dl.Attempts[len(dl.Attempts)-1].Response).To(HavePrefix("xxxx"))
+			Consistently(rc.count, 2*time.Second).Should(Equal(n))
+		})
+	})
+
+	Context("when a suspended endpoint's events outlive their window", func() {
+		It("dead-letters them as Expired before the stream's retention removes them, even with a time far in the future", func() {
+			limits := streams.DefaultLimits()
+			limits.EventsMaxAge = 8 * time.Second
+			limits.DuplicateWindow = time.Second
+			s := newIsolated(limits, nil)
+			rc := newReceiver(always(200))
+			s.start([]dispatcher.Option{dispatcher.WithSweepInterval(200 * time.Millisecond)}, endpoint(ns, "crm", rc.URL, func(e *dispatcher.Endpoint) {
+				e.Suspend = true
+				e.Policy.Window = 2 * time.Second
+			}))
+			s.publish(ns, "a.b", "evt_e1", "k1", 1)
+			s.publish(ns, "a.b", "evt_e2", "", 0)
+			m := &nats.Msg{Subject: events.Subject(ns, "a.b"), Data: []byte(`{}`), Header: nats.Header{}}
+			m.Header.Set(events.HeaderID, ns+":evt_future")
+			m.Header.Set(events.HeaderTime, time.Now().AddDate(1, 0, 0).Format(time.RFC3339Nano))
+			_, err := s.js.PublishMsg(context.Background(), m)
+			Expect(err).NotTo(HaveOccurred())
+
+			Eventually(func(g Gomega) {
+				dls := s.deadLetters(g, ns, "crm")
+				g.Expect(dls).To(HaveLen(3))
+				for _, dl := range dls {
+					g.Expect(dl.Reason).To(Equal(dispatcher.DeadExpired))
+					g.Expect(dl.AttemptCount).To(BeZero())
+				}
+			}, 6*time.Second).Should(Succeed())
+			Expect(rc.count()).To(BeZero())
+		})
+	})
+
+	Context("when ordering is None", func() {
+		It("still never delivers an older version after a newer one", func() {
+			rc := newReceiver(always(200))
+			startDispatcher(endpoint(ns, "crm", rc.URL, func(e *dispatcher.Endpoint) {
+				e.PerKey = false
+				e.MaxInFlight = 1
+			}))
+			publish(ns, "a.b", "evt_v9", "sub", 9, map[string]any{})
+			publish(ns, "a.b", "evt_v8", "sub", 8, map[string]any{})
+			Eventually(status("evt_v8")).Should(ConsistOf(HaveField("State", dispatcher.StateSuperseded)))
+			Expect(versionsOf(rc)).To(Equal([]int64{9}))
+		})
+	})
+
+	Context("when the streams reach their byte budgets", func() {
+		It("refuses new events with a clear error, keeps and delivers the stored ones", func() {
+			limits := streams.DefaultLimits()
+			limits.MaxBodyBytes = 8 << 10
+			limits.EventsMaxBytes = 256 << 10
+			s := newIsolated(limits, nil)
+			rc := newReceiver(always(200))
+			s.start(nil, endpoint(ns, "crm", rc.URL))
+			p, err := events.NewPublisher(s.js, events.WithMaxBodyBytes(8<<10))
+			Expect(err).NotTo(HaveOccurred())
+			data := []byte(`"` + strings.Repeat("d", 6<<10) + `"`)
+			var full error
+			published := 0
+			for i := range 100 {
+				_, full = p.Publish(context.Background(), events.Event{ID: fmt.Sprintf("evt_%d", i), Namespace: ns, Type: "a.b", Data: data})
+				if full != nil {
+					break
+				}
+				published++
+			}
+			Expect(full).To(MatchError(events.ErrStreamFull))
+			Expect(published).To(BeNumerically(">", 10))
+			st, err := s.js.Stream(context.Background(), events.StreamName)
+			Expect(err).NotTo(HaveOccurred())
+			info, err := st.Info(context.Background())
+			Expect(err).NotTo(HaveOccurred())
+			Expect(info.State.FirstSeq).To(BeEquivalentTo(1), "a stored event was dropped to make room")
+			Expect(info.State.Msgs).To(BeEquivalentTo(published))
+			Eventually(rc.count, 10*time.Second).Should(Equal(published))
+		})
+
+		It("keeps the delivery log within its budget by dropping its oldest entries, and keeps delivering", func() {
+			limits := streams.DefaultLimits()
+			limits.AttemptsMaxBytes = 64 << 10
+			s := newIsolated(limits, nil)
+			rc := newReceiver(always(200))
+			s.start(nil, endpoint(ns, "crm", rc.URL))
+			for i := range 400 {
+				s.publish(ns, "c.d", fmt.Sprintf("evt_log%d", i), "", 0)
+			}
+			Eventually(rc.count, 20*time.Second).Should(Equal(400))
+			Eventually(func(g Gomega) {
+				log, err := s.js.Stream(context.Background(), streams.AttemptsStream)
+				g.Expect(err).NotTo(HaveOccurred())
+				li, err := log.Info(context.Background())
+				g.Expect(err).NotTo(HaveOccurred())
+				g.Expect(li.State.FirstSeq).To(BeNumerically(">", 1))
+				g.Expect(li.State.Bytes).To(BeNumerically("<=", 64<<10))
+				g.Expect(li.State.LastSeq).To(BeNumerically(">=", 400))
+			}).Should(Succeed())
+		})
+	})
+
+	Context("when the dispatcher stops while a request is in flight", func() {
+		It("lets the request finish and acks it, so the next dispatcher does not send it again", func() {
+			s := newIsolated(streams.DefaultLimits(), nil)
+			rc := newReceiver(func(int, request) (int, http.Header, time.Duration) { return 200, nil, 700 * time.Millisecond })
+			ep := endpoint(ns, "crm", rc.URL)
+			_, stop := s.start(nil, ep)
+			s.publish(ns, "a.b", "evt_drain", "", 0)
+			Eventually(rc.count).Should(Equal(1))
+			stop()
+			s.start(nil, ep)
+			Consistently(rc.count, 3*time.Second).Should(Equal(1))
+		})
+	})
+
+	Context("when events wait for a low rate limit longer than the ack wait", func() {
+		It("counts only HTTP requests as attempts", func() {
+			rc := newReceiver(always(500))
+			startDispatcher(endpoint(ns, "crm", rc.URL, func(e *dispatcher.Endpoint) {
+				e.Timeout = 200 * time.Millisecond // ack wait 5.2s
+				e.RateLimit, e.Burst = 10, 1
+				e.Policy = fastPolicy(50 * time.Millisecond)
+				e.Policy.Jitter = 0
+				e.Policy.MaxAttempts = 2
+			}))
+			const n = 70 // the last waits 7 s for its first turn
+			for i := range n {
+				publish(ns, "a.b", fmt.Sprintf("evt_r%d", i), "", 0, map[string]any{})
+			}
+			Eventually(func(g Gomega) { g.Expect(deadLetters(g, ns, "crm")).To(HaveLen(n)) }, 40*time.Second).Should(Succeed())
+			perID := map[string]int{}
+			for _, id := range rc.ids() {
+				perID[id]++
+			}
+			Expect(perID).To(HaveLen(n))
+			for id, c := range perID {
+				Expect(c).To(Equal(2), "event %s", id)
+			}
+		})
+	})
+
+	Context("when an endpoint's worker is slow to stop", func() {
+		It("does not hold up other endpoints' configuration", func() {
+			release := make(chan struct{})
+			slow := newReceiver(func(int, request) (int, http.Header, time.Duration) {
+				<-release
+				return 200, nil, 0
+			})
+			DeferCleanup(func() { close(release) })
+			fast := newReceiver(always(200))
+			ep := endpoint(ns, "slow", slow.URL, func(e *dispatcher.Endpoint) { e.Timeout = 20 * time.Second })
+			d := startDispatcher(ep)
+			publish(ns, "a.b", "evt_held", "", 0, map[string]any{})
+			Eventually(slow.count).Should(Equal(1))
+
+			ep.Timeout = 15 * time.Second // replaces the worker, which drains first
+			upserted := make(chan struct{})
+			go func() { d.Upsert(ep); close(upserted) }()
+			Eventually(upserted).Should(BeClosed())
+			createConsumer(ns, "fast")
+			d.Upsert(endpoint(ns, "fast", fast.URL))
+			publish(ns, "x.y", "evt_fast", "", 0, map[string]any{})
+			Eventually(fast.ids).Should(ContainElement("evt_fast"))
+		})
+	})
+})
+
+// wrapBody makes a receiver's handler answer with body instead of its own.
+func wrapBody(h http.Handler, body string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(&bodyWriter{ResponseWriter: w, body: body}, r)
+	})
+}
+
+type bodyWriter struct {
+	http.ResponseWriter
+	body string
+}
+
+func (b *bodyWriter) Write([]byte) (int, error) { return b.ResponseWriter.Write([]byte(b.body)) }
