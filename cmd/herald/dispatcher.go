@@ -93,6 +93,6 @@ func runDispatcher(ctx context.Context, args []string) error {
 	if err := (&controller.DispatchReconciler{Client: mgr.GetClient(), Dispatcher: d, WatchSecrets: false, Resync: *resync}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up dispatch controller: %w", err)
 	}
-	log.Info("starting dispatcher", "natsURL", conn.url)
+	log.Info("starting dispatcher", "natsURL", redactURLs(conn.url))
 	return mgr.Start(ctx)
 }

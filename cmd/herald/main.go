@@ -11,8 +11,61 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"sync"
 	"syscall"
 )
+
+// abortMu guards abortRoot.
+var abortMu sync.Mutex
+
+// abortRoot cancels the root context of the running subcommand with a
+// cause that makes herald exit non-zero; newRootContext sets it.
+var abortRoot context.CancelCauseFunc = func(error) {}
+
+// fatal is a cause given to abort: main exits 1 with it even when the
+// subcommand returned nil, as a manager stopped by its context does.
+type fatal struct{ err error }
+
+func (f *fatal) Error() string { return f.err.Error() }
+func (f *fatal) Unwrap() error { return f.err }
+
+// abort ends the process's root context with err as its cause. Code that
+// finds the process unable to go on without a restart (its NATS
+// connection closed for good) calls it; main then exits 1 with err.
+func abort(err error) {
+	abortMu.Lock()
+	cancel := abortRoot
+	abortMu.Unlock()
+	cancel(&fatal{err})
+}
+
+// newRootContext is the context a subcommand runs in: cancelled by
+// SIGINT, SIGTERM, or abort. stop releases it and unhooks abort.
+func newRootContext(parent context.Context) (ctx context.Context, stop func()) {
+	sigCtx, stopSignals := signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancelCause(sigCtx)
+	abortMu.Lock()
+	abortRoot = cancel
+	abortMu.Unlock()
+	return ctx, func() {
+		abortMu.Lock()
+		abortRoot = func(error) {}
+		abortMu.Unlock()
+		cancel(nil)
+		stopSignals()
+	}
+}
+
+// exitError is what main reports for a subcommand that returned err in
+// ctx: the abort cause wins, since whatever the subcommand returned then
+// (often nil or "context canceled") follows from it.
+func exitError(ctx context.Context, err error) error {
+	var f *fatal
+	if errors.As(context.Cause(ctx), &f) {
+		return f.err
+	}
+	return err
+}
 
 // subcommand is one `herald <name>`; run gets the arguments after the name.
 type subcommand struct {
@@ -78,9 +131,10 @@ func main() {
 		usage()
 		os.Exit(2)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := cmd.run(ctx, args); err != nil {
+	ctx, stop := newRootContext(context.Background())
+	err := exitError(ctx, cmd.run(ctx, args))
+	stop()
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(2)
 		}
