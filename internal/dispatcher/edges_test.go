@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/herald-dev/herald/internal/dispatcher"
 	"github.com/herald-dev/herald/internal/streams"
@@ -440,6 +441,60 @@ var _ = Describe("Dispatcher at the edges of the contract", func() {
 		})
 	})
 
+	Context("when the delivery log refuses publishes for a moment", func() {
+		It("retries the entries, counts the failures, and loses none", func() {
+			s := newIsolated(streams.DefaultLimits(), nil)
+			rc := newReceiver(always(200))
+			s.start(nil, endpoint(ns, "crm", rc.URL))
+			before := metricValue("herald_delivery_log_publish_failures_total", nil)
+			logSubjects := []string{streams.AttemptsPrefix + ".>"}
+			s.setStream(streams.AttemptsStream, func(c *jetstream.StreamConfig) { c.Subjects = []string{"herald.switched-off.>"} })
+			for i := range 5 {
+				s.publish(ns, "a.b", fmt.Sprintf("evt_l%d", i), "", 0)
+			}
+			Eventually(rc.count).Should(Equal(5))
+			Eventually(func() float64 { return metricValue("herald_delivery_log_publish_failures_total", nil) }).Should(BeNumerically(">=", before+5))
+			s.setStream(streams.AttemptsStream, func(c *jetstream.StreamConfig) { c.Subjects = logSubjects })
+			Eventually(func(g Gomega) {
+				out := map[string]string{}
+				for _, m := range readAllOn(g, s.js, streams.AttemptsStream, streams.AttemptSubject(ns, "crm", "*")) {
+					var a dispatcher.Attempt
+					g.Expect(json.Unmarshal(m.Data(), &a)).To(Succeed())
+					out[a.EventID] = a.Outcome
+				}
+				g.Expect(out).To(HaveLen(5))
+				for _, o := range out {
+					g.Expect(o).To(Equal(dispatcher.OutcomeDelivered))
+				}
+			}, 10*time.Second).Should(Succeed())
+		})
+	})
+
+	It("counts deliveries that missed the endpoint's latency target", func() {
+		rc := newReceiver(always(200))
+		startDispatcher(endpoint(ns, "crm", rc.URL, func(e *dispatcher.Endpoint) { e.LatencyTarget = time.Nanosecond }))
+		publish(ns, "a.b", "evt_late", "", 0, map[string]any{})
+		Eventually(func() float64 {
+			return metricValue("herald_deliveries_over_target_total", map[string]string{"namespace": ns, "endpoint": "crm"})
+		}).Should(BeEquivalentTo(1))
+	})
+
+	It("looks an event up only by a valid id, and only in the namespace asked", func() {
+		_, err := dispatcher.EventStatus(context.Background(), js, ">", "", "")
+		Expect(err).To(MatchError(events.ErrInvalidID))
+		other := newNamespace()
+		rc := newReceiver(always(200))
+		startDispatcher(endpoint(ns, "crm", rc.URL), endpoint(other, "crm", rc.URL))
+		publish(ns, "a.b", "evt_same", "", 0, map[string]any{})
+		publish(other, "a.b", "evt_same", "", 0, map[string]any{})
+		Eventually(rc.count).Should(Equal(2))
+		Eventually(func(g Gomega) []dispatcher.EventState {
+			st, err := dispatcher.EventStatus(context.Background(), js, "evt_same", ns, "")
+			g.Expect(err).NotTo(HaveOccurred())
+			return st
+		}).Should(ConsistOf(And(HaveField("Namespace", ns), HaveField("State", dispatcher.StateSent))))
+	})
+
 	Context("when an endpoint's worker is slow to stop", func() {
 		It("does not hold up other endpoints' configuration", func() {
 			release := make(chan struct{})
@@ -479,3 +534,31 @@ type bodyWriter struct {
 }
 
 func (b *bodyWriter) Write([]byte) (int, error) { return b.ResponseWriter.Write([]byte(b.body)) }
+
+// metricValue sums the samples of one metric in the controller-runtime
+// registry whose labels include want.
+func metricValue(name string, want map[string]string) float64 {
+	GinkgoHelper()
+	families, err := crmetrics.Registry.Gather()
+	Expect(err).NotTo(HaveOccurred())
+	sum := 0.0
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			for k, v := range want {
+				if labels[k] != v {
+					continue next
+				}
+			}
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	return sum
+}
