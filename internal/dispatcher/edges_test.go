@@ -161,7 +161,9 @@ var _ = Describe("Dispatcher at the edges of the contract", func() {
 			}
 			subj := events.Subject(ns, "a.b")
 			variants := []func() bool{
-				func() bool { return raw(subj, ns+":k4", map[string]string{events.HeaderKey: strings.Repeat("k", 4<<10)}, "{}") },
+				func() bool {
+					return raw(subj, ns+":k4", map[string]string{events.HeaderKey: strings.Repeat("k", 4<<10)}, "{}")
+				},
 				func() bool {
 					return raw(subj, ns+":v", map[string]string{events.HeaderVersion: strings.Repeat("9", 2<<10)}, "{}")
 				},
@@ -174,7 +176,9 @@ var _ = Describe("Dispatcher at the edges of the contract", func() {
 				func() bool { return raw(subj, ">", nil, "{}") },
 				func() bool { return raw(subj, ns+":a b", nil, "{}") },
 				func() bool { return raw(subj, ns+":nojson", nil, "not json") },
-				func() bool { return raw(subj, ns+":bighdr", map[string]string{"X-Junk": strings.Repeat("j", 60<<10)}, "{}") },
+				func() bool {
+					return raw(subj, ns+":bighdr", map[string]string{"X-Junk": strings.Repeat("j", 60<<10)}, "{}")
+				},
 			}
 			stored := 0
 			for i, v := range variants {
