@@ -11,6 +11,7 @@ K8S_VERSION ?= 1.37.2
 ETCD_VERSION ?= 3.6.16
 BIN ?= $(CURDIR)/bin
 CONTROLLER_GEN := go tool -modfile=$(CURDIR)/hack/tools/go.mod controller-gen
+GOLANGCI_LINT := go tool -modfile=$(CURDIR)/hack/tools/lint/go.mod golangci-lint
 NATS_SERVER := $(BIN)/nats-server
 HERALD := $(BIN)/herald
 GINKGO_FLAGS ?=
@@ -49,12 +50,16 @@ fmt: ## go fmt.
 vet: ## go vet (the e2e suite too).
 	go vet -tags e2e ./...
 
+.PHONY: lint
+lint: ## golangci-lint with the repository's .golangci.yml (pinned in hack/tools/lint).
+	$(GOLANGCI_LINT) run ./...
+
 .PHONY: envtest
 envtest: ## Build (once) and link kube-apiserver and etcd into bin/k8s/.
 	@K8S_VERSION=$(K8S_VERSION) ETCD_VERSION=$(ETCD_VERSION) hack/control-plane.sh $(BIN) >/dev/null
 
 .PHONY: test
-test: verify-generated vet envtest ## Run the unit and integration tests (real API server, real NATS).
+test: verify-generated vet lint envtest ## Run the unit and integration tests (real API server, real NATS).
 	KUBEBUILDER_ASSETS=$(BIN)/k8s/$(K8S_VERSION) go test -race ./... -count=1 -timeout 30m $(GINKGO_FLAGS) 2>&1 | tee $(BIN)/test.log | grep -Ev '^\s*$$' ; \
 	status=$${PIPESTATUS[0]}; \
 	echo; echo "go test summary:"; grep -E '^(ok|FAIL|---|\?)' $(BIN)/test.log | grep -v 'no test files' || true; \
