@@ -77,7 +77,6 @@ type latencyReceiver struct {
 	n    atomic.Int64
 	mu   sync.Mutex
 	lat  []time.Duration
-	path map[string]*atomic.Int64
 	done chan struct{}
 	want int64
 }

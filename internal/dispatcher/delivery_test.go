@@ -125,7 +125,7 @@ var _ = Describe("Dispatcher", func() {
 			publish(ns, "subscription.updated", "evt_fail", "sub_1", 1, map[string]any{})
 
 			Eventually(rc.count, 10*time.Second).Should(Equal(4))
-			Eventually(func(g Gomega) { g.Expect(deadLetters(g, ns, "crm")).To(HaveLen(1)) }, 5*time.Second).Should(Succeed())
+			Eventually(func(g Gomega) { g.Expect(deadLetters(g, ns)).To(HaveLen(1)) }, 5*time.Second).Should(Succeed())
 
 			hist := history(ns, "crm", "evt_fail")
 			Expect(hist).To(HaveLen(4))
@@ -180,7 +180,7 @@ var _ = Describe("Dispatcher", func() {
 			publish(ns, "a.b", id, "k", 1, map[string]any{})
 
 			Eventually(func(g Gomega) {
-				dls := deadLetters(g, ns, "crm")
+				dls := deadLetters(g, ns)
 				g.Expect(dls).To(HaveLen(1))
 				g.Expect(dls[0].EventID).To(Equal(id))
 				g.Expect(dls[0].Why).To(Equal("terminal response"))
@@ -203,7 +203,7 @@ var _ = Describe("Dispatcher", func() {
 		startDispatcher(endpoint(ns, "crm", rc.URL))
 		publish(ns, "a.b", "evt_302", "", 0, map[string]any{})
 		Eventually(func(g Gomega) {
-			dls := deadLetters(g, ns, "crm")
+			dls := deadLetters(g, ns)
 			g.Expect(dls).To(HaveLen(1))
 			g.Expect(dls[0].Attempts[0].Reason).To(Equal(dispatcher.ReasonRedirect))
 		}).Should(Succeed())
@@ -245,7 +245,7 @@ var _ = Describe("Dispatcher", func() {
 			}))
 			publish(ns, "a.b", "evt_window", "k", 1, map[string]any{})
 			Eventually(func(g Gomega) {
-				dls := deadLetters(g, ns, "crm")
+				dls := deadLetters(g, ns)
 				g.Expect(dls).To(HaveLen(1))
 				g.Expect(dls[0].Why).To(Equal("retry window exhausted"))
 				g.Expect(len(dls[0].Attempts)).To(BeNumerically(">=", 3))

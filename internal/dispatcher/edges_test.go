@@ -48,7 +48,7 @@ func newIsolated(limits streams.Limits, mutate func(*natsserver.Options)) *isola
 
 // start runs a dispatcher on this server for the spec's duration; stop
 // ends it early and waits for it.
-func (s *isolated) start(opts []dispatcher.Option, eps ...dispatcher.Endpoint) (d *dispatcher.Dispatcher, stop func()) {
+func (s *isolated) start(opts []dispatcher.Option, eps ...dispatcher.Endpoint) (stop func()) {
 	GinkgoHelper()
 	ctx, cancel := context.WithCancel(context.Background())
 	opts = append([]dispatcher.Option{dispatcher.WithLogger(testLogger()), dispatcher.WithHealthInterval(100 * time.Millisecond), dispatcher.WithDrainTimeout(5 * time.Second)}, opts...)
@@ -66,7 +66,7 @@ func (s *isolated) start(opts []dispatcher.Option, eps ...dispatcher.Endpoint) (
 	go func() { defer close(done); _ = d.Run(ctx) }()
 	stop = func() { cancel(); <-done }
 	DeferCleanup(stop)
-	return d, stop
+	return stop
 }
 
 func (s *isolated) publish(ns, typ, id, key string, version int64) {
@@ -410,7 +410,7 @@ var _ = Describe("Dispatcher at the edges of the contract", func() {
 			s := newIsolated(streams.DefaultLimits(), nil)
 			rc := newReceiver(func(int, request) (int, http.Header, time.Duration) { return 200, nil, 700 * time.Millisecond })
 			ep := endpoint(ns, "crm", rc.URL)
-			_, stop := s.start(nil, ep)
+			stop := s.start(nil, ep)
 			s.publish(ns, "a.b", "evt_drain", "", 0)
 			Eventually(rc.count).Should(Equal(1))
 			stop()
@@ -422,25 +422,35 @@ var _ = Describe("Dispatcher at the edges of the contract", func() {
 	Context("when events wait for a low rate limit longer than the ack wait", func() {
 		It("counts only HTTP requests as attempts", func() {
 			rc := newReceiver(always(500))
-			startDispatcher(endpoint(ns, "crm", rc.URL, func(e *dispatcher.Endpoint) {
-				e.Timeout = 200 * time.Millisecond // ack wait 5.2s
+			ep := endpoint(ns, "crm", rc.URL, func(e *dispatcher.Endpoint) {
+				e.Timeout = 200 * time.Millisecond
 				e.RateLimit, e.Burst = 10, 1
 				e.Policy = fastPolicy(50 * time.Millisecond)
 				e.Policy.Jitter = 0
-				e.Policy.MaxAttempts = 2
-			}))
-			const n = 70 // the last waits 7 s for its first turn
+				e.Policy.MaxAttempts = 3
+			})
+			d := startDispatcher()
+			// A short ack wait: the later events wait for the rate limit
+			// well past it, and JetStream redelivers them meanwhile.
+			spec := endpointSpec(nil)
+			cfg, err := streams.ConsumerConfig(ns, "crm", &spec)
+			Expect(err).NotTo(HaveOccurred())
+			cfg.AckWait = time.Second
+			_, err = js.CreateOrUpdateConsumer(context.Background(), events.StreamName, cfg)
+			Expect(err).NotTo(HaveOccurred())
+			d.Upsert(ep)
+			const n = 30 // the last waits 3 s for its first turn
 			for i := range n {
 				publish(ns, "a.b", fmt.Sprintf("evt_r%d", i), "", 0, map[string]any{})
 			}
-			Eventually(func(g Gomega) { g.Expect(deadLetters(g, ns, "crm")).To(HaveLen(n)) }, 40*time.Second).Should(Succeed())
+			Eventually(func(g Gomega) { g.Expect(deadLetters(g, ns)).To(HaveLen(n)) }, 30*time.Second).Should(Succeed())
 			perID := map[string]int{}
 			for _, id := range rc.ids() {
 				perID[id]++
 			}
 			Expect(perID).To(HaveLen(n))
 			for id, c := range perID {
-				Expect(c).To(Equal(2), "event %s", id)
+				Expect(c).To(Equal(3), "event %s", id)
 			}
 		})
 	})

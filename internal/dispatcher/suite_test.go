@@ -256,8 +256,9 @@ func readAll(g Gomega, stream, filter string, lastPerSubject bool) []jetstream.M
 	return out
 }
 
-// deadLetters reads an endpoint's dead-letter subject.
-func deadLetters(g Gomega, ns, ep string) []dispatcher.DeadLetter {
+// deadLetters reads the dead-letter subject of the spec's endpoint "crm".
+func deadLetters(g Gomega, ns string) []dispatcher.DeadLetter {
+	const ep = "crm"
 	var out []dispatcher.DeadLetter
 	for _, m := range readAll(g, streams.DeadLetterStream, streams.DeadLetterSubject(ns, ep), false) {
 		var dl dispatcher.DeadLetter

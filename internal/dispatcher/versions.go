@@ -106,7 +106,7 @@ func (s *versionStore) read(ctx context.Context, key string) (cached, error) {
 
 // merge folds c into the cache: the newest mark wins, and the record's
 // state is c's when c is a fresher read or write of it.
-func (s *versionStore) merge(key string, c cached) cached {
+func (s *versionStore) merge(key string, c cached) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old, ok := s.cache[key]
@@ -125,7 +125,6 @@ func (s *versionStore) merge(key string, c cached) cached {
 		}
 	}
 	s.cache[key] = c
-	return c
 }
 
 // delivered returns the newest mark delivered for key.
