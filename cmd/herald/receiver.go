@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -9,10 +10,12 @@ import (
 	"io"
 	"log"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 
 	"github.com/herald-dev/herald/pkg/events"
 	"github.com/herald-dev/herald/pkg/signing"
@@ -41,26 +44,125 @@ type arrival struct {
 // maxArrivals bounds the arrivals kept in memory.
 const maxArrivals = 1_000_000
 
+// minTokenLength is the shortest control token the receiver accepts.
+const minTokenLength = 16
+
 func runReceiver(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("herald receiver", flag.ContinueOnError)
-	listen := fs.String("listen", "127.0.0.1:8090", "address to listen on")
-	secret := fs.String("secret", envOr("HERALD_RECEIVER_SECRET", ""), "whsec_ secrets to verify signatures with, comma-separated; a request verifies with any of them (env HERALD_RECEIVER_SECRET); empty skips verification")
-	status := fs.Int("status", 200, "default status to answer")
-	delay := fs.Duration("delay", 0, "default delay before answering")
-	if err := fs.Parse(args); err != nil {
+	cfg, err := receiverSettings(args)
+	if err != nil {
 		return err
 	}
+	srv := &http.Server{Addr: cfg.listen, Handler: newReceiver(cfg), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdown)
+	}()
+	control := "control endpoints /_herald/* need the bearer token"
+	if cfg.token == "" {
+		control = "control endpoints disabled (no --token-file or HERALD_RECEIVER_TOKEN)"
+	}
+	verify := fmt.Sprintf("verifying signatures with %d secret(s)", len(cfg.secrets))
+	if len(cfg.secrets) == 0 {
+		verify = "not verifying signatures (no --secret-file or HERALD_RECEIVER_SECRET)"
+	}
+	fmt.Printf("receiver listening on %s, %s, %s\n", cfg.listen, verify, control)
+	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("receiver: %w", err)
+	}
+	return nil
+}
+
+// receiverSettings reads the receiver's flags and environment. Secrets and
+// the control token come from the environment or files, never from the
+// command line, where every user of the machine can read them (ps,
+// /proc/<pid>/cmdline).
+func receiverSettings(args []string) (receiverConfig, error) {
+	fs := flag.NewFlagSet("herald receiver", flag.ContinueOnError)
+	cfg := receiverConfig{}
+	fs.StringVar(&cfg.listen, "listen", "127.0.0.1:8090", "address to listen on")
+	secretFile := fs.String("secret-file", "", "file of whsec_ secrets to verify signatures with, one per line or comma-separated; a request verifies with any of them (or env HERALD_RECEIVER_SECRET, comma-separated); neither skips verification")
+	tokenFile := fs.String("token-file", "", fmt.Sprintf("file holding the bearer token the control endpoints /_herald/* require, at least %d characters (or env HERALD_RECEIVER_TOKEN); neither disables them", minTokenLength))
+	fs.Func("secret", "removed: secrets on the command line are visible to every user of the machine; use --secret-file or HERALD_RECEIVER_SECRET", func(string) error {
+		return errors.New("--secret is no longer accepted (the command line is visible to every user of the machine): use --secret-file or HERALD_RECEIVER_SECRET")
+	})
+	fs.IntVar(&cfg.status, "status", 200, "default status to answer")
+	fs.DurationVar(&cfg.delay, "delay", 0, "default delay before answering")
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	secrets, err := fromEnvOrFile("HERALD_RECEIVER_SECRET", "--secret-file", *secretFile)
+	if err != nil {
+		return cfg, err
+	}
+	for i, s := range strings.FieldsFunc(secrets, func(r rune) bool { return r == ',' || unicode.IsSpace(r) }) {
+		if _, err := signing.ParseSecret(s); err != nil {
+			return cfg, fmt.Errorf("signing secret %d: %w", i+1, err)
+		}
+		cfg.secrets = append(cfg.secrets, s)
+	}
+	if cfg.token, err = fromEnvOrFile("HERALD_RECEIVER_TOKEN", "--token-file", *tokenFile); err != nil {
+		return cfg, err
+	}
+	cfg.token = strings.TrimSpace(cfg.token)
+	if cfg.token != "" && len(cfg.token) < minTokenLength {
+		return cfg, fmt.Errorf("the control token must be at least %d characters", minTokenLength)
+	}
+	return cfg, nil
+}
+
+// fromEnvOrFile is the value of the environment variable env, or the
+// content of file; giving both is an error, neither is "".
+func fromEnvOrFile(env, flagName, file string) (string, error) {
+	v := os.Getenv(env)
+	if file == "" {
+		return v, nil
+	}
+	if v != "" {
+		return "", fmt.Errorf("give %s or %s, not both", env, flagName)
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", flagName, err)
+	}
+	if strings.TrimSpace(string(b)) == "" {
+		return "", fmt.Errorf("%s: %s is empty", flagName, file)
+	}
+	return string(b), nil
+}
+
+// receiverConfig is how a receiver listens, verifies and answers.
+type receiverConfig struct {
+	listen  string
+	secrets []string      // whsec_ secrets; a request verifies with any; none skips verification
+	token   string        // bearer token the control endpoints require; empty disables them
+	status  int           // default answer
+	delay   time.Duration // default delay before answering
+}
+
+// newReceiver is the receiver's handler: webhooks on every path, and the
+// control endpoints under /_herald/, which need cfg.token (see
+// requireToken), except GET /_herald/healthz for probes.
+func newReceiver(cfg receiverConfig) http.Handler {
 	var (
 		mu    sync.Mutex
 		paths = map[string]behaviour{}
 		order []arrival
 	)
 	mux := http.NewServeMux()
+	control := http.NewServeMux()
+	mux.Handle("/_herald/", requireToken(cfg.token, control))
+	// GET /_herald/healthz answers ok, without a token: for readiness
+	// probes, which cannot send one; it says nothing about deliveries.
+	mux.HandleFunc("GET /_herald/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "ok\n")
+	})
 	// PUT /_herald/behaviour?path=/crm&status=500&delay=2s changes how one
 	// path answers, so demos and e2e specs can break a receiver on purpose.
-	mux.HandleFunc("PUT /_herald/behaviour", func(w http.ResponseWriter, r *http.Request) {
+	control.HandleFunc("PUT /_herald/behaviour", func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
-		b := behaviour{Status: *status}
+		b := behaviour{Status: cfg.status}
 		if s := q.Get("status"); s != "" {
 			n, err := strconv.Atoi(s)
 			if err != nil {
@@ -84,7 +186,7 @@ func runReceiver(ctx context.Context, args []string) error {
 	})
 	// GET /_herald/received returns how often each event id arrived, per
 	// path ("<path> <id>": count).
-	mux.HandleFunc("GET /_herald/received", func(w http.ResponseWriter, r *http.Request) {
+	control.HandleFunc("GET /_herald/received", func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		seen := map[string]int{}
 		for _, a := range order {
@@ -95,7 +197,7 @@ func runReceiver(ctx context.Context, args []string) error {
 	})
 	// GET /_herald/arrivals?path=/crm lists what arrived on one path (every
 	// path without it) in arrival order, so specs can check per-key order.
-	mux.HandleFunc("GET /_herald/arrivals", func(w http.ResponseWriter, r *http.Request) {
+	control.HandleFunc("GET /_herald/arrivals", func(w http.ResponseWriter, r *http.Request) {
 		path := r.URL.Query().Get("path")
 		mu.Lock()
 		defer mu.Unlock()
@@ -114,9 +216,9 @@ func runReceiver(ctx context.Context, args []string) error {
 			return
 		}
 		verdict := "unsigned check skipped"
-		if *secret != "" {
+		if len(cfg.secrets) > 0 {
 			var err error
-			for _, s := range strings.Split(*secret, ",") {
+			for _, s := range cfg.secrets {
 				if _, err = signing.Verify(s, r.Header, body, 0); err == nil {
 					break
 				}
@@ -133,7 +235,7 @@ func runReceiver(ctx context.Context, args []string) error {
 		mu.Lock()
 		b, ok := paths[r.URL.Path]
 		if !ok {
-			b = behaviour{Status: *status, Delay: *delay}
+			b = behaviour{Status: cfg.status, Delay: cfg.delay}
 		}
 		if len(order) < maxArrivals {
 			order = append(order, arrival{Path: r.URL.Path, ID: env.ID, Key: env.Key, Version: env.Version, Status: b.Status, Time: time.Now()})
@@ -149,16 +251,24 @@ func runReceiver(ctx context.Context, args []string) error {
 		}
 		w.WriteHeader(b.Status)
 	})
-	srv := &http.Server{Addr: *listen, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		<-ctx.Done()
-		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(shutdown)
-	}()
-	fmt.Printf("receiver listening on %s\n", *listen)
-	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("receiver: %w", err)
-	}
-	return nil
+	return mux
+}
+
+// requireToken lets a request through to next only with "Authorization:
+// Bearer <token>". Without a token configured, it refuses everything: the
+// control endpoints change how the receiver answers and show what it got.
+func requireToken(token string, next http.Handler) http.Handler {
+	want := []byte("Bearer " + token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if token == "" {
+			http.Error(w, "control endpoints are disabled: start the receiver with --token-file or HERALD_RECEIVER_TOKEN", http.StatusForbidden)
+			return
+		}
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="herald receiver"`)
+			http.Error(w, "control endpoints need the receiver's bearer token", http.StatusUnauthorized)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }

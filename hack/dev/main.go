@@ -8,6 +8,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -76,6 +78,13 @@ func run(ctx context.Context, bin string, natsPort int, receiverAddr string) err
 		return err
 	}
 
+	// The demo receiver's control endpoints need a bearer token: a new one
+	// each run, in a file only this user can read, for the curl hint below.
+	tokenPath := filepath.Join(devDir, "receiver-token")
+	if err := writeToken(tokenPath); err != nil {
+		return err
+	}
+
 	natsURL := fmt.Sprintf("nats://127.0.0.1:%d", natsPort)
 	// The control plane starts empty each time, so NATS does too: no
 	// consumers of endpoints that no longer exist.
@@ -87,9 +96,11 @@ func run(ctx context.Context, bin string, natsPort int, receiverAddr string) err
 		command("nats", filepath.Join(bin, "nats-server"), "-a", "127.0.0.1", "-p", fmt.Sprint(natsPort), "-js", "-sd", jsDir),
 		command("manager", filepath.Join(bin, "herald"), "manager", "--dispatch=in-process", "--nats-url="+natsURL,
 			"--metrics-bind-address=127.0.0.1:8080", "--metrics-secure=false", "--health-probe-bind-address=127.0.0.1:8081"),
-		command("receiver", filepath.Join(bin, "herald"), "receiver", "--listen="+receiverAddr, "--secret="+strings.Join(sampleSecrets(), ",")),
+		command("receiver", filepath.Join(bin, "herald"), "receiver", "--listen="+receiverAddr, "--token-file="+tokenPath),
 	}
 	procs[1].Env = append(os.Environ(), "KUBECONFIG="+kcPath)
+	// Secrets stay off the command line, where every user can read them.
+	procs[2].Env = append(os.Environ(), "HERALD_RECEIVER_SECRET="+strings.Join(sampleSecrets(), ","))
 	for _, p := range procs {
 		if err := p.Start(); err != nil {
 			return fmt.Errorf("starting %s: %w", p.Path, err)
@@ -115,8 +126,12 @@ Next, in another terminal:
   bin/herald send --nats-url %[2]s --type subscription.updated --key sub_123 --version 1 --data '{"plan":"pro"}'
   kubectl --kubeconfig %[1]s get webhookendpoints -A
 
+Break the CRM receiver on purpose and watch it retry (the control token is in %[4]s):
+
+  curl -X PUT -H "Authorization: Bearer $(cat %[4]s)" 'http://%[3]s/_herald/behaviour?path=/crm&status=500'
+
 Ctrl-C stops everything.
-`, kcPath, natsURL, receiverAddr)
+`, kcPath, natsURL, receiverAddr, tokenPath)
 
 	errc := make(chan error, len(procs))
 	for _, p := range procs {
@@ -131,6 +146,20 @@ Ctrl-C stops everything.
 		}
 		return err
 	}
+}
+
+// writeToken writes a new random bearer token for the demo receiver's
+// control endpoints to path, readable by this user only.
+func writeToken(path string) error {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return fmt.Errorf("making the receiver's control token: %w", err)
+	}
+	_ = os.Remove(path) // a file from an older run may have looser permissions
+	if err := os.WriteFile(path, []byte(hex.EncodeToString(b)+"\n"), 0o600); err != nil {
+		return fmt.Errorf("writing the receiver's control token: %w", err)
+	}
+	return nil
 }
 
 // command runs a child with its output prefixed, so one terminal shows all.
