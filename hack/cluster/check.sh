@@ -34,7 +34,7 @@ spec:
     args: [receiver, --listen=:8080]
     ports: [{containerPort: 8080}]
     readinessProbe:
-      httpGet: {path: /_herald/received, port: 8080}
+      httpGet: {path: /_herald/healthz, port: 8080}
       periodSeconds: 1
 ---
 apiVersion: v1
@@ -61,8 +61,8 @@ probe() {
 	k run "${name}" --image="${NETCHECK_IMAGE}" --image-pull-policy=Never --restart=Never -- "$@" >/dev/null
 	probes+=("${name}")
 }
-probe svc-dns get "http://receiver.${ns}.svc.${CLUSTER_DOMAIN}/_herald/received"
-probe svc-ip get "http://${cluster_ip}/_herald/received"
+probe svc-dns get "http://receiver.${ns}.svc.${CLUSTER_DOMAIN}/_herald/healthz"
+probe svc-ip get "http://${cluster_ip}/_herald/healthz"
 probe dns resolve "kubernetes.default.svc.${CLUSTER_DOMAIN}"
 probe api api /version
 
@@ -79,8 +79,8 @@ done
 port=18080
 kubectl_admin -n "${ns}" port-forward pod/receiver "${port}:8080" >"${LOGS}/check-port-forward.log" 2>&1 &
 pf=$!
-if wait_for 20 "port-forward" curl -fs "http://127.0.0.1:${port}/_herald/received"; then
-	pass "port-forward: $(curl -fs "http://127.0.0.1:${port}/_herald/received" | head -c 200)"
+if wait_for 20 "port-forward" curl -fs "http://127.0.0.1:${port}/_herald/healthz"; then
+	pass "port-forward: $(curl -fs "http://127.0.0.1:${port}/_herald/healthz" | head -c 200)"
 else
 	failc "port-forward: $(tail -3 "${LOGS}/check-port-forward.log")"
 fi

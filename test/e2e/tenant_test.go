@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -37,6 +38,7 @@ const fastJitter = 0.10
 type tenant struct {
 	ns       string
 	receiver *forward
+	token    string // the receiver's control token (its /_herald/* endpoints)
 }
 
 func (t *tenant) setUp() {
@@ -44,6 +46,9 @@ func (t *tenant) setUp() {
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
 	secret := "whsec_" + base64.StdEncoding.EncodeToString(key)
+	token := make([]byte, 32)
+	_, _ = rand.Read(token)
+	t.token = hex.EncodeToString(token)
 	apply(fmt.Sprintf(`apiVersion: v1
 kind: Namespace
 metadata:
@@ -59,6 +64,14 @@ metadata:
   namespace: %[1]s
 stringData:
   v1: %[2]s
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: receiver-control
+  namespace: %[1]s
+stringData:
+  token: %[4]s
 ---
 apiVersion: webhooks.herald.dev/v1alpha1
 kind: RetryPolicy
@@ -104,16 +117,18 @@ spec:
         env:
         - name: HERALD_RECEIVER_SECRET
           valueFrom: {secretKeyRef: {name: signing, key: v1}}
+        - name: HERALD_RECEIVER_TOKEN
+          valueFrom: {secretKeyRef: {name: receiver-control, key: token}}
         ports:
         - {containerPort: 8080}
         readinessProbe:
-          httpGet: {path: /_herald/received, port: 8080}
+          httpGet: {path: /_herald/healthz, port: 8080}
           periodSeconds: 2
         securityContext:
           allowPrivilegeEscalation: false
           readOnlyRootFilesystem: true
           capabilities: {drop: ["ALL"]}
-`, t.ns, secret, image))
+`, t.ns, secret, image, t.token))
 	kubectl("-n", t.ns, "rollout", "status", "deployment/receiver", "--timeout=3m")
 	t.receiver = startForward(t.ns, "svc/receiver", 8080)
 }
@@ -201,6 +216,7 @@ func (t *tenant) behave(path string, status int, delay time.Duration) {
 	q := url.Values{"path": {path}, "status": {strconv.Itoa(status)}, "delay": {delay.String()}}
 	req, err := http.NewRequest(http.MethodPut, "http://"+t.receiver.addr+"/_herald/behaviour?"+q.Encode(), nil)
 	Expect(err).NotTo(HaveOccurred())
+	req.Header.Set("Authorization", "Bearer "+t.token)
 	Eventually(func() error {
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -227,11 +243,19 @@ type arrival struct {
 
 // arrivals lists what reached path, in arrival order.
 func (t *tenant) arrivals(path string) ([]arrival, error) {
-	resp, err := http.Get("http://" + t.receiver.addr + "/_herald/arrivals?path=" + url.QueryEscape(path))
+	req, err := http.NewRequest(http.MethodGet, "http://"+t.receiver.addr+"/_herald/arrivals?path="+url.QueryEscape(path), nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+t.token)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("receiver answered %s", resp.Status)
+	}
 	var out []arrival
 	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
 		return nil, fmt.Errorf("decoding arrivals: %w", err)
