@@ -302,7 +302,9 @@ var _ = Describe("Dispatcher at the edges of the contract", func() {
 			// At least: a log publish retried after a lost ack may log twice.
 			Expect(len(dl.Attempts)+dl.AttemptsOmitted).To(BeNumerically(">=", n), "tail %v", tail)
 			Expect(len(dl.Attempts)).To(BeNumerically("<=", 50))
-			Expect(dl.Attempts[len(dl.Attempts)-1].Response).To(HavePrefix("xxxx"))
+			// The last HTTP attempt keeps its response; a redelivery that came
+			// after the window ended logs the end without one.
+			Expect(dl.Attempts).To(ContainElement(HaveField("Response", HavePrefix("xxxx"))))
 			Consistently(rc.count, 2*time.Second).Should(Equal(n))
 		})
 	})
