@@ -42,6 +42,22 @@ verify-generated: manifests generate ## Fail when generated files are stale.
 		echo "generated files are stale: run 'make manifests generate' and commit the result" >&2; exit 1; \
 	fi
 
+# Every Go module of the repository: Herald's and the pinned ones under
+# hack/ (tools, images, the Kubernetes components built from source).
+GO_MODULES = $(dir $(shell git ls-files -- go.mod '*/go.mod' 2>/dev/null || find . -name go.mod -not -path './bin/*'))
+
+.PHONY: tidy
+tidy: ## go mod tidy every Go module of the repository.
+	@for m in $(GO_MODULES); do echo "go mod tidy in $$m"; (cd $$m && go mod tidy); done
+
+.PHONY: verify-tidy
+verify-tidy: ## Fail when a go.mod or go.sum is not what go mod tidy makes of it.
+	@failed=0; for m in $(GO_MODULES); do \
+		if ! (cd $$m && go mod tidy -diff); then \
+			echo "$${m}go.mod or go.sum is not tidy: run 'make tidy' and commit the result" >&2; failed=1; \
+		fi; \
+	done; exit $$failed
+
 .PHONY: fmt
 fmt: ## go fmt.
 	go fmt ./...
@@ -59,7 +75,7 @@ envtest: ## Build (once) and link kube-apiserver and etcd into bin/k8s/.
 	@K8S_VERSION=$(K8S_VERSION) ETCD_VERSION=$(ETCD_VERSION) hack/control-plane.sh $(BIN) >/dev/null
 
 .PHONY: test
-test: verify-generated vet lint envtest ## Run the unit and integration tests (real API server, real NATS).
+test: verify-generated verify-tidy vet lint envtest ## Run the unit and integration tests (real API server, real NATS).
 	KUBEBUILDER_ASSETS=$(BIN)/k8s/$(K8S_VERSION) go test -race ./... -count=1 -timeout 30m $(GINKGO_FLAGS) 2>&1 | tee $(BIN)/test.log | grep -Ev '^\s*$$' ; \
 	status=$${PIPESTATUS[0]}; \
 	echo; echo "go test summary:"; grep -E '^(ok|FAIL|---|\?)' $(BIN)/test.log | grep -v 'no test files' || true; \
