@@ -17,8 +17,19 @@ const (
 	ReconcilingCondition = "Reconciling"
 
 	// StalledCondition is present (True) only while progress needs a person:
-	// a missing or malformed secret, a missing policy, a refused URL.
+	// a missing or malformed secret, a missing policy, a refused URL; on a
+	// RetryPolicy, a window longer than the events are kept
+	// (WindowExceedsRetention).
 	StalledCondition = "Stalled"
+
+	// BacklogExpiringCondition (WebhookEndpoint) is present, True, only
+	// while the oldest waiting event has waited more than half of the time
+	// it may wait: the shorter of the retry window (past it, a failing
+	// event is dead-lettered) and the events' retention less
+	// RetentionMargin (past the retention, the stream drops it
+	// undelivered). Abnormal-true like Stalled: absent means fine. Reasons
+	// NearRetryWindow and NearRetention say which limit is closer.
+	BacklogExpiringCondition = "BacklogExpiring"
 )
 
 // Reasons, stable CamelCase strings that tools and alerts can match on.
@@ -37,6 +48,14 @@ const (
 	// ReasonInvalid: a RetryPolicy the API server accepted but that cannot
 	// work (Ready=False).
 	ReasonInvalid = "Invalid"
+	// ReasonWindowExceedsRetention: a RetryPolicy whose window is longer
+	// than the manager's --events-max-age less RetentionMargin (Stalled,
+	// Ready=False); the message has both durations.
+	ReasonWindowExceedsRetention = "WindowExceedsRetention"
+	// ReasonAPIUnavailable: a transient failure reading the endpoint's
+	// Secret, RetryPolicy or dispatcher from the Kubernetes API
+	// (Ready=Unknown, Reconciling=True; observedGeneration is not advanced).
+	ReasonAPIUnavailable = "APIUnavailable"
 
 	// Healthy reasons.
 	ReasonDelivering      = "Delivering"
@@ -45,4 +64,8 @@ const (
 	ReasonSuspended       = "Suspended"
 	ReasonNoDeliveriesYet = "NoDeliveriesYet"
 	ReasonUnknown         = "HealthUnknown"
+
+	// BacklogExpiring reasons.
+	ReasonNearRetryWindow = "NearRetryWindow"
+	ReasonNearRetention   = "NearRetention"
 )

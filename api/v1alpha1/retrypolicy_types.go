@@ -1,8 +1,27 @@
 package v1alpha1
 
 import (
+	"time"
+
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
+
+// RetentionMargin is how long before the events stream drops an event its
+// retries must be over. A retry window must not be longer than the events'
+// retention (the manager's --events-max-age) less this margin, so the last
+// retry, and the dead letter it may become, still find the event in the
+// stream despite jitter, a Retry-After or a dispatcher that was down.
+//
+// The API server refuses windows over MaxRetryWindow (the default
+// retention less this margin); a manager running with a shorter retention
+// marks longer RetryPolicies Stalled (WindowExceedsRetention).
+const RetentionMargin = 24 * time.Hour
+
+// MaxRetryWindow is the longest spec.window the API server accepts: the
+// events stream's default retention of 7 days less RetentionMargin, 144h.
+// The CEL rule on spec.window repeats it as a literal (markers cannot name
+// a constant); the API tests keep the two equal.
+const MaxRetryWindow = 7*24*time.Hour - RetentionMargin
 
 // RetryOn says which failures are worth another attempt.
 type RetryOn struct {
@@ -47,10 +66,14 @@ type RetryPolicySpec struct {
 	Schedule []metav1.Duration `json:"schedule,omitempty"`
 
 	// Window is how long after the event's time it may still be retried.
+	// At most 144h (MaxRetryWindow): the events stream keeps an event 7
+	// days by default, and retries end RetentionMargin (a day) before it
+	// expires.
 	// +kubebuilder:default="24h"
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:MaxLength=32
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('144h')",message="window must be at most 144h (6 days): the events stream keeps an event 7 days, and its retries must end a day before it expires"
 	Window *metav1.Duration `json:"window,omitempty"`
 
 	// MaxAttempts caps attempts (the first one included); absent means

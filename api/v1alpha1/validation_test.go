@@ -129,6 +129,16 @@ var _ = Describe("RetryPolicy validation", func() {
 		Expect(p.Spec.MaxAttempts).To(BeNil())
 	})
 
+	It("accepts a window of exactly MaxRetryWindow, the default retention less RetentionMargin", func() {
+		Expect(v1.MaxRetryWindow).To(Equal(144 * time.Hour))
+		p := policy("longest-window", func(p *v1.RetryPolicy) { p.Spec.Window = &metav1.Duration{Duration: v1.MaxRetryWindow} })
+		Expect(k8sClient.Create(ctx, p)).To(Succeed())
+		err := k8sClient.Create(ctx, policy("just-too-long", func(p *v1.RetryPolicy) {
+			p.Spec.Window = &metav1.Duration{Duration: v1.MaxRetryWindow + time.Second}
+		}))
+		Expect(err).To(HaveOccurred(), "the CEL rule on spec.window must repeat MaxRetryWindow")
+	})
+
 	DescribeTable("refuses an invalid spec with a message a person understands",
 		func(name string, mutate func(*v1.RetryPolicy), message string) {
 			err := k8sClient.Create(ctx, policy(name, mutate))
@@ -144,6 +154,9 @@ var _ = Describe("RetryPolicy validation", func() {
 				p.Spec.Schedule = []metav1.Duration{d("10m")}
 				p.Spec.Window = pd("1m")
 			}, "window must not be shorter than the first retry delay"),
+		Entry("a window beyond the events' retention (9 days)", "window-retention",
+			func(p *v1.RetryPolicy) { p.Spec.Window = pd("216h") },
+			"window must be at most 144h (6 days): the events stream keeps an event 7 days"),
 		Entry("jitter above 100%", "jitter-high",
 			func(p *v1.RetryPolicy) { p.Spec.JitterPercent = ptr.To[int32](101) }, "spec.jitterPercent"),
 		Entry("jitter below 0%", "jitter-low",

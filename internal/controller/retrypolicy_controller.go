@@ -7,8 +7,6 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	apimeta "k8s.io/apimachinery/pkg/api/meta"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -18,15 +16,24 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	v1 "github.com/herald-dev/herald/api/v1alpha1"
+	"github.com/herald-dev/herald/internal/streams"
 )
 
 // RetryPolicyReconciler validates RetryPolicies and counts their users.
 type RetryPolicyReconciler struct {
 	client.Client
+	// EventsRetention is how long the events stream keeps an event (the
+	// manager's --events-max-age; default streams.DefaultLimits()). A
+	// policy whose window does not end RetentionMargin before it is
+	// Stalled.
+	EventsRetention time.Duration
 }
 
 // SetupWithManager registers the controller. SetupIndexes must have run.
 func (r *RetryPolicyReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.EventsRetention <= 0 {
+		r.EventsRetention = streams.DefaultLimits().EventsMaxAge
+	}
 	// An endpoint that switches policy maps to both: the handler maps the
 	// old and the new object of an update.
 	toPolicy := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
@@ -43,7 +50,7 @@ func (r *RetryPolicyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Complete(r)
 }
 
-// Reconcile sets Ready, status.endpoints and observedGeneration.
+// Reconcile sets Ready, Stalled, status.endpoints and observedGeneration.
 func (r *RetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	p := &v1.RetryPolicy{}
 	if err := r.Get(ctx, req.NamespacedName, p); err != nil {
@@ -54,7 +61,7 @@ func (r *RetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 		return ctrl.Result{}, fmt.Errorf("listing endpoints of retry policy: %w", err)
 	}
 	orig := p.DeepCopy()
-	setPolicyStatus(p, int32(len(users.Items)))
+	setPolicyStatus(p, int32(len(users.Items)), r.EventsRetention)
 	if equality.Semantic.DeepEqual(orig.Status, p.Status) {
 		return ctrl.Result{}, nil
 	}
@@ -68,30 +75,4 @@ func (r *RetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 		return ctrl.Result{}, fmt.Errorf("updating retry policy status: %w", err)
 	}
 	return ctrl.Result{}, nil
-}
-
-// setPolicyStatus is the pure status summary of a RetryPolicy.
-func setPolicyStatus(p *v1.RetryPolicy, endpoints int32) {
-	p.Status.Endpoints = endpoints
-	p.Status.ObservedGeneration = p.Generation
-	cond := metav1.Condition{Type: v1.ReadyCondition, Status: metav1.ConditionTrue, Reason: v1.ReasonReady,
-		Message: "valid", ObservedGeneration: p.Generation}
-	if msg := validatePolicy(&p.Spec); msg != "" {
-		cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, v1.ReasonInvalid, msg
-	}
-	apimeta.SetStatusCondition(&p.Status.Conditions, cond)
-}
-
-// validatePolicy repeats, for objects that predate the CRD's CEL rules,
-// the checks a dispatcher depends on; "" means valid.
-func validatePolicy(s *v1.RetryPolicySpec) string {
-	for i, d := range s.Schedule {
-		if d.Duration <= 0 {
-			return fmt.Sprintf("schedule[%d] must be greater than zero", i)
-		}
-	}
-	if s.Window != nil && len(s.Schedule) > 0 && s.Window.Duration < s.Schedule[0].Duration {
-		return fmt.Sprintf("window %s is shorter than the first retry delay %s", s.Window.Duration, s.Schedule[0].Duration)
-	}
-	return ""
 }
