@@ -189,6 +189,14 @@ type WebhookEndpointStatus struct {
 	// +optional
 	NextRetryTime *metav1.Time `json:"nextRetryTime,omitempty"`
 
+	// NextRetryIn is NextRetryTime relative to the last status write, in
+	// kubectl's age style: "in 47s", "in 3m20s", "due" once it has passed.
+	// It is as of that write, not of the moment it is read (while a retry
+	// is pending, status is rewritten at most once per status write
+	// interval); NextRetryTime is exact.
+	// +optional
+	NextRetryIn string `json:"nextRetryIn,omitempty"`
+
 	// +optional
 	ConsecutiveFailures int64 `json:"consecutiveFailures"`
 
@@ -215,7 +223,7 @@ type WebhookEndpointStatus struct {
 // +kubebuilder:printcolumn:name="Backlog",type=integer,JSONPath=`.status.backlog`
 // +kubebuilder:printcolumn:name="Last Success",type=date,JSONPath=`.status.lastSuccessTime`
 // +kubebuilder:printcolumn:name="Failures",type=integer,JSONPath=`.status.consecutiveFailures`,priority=1
-// +kubebuilder:printcolumn:name="Next Retry",type=date,JSONPath=`.status.nextRetryTime`,priority=1
+// +kubebuilder:printcolumn:name="Next Retry",type=string,JSONPath=`.status.nextRetryIn`,priority=1,description="as of the last status write"
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type WebhookEndpoint struct {
 	metav1.TypeMeta   `json:",inline"`

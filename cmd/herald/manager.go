@@ -174,10 +174,13 @@ func setupControllers(ctx context.Context, mgr ctrl.Manager, js jetstream.JetStr
 		ResyncInterval:         f.resyncInterval,
 		MinStatusWriteInterval: f.writeEvery,
 		HealthEvents:           hw.Events(),
+		// Status measures the oldest waiting event and the retry window
+		// against how long the events stream keeps events.
+		EventsRetention: f.limits.EventsMaxAge,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up webhookendpoint controller: %w", err)
 	}
-	if err := (&controller.RetryPolicyReconciler{Client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
+	if err := (&controller.RetryPolicyReconciler{Client: mgr.GetClient(), EventsRetention: f.limits.EventsMaxAge}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up retrypolicy controller: %w", err)
 	}
 	switch mode {

@@ -162,6 +162,20 @@ func writeHealth(ns, name string, h dispatcher.Health) {
 	Expect(err).NotTo(HaveOccurred())
 }
 
+// versionKey is the key the dispatcher's version store writes for one
+// ordering key of one endpoint: <namespace>.<endpoint>.<base64url(key)>.
+func versionKey(ns, name, key string) string {
+	return streams.EndpointKey(ns, name) + "." + base64.RawURLEncoding.EncodeToString([]byte(key))
+}
+
+// writeVersion records, as the dispatcher does after a delivery, that
+// version v (stream sequence seq) of key was delivered to the endpoint.
+func writeVersion(ns, name, key string, v int64, seq uint64) {
+	GinkgoHelper()
+	_, err := versionsKV.Put(ctx, versionKey(ns, name, key), []byte(fmt.Sprintf("%d:%d", v, seq)))
+	Expect(err).NotTo(HaveOccurred())
+}
+
 // eventReasons lists the reasons of the Kubernetes Events about an object.
 func eventReasons(g Gomega, ns, name string) []string {
 	var list eventsv1.EventList

@@ -9,6 +9,7 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -41,6 +42,10 @@ var _ = Describe("WebhookEndpoint status", func() {
 				g.Expect(ep.Status.ConsecutiveFailures).To(BeEquivalentTo(3))
 				g.Expect(ep.Status.Totals.FailedAttempts).To(BeEquivalentTo(3))
 			}, eventually, poll).Should(Succeed())
+			out := kubectl("get", "webhookendpoints", "-n", ns, "-o", "wide")
+			GinkgoWriter.Println(out)
+			Expect(parseTable(out)[0]["NEXT RETRY"]).To(MatchRegexp(`^in \d+s$`), "a future retry reads as a duration: %s", out)
+			Expect(getEndpoint(Default, ns, "crm").Status.NextRetryIn).To(MatchRegexp(`^in \d+s$`))
 			Eventually(func(g Gomega) string { return eventNotes(g, ns, "crm", "DeliveryFailing") }, eventually, poll).
 				Should(ContainSubstring("HTTP 500"))
 
@@ -81,6 +86,25 @@ var _ = Describe("WebhookEndpoint status", func() {
 			}, eventually, poll).Should(Succeed())
 			expectConditions(ns, "crm", map[string]string{v1.HealthyCondition: "False/Lagging"})
 			Eventually(func(g Gomega) []string { return eventReasons(g, ns, "crm") }, eventually, poll).Should(ContainElement("Lagging"))
+		})
+	})
+
+	Context("when the oldest waiting event has used half its retry window", func() {
+		It("reports BacklogExpiring with both ages, and an Event", func() {
+			ns := newNamespace("expiring")
+			p := newPolicy(ns, "short")
+			p.Spec.Schedule = []metav1.Duration{{Duration: time.Second}}
+			p.Spec.Window = &metav1.Duration{Duration: 4 * time.Second}
+			create(p, newSecret(ns, "crm-signing"), newEndpoint(ns, "crm", withPolicy("short")))
+			expectConditions(ns, "crm", map[string]string{v1.ReadyCondition: "True/Ready", v1.BacklogExpiringCondition: "absent"})
+			// Nothing delivers here (the dispatcher is a fake), so the event
+			// waits until it is older than half of the 4s window.
+			publish(ns, "invoice.paid")
+			expectConditions(ns, "crm", map[string]string{v1.BacklogExpiringCondition: "True/NearRetryWindow"})
+			msg := conditionMessage(getEndpoint(Default, ns, "crm"), v1.BacklogExpiringCondition)
+			GinkgoWriter.Println("BacklogExpiring:", msg)
+			Expect(msg).To(And(MatchRegexp(`oldest waiting event is \d+s old`), ContainSubstring("4s"), ContainSubstring(`RetryPolicy "short"`)))
+			Eventually(func(g Gomega) string { return eventNotes(g, ns, "crm", "BacklogExpiring") }, eventually, poll).Should(ContainSubstring("4s"))
 		})
 	})
 
@@ -182,7 +206,7 @@ func parseTable(out string) []map[string]string {
 		// A column name may hold one space ("LAST SUCCESS"); columns are
 		// separated by at least two.
 		j := i
-		for j < len(header) && !(header[j] == ' ' && (j+1 >= len(header) || header[j+1] == ' ')) {
+		for j < len(header) && (header[j] != ' ' || j+1 < len(header) && header[j+1] != ' ') {
 			j++
 		}
 		starts = append(starts, i)

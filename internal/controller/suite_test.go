@@ -45,6 +45,10 @@ var (
 	nc         *nats.Conn
 	js         jetstream.JetStream
 	healthKV   jetstream.KeyValue
+	versionsKV jetstream.KeyValue
+	// mgrClient is the manager's cached client (with the field indexes),
+	// for specs that run a reconciler of their own.
+	mgrClient  client.Client
 	fake       *fakeDispatch
 	kubeconfig string
 	ctx        context.Context
@@ -86,6 +90,8 @@ var _ = BeforeSuite(func() {
 	Expect(streams.Ensure(ctx, js, streams.DefaultLimits())).To(Succeed())
 	healthKV, err = js.KeyValue(ctx, streams.HealthBucket)
 	Expect(err).NotTo(HaveOccurred())
+	versionsKV, err = js.KeyValue(ctx, streams.VersionsBucket)
+	Expect(err).NotTo(HaveOccurred())
 
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 testenv.Scheme(),
@@ -95,6 +101,7 @@ var _ = BeforeSuite(func() {
 	})
 	Expect(err).NotTo(HaveOccurred())
 	Expect(SetupIndexes(ctx, mgr)).To(Succeed())
+	mgrClient = mgr.GetClient()
 	hw := NewHealthWatcher(js, time.Second, nil)
 	Expect(mgr.Add(hw)).To(Succeed())
 	Expect((&WebhookEndpointReconciler{

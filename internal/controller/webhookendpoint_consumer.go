@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"k8s.io/apimachinery/pkg/types"
 
 	v1 "github.com/herald-dev/herald/api/v1alpha1"
 	"github.com/herald-dev/herald/internal/streams"
@@ -21,14 +22,42 @@ const (
 	consumerUnchanged consumerAction = ""
 	consumerCreated   consumerAction = "Created"
 	consumerUpdated   consumerAction = "Updated"
+	// consumerReplaced: the consumer found was an earlier endpoint's of the
+	// same name (a cleanup that did not run); it was deleted with that
+	// endpoint's records and created afresh.
+	consumerReplaced consumerAction = "Replaced"
 )
 
-// desiredConsumer derives the endpoint's consumer. Refused eventTypes are a
-// Stalled problem: the tenant must change the spec.
+// endpointUIDKey is the consumer metadata key that names the endpoint
+// object (its UID) a consumer belongs to, so that an endpoint deleted and
+// created again under the same name is told apart from its predecessor.
+const endpointUIDKey = "herald.dev/endpoint-uid"
+
+// consumerBelongs decides whether an existing consumer is this endpoint's:
+// it carries the endpoint's UID, or it carries none (made before UIDs were
+// recorded) and the endpoint already had a consumer (known: its status
+// names one). Otherwise it is left over from an earlier endpoint of the
+// same name.
+func consumerBelongs(have map[string]string, uid types.UID, known bool) bool {
+	if owner := have[endpointUIDKey]; owner != "" {
+		return owner == string(uid)
+	}
+	return known
+}
+
+// desiredConsumer derives the endpoint's consumer, its UID in the
+// metadata. Refused eventTypes are a Stalled problem: the tenant must
+// change the spec.
 func desiredConsumer(ep *v1.WebhookEndpoint) (jetstream.ConsumerConfig, error) {
 	cfg, err := streams.ConsumerConfig(ep.Namespace, ep.Name, &ep.Spec)
 	if err != nil {
 		return cfg, stalled(v1.ReasonEventTypesRefused, fmt.Sprintf("spec.eventTypes refused: %v", err), err)
+	}
+	if ep.UID != "" {
+		if cfg.Metadata == nil {
+			cfg.Metadata = map[string]string{}
+		}
+		cfg.Metadata[endpointUIDKey] = string(ep.UID)
 	}
 	return cfg, nil
 }
@@ -37,19 +66,43 @@ func desiredConsumer(ep *v1.WebhookEndpoint) (jetstream.ConsumerConfig, error) {
 // back to the derived config when the spec changed or someone edited or
 // deleted it behind the operator's back. It reads before it writes, so a
 // pass over an unchanged endpoint costs NATS one consumer-info request.
-func ensureConsumer(ctx context.Context, js jetstream.JetStream, want jetstream.ConsumerConfig) (*jetstream.ConsumerInfo, consumerAction, error) {
-	c, err := js.Consumer(ctx, events.StreamName, want.Durable)
-	switch {
-	case errors.Is(err, jetstream.ErrConsumerNotFound):
-		c, err = js.CreateConsumer(ctx, events.StreamName, want)
+//
+// A new endpoint (known false: its status names no consumer yet) never
+// inherits what an earlier endpoint of the same name left behind: a
+// consumer that is not its own (consumerBelongs) is deleted and created
+// afresh, so the old events are not sent to the new URL, and before a
+// new endpoint's consumer is created its version and health records are
+// purged, so its events are not superseded by the old endpoint's versions.
+func ensureConsumer(ctx context.Context, js jetstream.JetStream, want jetstream.ConsumerConfig, namespace, name string, known bool) (*jetstream.ConsumerInfo, consumerAction, error) {
+	create := func(action consumerAction) (*jetstream.ConsumerInfo, consumerAction, error) {
+		if !known {
+			if err := purgeEndpointRecords(ctx, js, namespace, name); err != nil {
+				return nil, "", err
+			}
+		}
+		c, err := js.CreateConsumer(ctx, events.StreamName, want)
 		if err != nil {
 			return nil, "", fmt.Errorf("creating consumer %s: %w", want.Durable, err)
 		}
-		return c.CachedInfo(), consumerCreated, nil
+		return c.CachedInfo(), action, nil
+	}
+	c, err := js.Consumer(ctx, events.StreamName, want.Durable)
+	switch {
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+		return create(consumerCreated)
 	case err != nil:
 		return nil, "", fmt.Errorf("reading consumer %s: %w", want.Durable, err)
 	}
 	info := c.CachedInfo()
+	if !consumerBelongs(info.Config.Metadata, types.UID(want.Metadata[endpointUIDKey]), known) {
+		if err := deleteConsumer(ctx, js, namespace, name); err != nil {
+			return nil, "", err
+		}
+		// An earlier endpoint's consumer means its records are still there
+		// too, whatever this endpoint's status says.
+		known = false
+		return create(consumerReplaced)
+	}
 	if !consumerDrifted(want, info.Config) {
 		return info, consumerUnchanged, nil
 	}
@@ -94,6 +147,34 @@ func deleteConsumer(ctx context.Context, js jetstream.JetStream, namespace, name
 	}
 	return nil
 }
+
+// purgeEndpointRecords removes what the dispatcher keeps in NATS for one
+// endpoint besides its consumer: the version records (keys
+// <namespace>.<endpoint>.<key> of the versions bucket) and the health
+// record (key <namespace>.<endpoint> of the health bucket). Each is one
+// purge of the bucket's stream by subject; names are DNS labels, so the
+// subjects match this endpoint's keys only. Nothing to purge is no error.
+func purgeEndpointRecords(ctx context.Context, js jetstream.JetStream, namespace, name string) error {
+	prefix := streams.EndpointKey(namespace, name)
+	for _, p := range []struct{ bucket, subject string }{
+		{streams.VersionsBucket, kvSubject(streams.VersionsBucket, prefix+".>")},
+		{streams.HealthBucket, kvSubject(streams.HealthBucket, prefix)},
+	} {
+		s, err := js.Stream(ctx, kvStream(p.bucket))
+		if err != nil {
+			return fmt.Errorf("opening the stream of bucket %s: %w", p.bucket, err)
+		}
+		if err := s.Purge(ctx, jetstream.WithPurgeSubject(p.subject)); err != nil {
+			return fmt.Errorf("purging %s: %w", p.subject, err)
+		}
+	}
+	return nil
+}
+
+// kvStream and kvSubject are how JetStream stores a key-value bucket: the
+// stream KV_<bucket>, one subject $KV.<bucket>.<key> per key.
+func kvStream(bucket string) string       { return "KV_" + bucket }
+func kvSubject(bucket, key string) string { return "$KV." + bucket + "." + key }
 
 // backlogObservation is the queue side of an endpoint's status.
 type backlogObservation struct {

@@ -79,6 +79,10 @@ type WebhookEndpointReconciler struct {
 	// HealthEvents, when set, wakes endpoints whose health record changed
 	// (see HealthWatcher), so status follows deliveries within seconds.
 	HealthEvents <-chan event.TypedGenericEvent[*v1.WebhookEndpoint]
+	// EventsRetention is how long the events stream keeps an event (the
+	// manager's --events-max-age; default streams.DefaultLimits()). Status
+	// measures the oldest waiting event and the retry window against it.
+	EventsRetention time.Duration
 
 	secrets *secretReader
 
@@ -116,6 +120,9 @@ func (r *WebhookEndpointReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	if r.Mode == "" {
 		r.Mode = DispatchDeployment
+	}
+	if r.EventsRetention <= 0 {
+		r.EventsRetention = streams.DefaultLimits().EventsMaxAge
 	}
 	if r.APIReader == nil {
 		r.APIReader = mgr.GetAPIReader()
@@ -180,7 +187,7 @@ func (r *WebhookEndpointReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	}
 
 	orig := ep.DeepCopy()
-	obs := &observation{Now: time.Now()}
+	obs := r.newObservation()
 	defer func() {
 		summarise(ep, obs)
 		res, err := r.patchStatus(ctx, orig, ep, obs)
@@ -189,10 +196,20 @@ func (r *WebhookEndpointReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 			result = res
 		}
 	}()
+	return ctrl.Result{}, r.runSteps(ctx, ep, obs)
+}
 
-	// Each step fills obs; a Stalled problem is recorded there and the
-	// later steps still run (the consumer keeps events queued while a
-	// person fixes a Secret, and the backlog stays visible).
+// newObservation starts a pass's observation with what the reconciler
+// knows without asking anyone.
+func (r *WebhookEndpointReconciler) newObservation() *observation {
+	return &observation{Now: time.Now(), Retention: r.EventsRetention}
+}
+
+// runSteps runs the pass's steps in order. Each step fills obs; a Stalled
+// problem is recorded there and the later steps still run (the consumer
+// keeps events queued while a person fixes a Secret, and the backlog stays
+// visible).
+func (r *WebhookEndpointReconciler) runSteps(ctx context.Context, ep *v1.WebhookEndpoint, obs *observation) error {
 	var state passState
 	steps := []func(context.Context, *v1.WebhookEndpoint, *observation, *passState) error{
 		r.reconcileConsumer,
@@ -206,7 +223,7 @@ func (r *WebhookEndpointReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 			errs = append(errs, err)
 		}
 	}
-	return ctrl.Result{}, errors.Join(errs...)
+	return errors.Join(errs...)
 }
 
 // passState carries what one step hands the next.
@@ -214,7 +231,8 @@ type passState struct {
 	info *jetstream.ConsumerInfo
 }
 
-// reconcileConsumer creates or repairs the endpoint's durable consumer.
+// reconcileConsumer creates or repairs the endpoint's durable consumer,
+// and replaces one an earlier endpoint of the same name left behind.
 // Sets obs.Consumer; refused eventTypes make the endpoint Stalled; a NATS
 // error makes it Ready=False NATSUnavailable and is retried.
 func (r *WebhookEndpointReconciler) reconcileConsumer(ctx context.Context, ep *v1.WebhookEndpoint, obs *observation, st *passState) error {
@@ -223,7 +241,8 @@ func (r *WebhookEndpointReconciler) reconcileConsumer(ctx context.Context, ep *v
 		obs.Stalled = s
 		return nil
 	}
-	info, action, err := ensureConsumer(ctx, r.JS, want)
+	known := ep.Status.Consumer != ""
+	info, action, err := ensureConsumer(ctx, r.JS, want, ep.Namespace, ep.Name, known)
 	if err != nil {
 		obs.NATSErr = err
 		return err
@@ -231,10 +250,14 @@ func (r *WebhookEndpointReconciler) reconcileConsumer(ctx context.Context, ep *v
 	st.info = info
 	obs.Consumer = info.Name
 	switch {
-	case action == consumerCreated && ep.Status.Consumer != "":
+	case action == consumerCreated && known:
 		// It existed before: someone or something deleted it.
 		r.Recorder.Eventf(ep, nil, corev1.EventTypeWarning, "ConsumerRecreated", "Reconcile",
 			"JetStream consumer %s was missing and has been recreated; events published while it was gone were not queued for this endpoint", info.Name)
+	case action == consumerReplaced:
+		r.Recorder.Eventf(ep, nil, corev1.EventTypeNormal, "ConsumerReplaced", "Reconcile",
+			"JetStream consumer %s belonged to an earlier endpoint of this name whose cleanup did not run; it was deleted with that endpoint's version and health records and created afresh for this one", info.Name)
+		ctrl.LoggerFrom(ctx).Info("consumer reconciled", "consumer", info.Name, "action", string(action))
 	case action != consumerUnchanged:
 		ctrl.LoggerFrom(ctx).Info("consumer reconciled", "consumer", info.Name, "action", string(action))
 	}
@@ -242,16 +265,27 @@ func (r *WebhookEndpointReconciler) reconcileConsumer(ctx context.Context, ep *v
 }
 
 // reconcileReferences resolves the signing Secret and the RetryPolicy.
-// Sets obs.Stalled (SecretMissing, SecretMalformed, RetryPolicyMissing).
+// Sets obs.Stalled (SecretMissing, SecretMalformed, RetryPolicyMissing),
+// obs.APIErr when a read failed transiently (Ready=Unknown), and the retry
+// window status measures the backlog and the retention against.
 func (r *WebhookEndpointReconciler) reconcileReferences(ctx context.Context, ep *v1.WebhookEndpoint, obs *observation, _ *passState) error {
-	_, err := resolveReferences(ctx, r.secrets, r.Client, ep)
+	refs, err := resolveReferences(ctx, r.secrets, r.Client, ep)
 	if s, ok := asStalled(err); ok {
 		if obs.Stalled == nil {
 			obs.Stalled = s
 		}
 		return nil
 	}
-	return err
+	if err != nil {
+		obs.APIErr = err
+		return err
+	}
+	obs.RetryWindow = dispatcher.PolicyFromSpec(refs.Policy).Window
+	obs.WindowSource = "the default retry policy"
+	if ref := ep.Spec.RetryPolicyRef; ref != nil {
+		obs.WindowSource = fmt.Sprintf("RetryPolicy %q", ref.Name)
+	}
+	return nil
 }
 
 // reconcileDispatcher checks that something delivers this endpoint's
@@ -269,7 +303,9 @@ func (r *WebhookEndpointReconciler) reconcileDispatcher(ctx context.Context, ep 
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("reading dispatcher deployment: %w", err)
+		err = fmt.Errorf("reading dispatcher deployment: %w", err)
+		obs.APIErr = errors.Join(obs.APIErr, err)
+		return err
 	}
 	obs.DispatcherReady, obs.DispatcherMessage = dispatcherAvailable(&d)
 	return nil
@@ -344,9 +380,11 @@ func (r *WebhookEndpointReconciler) patchStatus(ctx context.Context, orig, ep *v
 	return requeue, nil
 }
 
-// reconcileDelete deletes the consumer and the health record, bounded by
-// CleanupTimeout: when NATS is unreachable the finalizer is removed anyway
-// and a Warning says what was left behind, so deletion never hangs.
+// reconcileDelete deletes the consumer, the version records and the
+// health record, bounded by CleanupTimeout: when NATS is unreachable the
+// finalizer is removed anyway and a Warning says what was left behind, so
+// deletion never hangs. (A later endpoint of the same name does not
+// inherit what is left: see ensureConsumer.)
 func (r *WebhookEndpointReconciler) reconcileDelete(ctx context.Context, ep *v1.WebhookEndpoint) error {
 	if !controllerutil.ContainsFinalizer(ep, ConsumerFinalizer) {
 		return nil
@@ -355,18 +393,14 @@ func (r *WebhookEndpointReconciler) reconcileDelete(ctx context.Context, ep *v1.
 	defer cancel()
 	err := deleteConsumer(cctx, r.JS, ep.Namespace, ep.Name)
 	if err == nil {
-		// A later endpoint of the same name must not inherit old totals.
-		var kv jetstream.KeyValue
-		if kv, err = r.healthKV(cctx); err == nil {
-			if err = kv.Purge(cctx, streams.EndpointKey(ep.Namespace, ep.Name)); errors.Is(err, jetstream.ErrKeyNotFound) {
-				err = nil
-			}
-		}
+		// A later endpoint of the same name must not inherit old totals
+		// or have its events superseded by old versions.
+		err = purgeEndpointRecords(cctx, r.JS, ep.Namespace, ep.Name)
 	}
 	if err != nil {
 		r.Recorder.Eventf(ep, nil, corev1.EventTypeWarning, "CleanupFailed", "Delete",
-			"could not clean up NATS within %s (%v); removing the finalizer anyway: consumer %s on stream HERALD_EVENTS may be left behind",
-			r.CleanupTimeout, err, streams.ConsumerName(ep.Namespace, ep.Name))
+			"could not clean up NATS within %s (%v); removing the finalizer anyway: consumer %s on stream HERALD_EVENTS and the keys %s.* of buckets %s and %s may be left behind (an endpoint created again under this name replaces them)",
+			r.CleanupTimeout, err, streams.ConsumerName(ep.Namespace, ep.Name), streams.EndpointKey(ep.Namespace, ep.Name), streams.VersionsBucket, streams.HealthBucket)
 	}
 	patch := client.MergeFrom(ep.DeepCopy())
 	controllerutil.RemoveFinalizer(ep, ConsumerFinalizer)

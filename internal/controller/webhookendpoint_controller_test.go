@@ -2,15 +2,24 @@ package controller
 
 import (
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	v1 "github.com/herald-dev/herald/api/v1alpha1"
+	"github.com/herald-dev/herald/internal/dispatcher"
 	"github.com/herald-dev/herald/internal/streams"
+	"github.com/herald-dev/herald/internal/testenv"
 	"github.com/herald-dev/herald/pkg/events"
 )
 
@@ -58,10 +67,16 @@ var _ = Describe("WebhookEndpoint controller", func() {
 			}, eventually, poll).Should(Succeed())
 			Eventually(func(g Gomega) []string { return eventReasons(g, ns, "billing") }, eventually, poll).Should(ContainElement("ConsumerRecreated"))
 
-			By("deleting the consumer through the finalizer")
+			By("deleting the consumer and the version records through the finalizer")
+			writeVersion(ns, "billing", "sub_1", 9, 42)
+			writeVersion(ns, "billing", "inv_7", 2, 43)
 			deleteAndWaitGone(ep)
 			_, err = consumerInfo(ns, "billing")
 			Expect(errors.Is(err, jetstream.ErrConsumerNotFound)).To(BeTrue(), "got %v", err)
+			for _, key := range []string{"sub_1", "inv_7"} {
+				_, err = versionsKV.Get(ctx, versionKey(ns, "billing", key))
+				Expect(errors.Is(err, jetstream.ErrKeyNotFound)).To(BeTrue(), "version record of %s: got %v", key, err)
+			}
 		})
 	})
 
@@ -214,6 +229,96 @@ var _ = Describe("WebhookEndpoint controller", func() {
 			deleteAndWaitGone(ep)
 		})
 	})
+
+	Context("when an endpoint is deleted without its cleanup and recreated with the same name", func() {
+		It("gives the new endpoint a fresh consumer and no version records", func() {
+			ns := newNamespace("reuse")
+			create(newSecret(ns, "crm-signing"), newEndpoint(ns, "crm"))
+			expectConditions(ns, "crm", readyAndDelivering)
+			old := getEndpoint(Default, ns, "crm")
+			writeVersion(ns, "crm", "sub_1", 9, 42)
+			writeHealth(ns, "crm", dispatcher.Health{Delivered: 5})
+			publish(ns, "invoice.paid")
+			Eventually(func(g Gomega) {
+				info, err := consumerInfo(ns, "crm")
+				g.Expect(err).NotTo(HaveOccurred())
+				g.Expect(info.NumPending).To(BeEquivalentTo(1))
+			}, eventually, poll).Should(Succeed())
+			oldInfo, err := consumerInfo(ns, "crm")
+			Expect(err).NotTo(HaveOccurred())
+
+			By("deleting it with the finalizer removed by hand, so no cleanup runs")
+			Eventually(func(g Gomega) {
+				ep := getEndpoint(g, ns, "crm")
+				ep.Finalizers = nil
+				g.Expect(k8sClient.Update(ctx, ep)).To(Succeed())
+				// Only if the controller has not put the finalizer back.
+				rv := ep.ResourceVersion
+				g.Expect(k8sClient.Delete(ctx, ep, client.Preconditions{ResourceVersion: &rv})).To(Succeed())
+			}, eventually, poll).Should(Succeed())
+			Eventually(func() bool {
+				return apierrors.IsNotFound(k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: "crm"}, &v1.WebhookEndpoint{}))
+			}, eventually, poll).Should(BeTrue())
+			_, err = consumerInfo(ns, "crm")
+			Expect(err).NotTo(HaveOccurred(), "the consumer is left behind")
+			_, err = versionsKV.Get(ctx, versionKey(ns, "crm", "sub_1"))
+			Expect(err).NotTo(HaveOccurred(), "the version record is left behind")
+
+			By("recreating an endpoint of the same name")
+			create(newEndpoint(ns, "crm", withEventTypes("invoice.*")))
+			expectConditions(ns, "crm", map[string]string{v1.ReadyCondition: "True/Ready"})
+			fresh := getEndpoint(Default, ns, "crm")
+			Expect(fresh.UID).NotTo(Equal(old.UID))
+			info, err := consumerInfo(ns, "crm")
+			Expect(err).NotTo(HaveOccurred())
+			GinkgoWriter.Printf("old consumer created %s (pending %d), new one %s (pending %d, ack pending %d), metadata %v\n",
+				oldInfo.Created, oldInfo.NumPending, info.Created, info.NumPending, info.NumAckPending, info.Config.Metadata)
+			Expect(info.Created).To(BeTemporally(">", oldInfo.Created), "a fresh consumer, not the old one")
+			Expect(info.NumPending+uint64(info.NumAckPending)).To(BeZero(), "the old endpoint's events must not go to the new URL")
+			Expect(info.Config.Metadata).To(HaveKeyWithValue("herald.dev/endpoint-uid", string(fresh.UID)))
+			_, err = versionsKV.Get(ctx, versionKey(ns, "crm", "sub_1"))
+			Expect(errors.Is(err, jetstream.ErrKeyNotFound)).To(BeTrue(), "version record: got %v", err)
+			expectConditions(ns, "crm", readyAndDelivering)
+			Expect(getEndpoint(Default, ns, "crm").Status.Totals.Delivered).To(BeZero(), "the old endpoint's totals must not be inherited")
+			Eventually(func(g Gomega) []string { return eventReasons(g, ns, "crm") }, eventually, poll).Should(ContainElement("ConsumerReplaced"))
+		})
+	})
+
+	Context("when reading a reference fails transiently", func() {
+		It("neither reports Ready=True nor advances observedGeneration", func() {
+			ns := newNamespace("transient")
+			create(newSecret(ns, "crm-signing"), newEndpoint(ns, "crm"))
+			expectConditions(ns, "crm", readyAndDelivering)
+
+			// A reader the API server refuses (a user without any role):
+			// a real, non-NotFound error from a real API server.
+			user, err := testEnv.AddUser(envtest.User{Name: "herald-test-nobody"}, nil)
+			Expect(err).NotTo(HaveOccurred())
+			nobody, err := client.New(user.Config(), client.Options{Scheme: testenv.Scheme()})
+			Expect(err).NotTo(HaveOccurred())
+			r := &WebhookEndpointReconciler{Client: mgrClient, APIReader: nobody, JS: js, Mode: DispatchInProcess,
+				EventsRetention: streams.DefaultLimits().EventsMaxAge, secrets: newSecretReader(nobody, nil)}
+
+			// A pass over a spec change the controller has not seen yet;
+			// the pass runs against the real API server and NATS, and is
+			// summarised without writing (the suite's controller owns the
+			// object's status).
+			ep := getEndpoint(Default, ns, "crm")
+			seen := ep.Status.ObservedGeneration
+			ep.Generation = seen + 1
+			obs := r.newObservation()
+			err = r.runSteps(ctx, ep, obs)
+			Expect(err).To(HaveOccurred())
+			Expect(apierrors.IsForbidden(errors.Unwrap(err)) || strings.Contains(err.Error(), "forbidden")).To(BeTrue(), "got %v", err)
+			summarise(ep, obs)
+			GinkgoWriter.Printf("after a forbidden Secret read: Ready=%s (%s), Reconciling=%s, observedGeneration=%d of %d\n",
+				condition(ep, v1.ReadyCondition), conditionMessage(ep, v1.ReadyCondition), condition(ep, v1.ReconcilingCondition), ep.Status.ObservedGeneration, ep.Generation)
+			Expect(condition(ep, v1.ReadyCondition)).To(Equal("Unknown/APIUnavailable"))
+			Expect(condition(ep, v1.ReconcilingCondition)).To(Equal("True/APIUnavailable"))
+			Expect(condition(ep, v1.StalledCondition)).To(Equal("absent"))
+			Expect(ep.Status.ObservedGeneration).To(Equal(seen))
+		})
+	})
 })
 
 var _ = Describe("RetryPolicy controller", func() {
@@ -236,5 +341,37 @@ var _ = Describe("RetryPolicy controller", func() {
 		Eventually(count, eventually, poll).Should(BeEquivalentTo(1))
 		deleteAndWaitGone(getEndpoint(Default, ns, "a"))
 		Eventually(count, eventually, poll).Should(BeEquivalentTo(0))
+	})
+
+	Context("when the manager keeps events shorter than a policy's window", func() {
+		It("marks the policy Stalled with both durations", func() {
+			ns := newNamespace("retention")
+			p := newPolicy(ns, "slow")
+			p.Spec.Window = &metav1.Duration{Duration: 2 * time.Hour}
+			create(p)
+			key := types.NamespacedName{Namespace: ns, Name: "slow"}
+			// The suite's controller (7d retention) has its say first; it
+			// then has no reason to run again for this policy.
+			Eventually(func(g Gomega) {
+				g.Expect(k8sClient.Get(ctx, key, p)).To(Succeed())
+				g.Expect(p.Status.ObservedGeneration).To(Equal(p.Generation))
+			}, eventually, poll).Should(Succeed())
+			Expect(apimeta.FindStatusCondition(p.Status.Conditions, v1.StalledCondition)).To(BeNil())
+
+			// As manager.go wires it with --events-max-age=1h.
+			r := &RetryPolicyReconciler{Client: mgrClient, EventsRetention: time.Hour}
+			_, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: key})
+			Expect(err).NotTo(HaveOccurred())
+			Eventually(func(g Gomega) {
+				g.Expect(k8sClient.Get(ctx, key, p)).To(Succeed())
+				stalled := apimeta.FindStatusCondition(p.Status.Conditions, v1.StalledCondition)
+				g.Expect(stalled).NotTo(BeNil(), "conditions: %+v", p.Status.Conditions)
+				g.Expect(stalled.Reason).To(Equal(v1.ReasonWindowExceedsRetention))
+				g.Expect(stalled.Message).To(And(ContainSubstring("2h"), ContainSubstring("1h")))
+				GinkgoWriter.Printf("Stalled: %s\n", stalled.Message)
+				ready := apimeta.FindStatusCondition(p.Status.Conditions, v1.ReadyCondition)
+				g.Expect(ready.Status).To(Equal(metav1.ConditionFalse))
+			}, eventually, poll).Should(Succeed())
+		})
 	})
 })

@@ -8,14 +8,24 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/duration"
 
 	v1 "github.com/herald-dev/herald/api/v1alpha1"
 	"github.com/herald-dev/herald/internal/dispatcher"
 )
 
-// defaultWarnAfter matches the CRD default of spec.latency.warnAfter, for
-// objects the API server has not defaulted (tests, old objects).
-const defaultWarnAfter = 60 * time.Second
+// defaultWarnAfter and defaultTarget match the CRD defaults of
+// spec.latency, for objects the API server has not defaulted (tests, old
+// objects).
+const (
+	defaultWarnAfter = 60 * time.Second
+	defaultTarget    = 5 * time.Second
+)
+
+// expiringShare is the share of its limit (see BacklogExpiringCondition)
+// the oldest waiting event may use before the endpoint says so: half
+// leaves as long again to act as the event has waited.
+const expiringShare = 0.5
 
 // maxFailureMessage caps lastFailure.message; receivers' error texts can
 // be long and status is not a log.
@@ -29,6 +39,18 @@ type observation struct {
 	Stalled *stalledError
 	// NATSErr is a transient NATS failure; the pass is retried.
 	NATSErr error
+	// APIErr is a transient failure reading from the Kubernetes API (the
+	// Secret, the RetryPolicy, the dispatcher Deployment); the pass is
+	// retried.
+	APIErr error
+	// Retention is how long the events stream keeps an event (the
+	// manager's --events-max-age); 0 when unknown.
+	Retention time.Duration
+	// RetryWindow is the window of the endpoint's retry policy (the
+	// built-in one without a retryPolicyRef) and WindowSource names it, for
+	// messages; 0 when the policy could not be resolved.
+	RetryWindow  time.Duration
+	WindowSource string
 	// Consumer is the durable consumer's name once it is in place.
 	Consumer string
 	// DispatcherReady / DispatcherMessage describe the delivery process
@@ -44,8 +66,9 @@ type observation struct {
 }
 
 // succeeded reports whether the pass reached a conclusion about this
-// generation (ready, or stalled on something a person must fix).
-func (o *observation) succeeded() bool { return o.NATSErr == nil }
+// generation (ready, or stalled on something a person must fix). A
+// transient error, from NATS or the Kubernetes API, is no conclusion.
+func (o *observation) succeeded() bool { return o.NATSErr == nil && o.APIErr == nil }
 
 // summarise writes every status field this controller owns.
 func summarise(ep *v1.WebhookEndpoint, o *observation) {
@@ -53,6 +76,7 @@ func summarise(ep *v1.WebhookEndpoint, o *observation) {
 	setReadyCondition(ep, o)
 	setReconcilingCondition(ep, o)
 	setHealthyCondition(ep, o)
+	setBacklogExpiringCondition(ep, o)
 	setDeliveryStatus(ep, o)
 	if o.Consumer != "" {
 		ep.Status.Consumer = o.Consumer
@@ -79,7 +103,10 @@ func setStalledCondition(ep *v1.WebhookEndpoint, o *observation) {
 }
 
 // setReadyCondition: True when the consumer and the dispatcher are in
-// place and nothing is stalled; False with the blocking reason otherwise.
+// place and nothing is stalled; False with the blocking reason otherwise;
+// Unknown (APIUnavailable) when the references could not be read. A retry
+// window that outlives the events' retention does not stop deliveries, so
+// the endpoint stays Ready and the message says what will go wrong.
 func setReadyCondition(ep *v1.WebhookEndpoint, o *observation) {
 	switch {
 	case o.Stalled != nil:
@@ -87,6 +114,9 @@ func setReadyCondition(ep *v1.WebhookEndpoint, o *observation) {
 	case o.NATSErr != nil:
 		setCondition(ep, v1.ReadyCondition, metav1.ConditionFalse, v1.ReasonNATSError,
 			fmt.Sprintf("NATS JetStream unavailable, retrying: %v", o.NATSErr))
+	case o.APIErr != nil:
+		setCondition(ep, v1.ReadyCondition, metav1.ConditionUnknown, v1.ReasonAPIUnavailable,
+			fmt.Sprintf("reading from the Kubernetes API failed, retrying: %v", o.APIErr))
 	case o.Consumer == "":
 		setCondition(ep, v1.ReadyCondition, metav1.ConditionFalse, v1.ReasonProgressing, "creating the JetStream consumer")
 	case !o.DispatcherReady:
@@ -95,6 +125,9 @@ func setReadyCondition(ep *v1.WebhookEndpoint, o *observation) {
 		msg := fmt.Sprintf("consumer %s in place", o.Consumer)
 		if o.DispatcherMessage != "" {
 			msg += "; " + o.DispatcherMessage
+		}
+		if problem, bad := windowProblem("the retry window of "+o.WindowSource, o.RetryWindow, o.Retention); bad {
+			msg += "; warning: " + problem
 		}
 		setCondition(ep, v1.ReadyCondition, metav1.ConditionTrue, v1.ReasonReady, msg)
 	}
@@ -132,18 +165,36 @@ func healthVerdict(ep *v1.WebhookEndpoint, o *observation) (metav1.ConditionStat
 		return metav1.ConditionFalse, v1.ReasonFailing, msg + "; see status.lastFailure and status.nextRetryTime"
 	case o.Backlog.OldestPending != nil && o.Now.Sub(*o.Backlog.OldestPending) > warnAfter(ep):
 		return metav1.ConditionFalse, v1.ReasonLagging,
-			fmt.Sprintf("the oldest waiting event is older than spec.latency.warnAfter (%s); see status.oldestPendingTime and status.backlog", warnAfter(ep))
+			fmt.Sprintf("the oldest waiting event is %s old, over the %s target and spec.latency.warnAfter (%s); see status.oldestPendingTime and status.backlog",
+				age(o.Now.Sub(*o.Backlog.OldestPending)), fmtDuration(latencyTarget(ep)), fmtDuration(warnAfter(ep)))
 	case h == nil || (h.Delivered == 0 && h.LastSuccess == nil):
-		return metav1.ConditionTrue, v1.ReasonNoDeliveriesYet, "no event delivered yet"
+		return metav1.ConditionTrue, v1.ReasonNoDeliveriesYet, "no event delivered yet; " + latencyNote(ep, o)
 	default:
-		return metav1.ConditionTrue, v1.ReasonDelivering, "delivering"
+		return metav1.ConditionTrue, v1.ReasonDelivering, "delivering; " + latencyNote(ep, o)
+	}
+}
+
+// latencyNote sets the oldest waiting event against spec.latency: its age
+// appears only once it is over the target, so the message of an endpoint
+// that keeps up does not change from pass to pass.
+func latencyNote(ep *v1.WebhookEndpoint, o *observation) string {
+	target, warn := fmtDuration(latencyTarget(ep)), fmtDuration(warnAfter(ep))
+	switch {
+	case o.Backlog.OldestPending == nil:
+		return fmt.Sprintf("nothing waiting (target %s, Lagging after %s)", target, warn)
+	case o.Now.Sub(*o.Backlog.OldestPending) <= latencyTarget(ep):
+		return fmt.Sprintf("the oldest waiting event is within the %s target (Lagging after %s)", target, warn)
+	default:
+		return fmt.Sprintf("the oldest waiting event is %s old, over the %s target (Lagging after %s)",
+			age(o.Now.Sub(*o.Backlog.OldestPending)), target, warn)
 	}
 }
 
 // setHealthyCondition: True (Delivering, NoDeliveriesYet), False (Failing,
 // Lagging, Suspended) or Unknown (HealthUnknown) when NATS cannot be read.
-// Messages avoid counters and ages on purpose: a message that changes on
-// every pass would make every pass a condition change.
+// Messages carry no counters, and ages only past the latency target
+// (rounded as kubectl rounds ages), so a healthy endpoint's message is
+// stable; message-only changes are written within the write budget.
 func setHealthyCondition(ep *v1.WebhookEndpoint, o *observation) {
 	status, reason, msg := healthVerdict(ep, o)
 	setCondition(ep, v1.HealthyCondition, status, reason, msg)
@@ -161,6 +212,65 @@ func warnAfter(ep *v1.WebhookEndpoint) time.Duration {
 		return w.Duration
 	}
 	return defaultWarnAfter
+}
+
+func latencyTarget(ep *v1.WebhookEndpoint) time.Duration {
+	if t := ep.Spec.Latency.Target; t != nil && t.Duration > 0 {
+		return t.Duration
+	}
+	return defaultTarget
+}
+
+// age writes an observed age as kubectl writes ages (47s, 3m20s, 13h, 6d).
+func age(d time.Duration) string { return duration.HumanDuration(d) }
+
+// expiryLimit is how long the endpoint's oldest waiting event may wait,
+// and which limit that is: the retry window (then a failing event is
+// dead-lettered) or the events' retention less RetentionMargin (then the
+// stream drops it undelivered), whichever is shorter. A retention no
+// longer than the margin counts as itself. 0 when neither is known.
+func expiryLimit(o *observation) (time.Duration, string) {
+	retention := o.Retention - v1.RetentionMargin
+	if retention <= 0 {
+		retention = o.Retention
+	}
+	switch {
+	case o.RetryWindow > 0 && (retention <= 0 || o.RetryWindow <= retention):
+		return o.RetryWindow, v1.ReasonNearRetryWindow
+	case retention > 0:
+		return retention, v1.ReasonNearRetention
+	}
+	return 0, ""
+}
+
+// setBacklogExpiringCondition: BacklogExpiring=True while the oldest
+// waiting event is older than expiringShare of its limit (expiryLimit),
+// with both ages in the message; absent otherwise. Left as it is while the
+// backlog cannot be read.
+func setBacklogExpiringCondition(ep *v1.WebhookEndpoint, o *observation) {
+	if o.Backlog == nil {
+		return
+	}
+	limit, reason := expiryLimit(o)
+	if o.Backlog.OldestPending == nil || limit <= 0 {
+		apimeta.RemoveStatusCondition(&ep.Status.Conditions, v1.BacklogExpiringCondition)
+		return
+	}
+	waited := o.Now.Sub(*o.Backlog.OldestPending)
+	if waited <= time.Duration(float64(limit)*expiringShare) {
+		apimeta.RemoveStatusCondition(&ep.Status.Conditions, v1.BacklogExpiringCondition)
+		return
+	}
+	msg := fmt.Sprintf("the oldest waiting event is %s old, more than half of the %s it may wait ", age(waited), fmtDuration(limit))
+	if reason == v1.ReasonNearRetryWindow {
+		msg += fmt.Sprintf("(the retry window of %s): a failing event older than that goes to the dead-letter queue", o.WindowSource)
+	} else if limit < o.Retention {
+		msg += fmt.Sprintf("(events are kept %s, the manager's --events-max-age, less the %s margin): older events are dropped from the stream undelivered",
+			fmtDuration(o.Retention), fmtDuration(v1.RetentionMargin))
+	} else {
+		msg += fmt.Sprintf("(events are kept only %s, the manager's --events-max-age): older events are dropped from the stream undelivered", fmtDuration(o.Retention))
+	}
+	setCondition(ep, v1.BacklogExpiringCondition, metav1.ConditionTrue, reason, msg+"; see status.oldestPendingTime and status.backlog")
 }
 
 // statusTime rounds to what the API stores (RFC 3339, seconds), so that an
@@ -190,6 +300,7 @@ func setDeliveryStatus(ep *v1.WebhookEndpoint, o *observation) {
 	}
 	s.LastSuccessTime = statusTime(h.LastSuccess)
 	s.NextRetryTime = statusTime(h.NextRetry)
+	s.NextRetryIn = nextRetryIn(h.NextRetry, o.Now)
 	s.ConsecutiveFailures = h.ConsecutiveFailures
 	s.Totals = v1.DeliveryTotals{
 		Delivered:      h.Delivered,
@@ -299,9 +410,28 @@ func transitionEvents(before, after *v1.WebhookEndpointStatus) []eventRecord {
 		out = append(out, eventRecord{corev1.EventTypeWarning, "DeadLettered",
 			fmt.Sprintf("%d events moved to the dead-letter queue since the last report (%d in total)", d, after.Totals.DeadLettered)})
 	}
+	if r := reasonOf(after, v1.BacklogExpiringCondition); r != "" && r != reasonOf(before, v1.BacklogExpiringCondition) {
+		c := apimeta.FindStatusCondition(after.Conditions, v1.BacklogExpiringCondition)
+		out = append(out, eventRecord{corev1.EventTypeWarning, "BacklogExpiring", c.Message})
+	}
 	if stalledReason := reasonOf(after, v1.StalledCondition); stalledReason != "" && stalledReason != reasonOf(before, v1.StalledCondition) {
 		c := apimeta.FindStatusCondition(after.Conditions, v1.StalledCondition)
 		out = append(out, eventRecord{corev1.EventTypeWarning, stalledReason, c.Message})
 	}
 	return out
+}
+
+// nextRetryIn is status.nextRetryIn: the time from now (the pass that
+// writes status) to the next retry, as kubectl writes ages: "in 47s",
+// "in 3m20s"; "due" once less than a second is left; "" when none is
+// scheduled.
+func nextRetryIn(next *time.Time, now time.Time) string {
+	if next == nil || next.IsZero() {
+		return ""
+	}
+	d := next.Sub(now)
+	if d < time.Second {
+		return "due"
+	}
+	return "in " + duration.HumanDuration(d)
 }

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -164,6 +165,11 @@ func TestTransitionEvents(t *testing.T) {
 		{"lags", status(v1.ReasonDelivering, 0), status(v1.ReasonLagging, 0), []string{"Lagging"}},
 		{"dead letters are aggregated", status(v1.ReasonFailing, 1), status(v1.ReasonFailing, 5), []string{"DeadLettered"}},
 		{"first status", status("", 0), status(v1.ReasonNoDeliveriesYet, 0), nil},
+		{"backlog starts expiring", status(v1.ReasonLagging, 0), func() *v1.WebhookEndpointStatus {
+			s := status(v1.ReasonLagging, 0)
+			apimeta.SetStatusCondition(&s.Conditions, metav1.Condition{Type: v1.BacklogExpiringCondition, Status: metav1.ConditionTrue, Reason: v1.ReasonNearRetryWindow, Message: "m"})
+			return s
+		}(), []string{"BacklogExpiring"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -219,5 +225,208 @@ func TestConsumerDrifted(t *testing.T) {
 		t.Error("an empty token must be refused")
 	} else if s, ok := asStalled(err); !ok || s.Reason != v1.ReasonEventTypesRefused {
 		t.Errorf("refusal must be Stalled %s, got %v", v1.ReasonEventTypesRefused, err)
+	}
+}
+
+// readyObs is an observation of an endpoint in place, with the retention
+// and the retry window known.
+func readyObs(o *observation) *observation {
+	o.Now, o.Consumer, o.DispatcherReady, o.HealthKnown = t0, "ns_crm", true, true
+	if o.Backlog == nil {
+		o.Backlog = &backlogObservation{}
+	}
+	if o.Retention == 0 {
+		o.Retention = 7 * 24 * time.Hour
+	}
+	if o.RetryWindow == 0 {
+		o.RetryWindow, o.WindowSource = 24*time.Hour, "the default retry policy"
+	}
+	return o
+}
+
+func TestTransientAPIErrorKeepsObservedGeneration(t *testing.T) {
+	ep := newEndpoint("ns", "crm")
+	ep.Generation = 2
+	summarise(ep, readyObs(&observation{}))
+	assertConditions(t, ep, map[string]string{"Ready": "True/Ready"})
+
+	ep.Generation = 3
+	o := readyObs(&observation{APIErr: errors.New(`reading signing Secret ns/crm-signing: secrets "crm-signing" is forbidden`)})
+	summarise(ep, o)
+	assertConditions(t, ep, map[string]string{"Ready": "Unknown/APIUnavailable", "Reconciling": "True/APIUnavailable", "Stalled": "absent"})
+	if ep.Status.ObservedGeneration != 2 {
+		t.Errorf("observedGeneration = %d after a transient error, want the previous 2", ep.Status.ObservedGeneration)
+	}
+	if msg := conditionMessage(ep, v1.ReadyCondition); !strings.Contains(msg, "forbidden") {
+		t.Errorf("Ready message %q does not say what failed", msg)
+	}
+}
+
+func TestBacklogExpiring(t *testing.T) {
+	day := 24 * time.Hour
+	cases := []struct {
+		name              string
+		oldest            time.Duration // age of the oldest waiting event; 0: none
+		retention, window time.Duration
+		want              string
+		mentions          []string
+	}{
+		{"nothing waiting", 0, 7 * day, day, "absent", nil},
+		{"young backlog", 11 * time.Hour, 7 * day, day, "absent", nil},
+		{"over half the default window", 13 * time.Hour, 7 * day, day, "True/NearRetryWindow", []string{"13h", "24h", "the default retry policy", "dead-letter"}},
+		{"over half the retention less the margin", 13 * time.Hour, 2 * day, 144 * time.Hour, "True/NearRetention", []string{"13h", "24h", "48h", "dropped"}},
+		{"window unknown: the retention alone", 4 * day, 7 * day, 0, "True/NearRetention", []string{"4d", "144h", "168h"}},
+		{"a retention shorter than the margin counts itself", 40 * time.Minute, time.Hour, 2 * time.Hour, "True/NearRetention", []string{"40m", "1h", "kept only 1h"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ep := newEndpoint("ns", "crm")
+			o := readyObs(&observation{Retention: c.retention, RetryWindow: c.window, WindowSource: "the default retry policy"})
+			if c.window == 0 {
+				o.RetryWindow, o.WindowSource = 0, ""
+			}
+			if c.oldest > 0 {
+				o.Backlog = &backlogObservation{Backlog: 3, OldestPending: at(-c.oldest)}
+			}
+			summarise(ep, o)
+			assertConditions(t, ep, map[string]string{v1.BacklogExpiringCondition: c.want})
+			msg := conditionMessage(ep, v1.BacklogExpiringCondition)
+			for _, m := range c.mentions {
+				if !strings.Contains(msg, m) {
+					t.Errorf("message %q does not mention %q", msg, m)
+				}
+			}
+		})
+	}
+
+	t.Run("goes away when the backlog drains, and stays while it cannot be read", func(t *testing.T) {
+		ep := newEndpoint("ns", "crm")
+		summarise(ep, readyObs(&observation{Backlog: &backlogObservation{Backlog: 1, OldestPending: at(-20 * time.Hour)}}))
+		assertConditions(t, ep, map[string]string{v1.BacklogExpiringCondition: "True/NearRetryWindow"})
+		o := readyObs(&observation{})
+		o.Backlog = nil
+		summarise(ep, o)
+		assertConditions(t, ep, map[string]string{v1.BacklogExpiringCondition: "True/NearRetryWindow"})
+		summarise(ep, readyObs(&observation{}))
+		assertConditions(t, ep, map[string]string{v1.BacklogExpiringCondition: "absent"})
+	})
+}
+
+func TestReadyMessageWarnsOfARetryWindowBeyondRetention(t *testing.T) {
+	ep := newEndpoint("ns", "crm", withPolicy("slow"))
+	summarise(ep, readyObs(&observation{Retention: time.Hour, RetryWindow: 2 * time.Hour, WindowSource: `RetryPolicy "slow"`}))
+	// Deliveries go on: the endpoint is Ready, and says what will go wrong.
+	assertConditions(t, ep, map[string]string{"Ready": "True/Ready", "Stalled": "absent"})
+	msg := conditionMessage(ep, v1.ReadyCondition)
+	for _, m := range []string{`RetryPolicy "slow"`, "2h", "1h"} {
+		if !strings.Contains(msg, m) {
+			t.Errorf("Ready message %q does not mention %q", msg, m)
+		}
+	}
+	summarise(ep, readyObs(&observation{RetryWindow: 2 * time.Hour, WindowSource: `RetryPolicy "slow"`}))
+	if msg := conditionMessage(ep, v1.ReadyCondition); strings.Contains(msg, "retention") {
+		t.Errorf("a window that fits must not be warned about: %q", msg)
+	}
+}
+
+func TestHealthyMessageNamesTheLatencyTarget(t *testing.T) {
+	delivered := &dispatcher.Health{Delivered: 3, LastSuccess: at(0)}
+	cases := []struct {
+		name     string
+		oldest   time.Duration
+		want     string
+		mentions []string
+		not      []string
+	}{
+		{"nothing waiting", 0, "True/Delivering", []string{"target 5s", "Lagging after 1m"}, nil},
+		{"inside the target", 3 * time.Second, "True/Delivering", []string{"within the 5s target", "1m"}, []string{"3s"}},
+		{"over the target, under the threshold", 12 * time.Second, "True/Delivering", []string{"12s old", "over the 5s target", "1m"}, nil},
+		{"lagging", 2 * time.Minute, "False/Lagging", []string{"2m old", "5s target", "warnAfter (1m)"}, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ep := newEndpoint("ns", "crm")
+			ep.Spec.Latency = v1.Latency{Target: &metav1.Duration{Duration: 5 * time.Second}, WarnAfter: &metav1.Duration{Duration: time.Minute}}
+			o := readyObs(&observation{Health: delivered})
+			if c.oldest > 0 {
+				o.Backlog = &backlogObservation{Backlog: 2, OldestPending: at(-c.oldest)}
+			}
+			summarise(ep, o)
+			assertConditions(t, ep, map[string]string{"Healthy": c.want})
+			msg := conditionMessage(ep, v1.HealthyCondition)
+			for _, m := range c.mentions {
+				if !strings.Contains(msg, m) {
+					t.Errorf("Healthy message %q does not mention %q", msg, m)
+				}
+			}
+			for _, m := range c.not {
+				if strings.Contains(msg, m) {
+					t.Errorf("Healthy message %q mentions %q: inside the target it must not change with the age", msg, m)
+				}
+			}
+		})
+	}
+	t.Run("defaults when the spec was not defaulted", func(t *testing.T) {
+		ep := newEndpoint("ns", "crm")
+		summarise(ep, readyObs(&observation{Health: delivered}))
+		if msg := conditionMessage(ep, v1.HealthyCondition); !strings.Contains(msg, "target 5s") {
+			t.Errorf("Healthy message %q does not name the default target", msg)
+		}
+	})
+}
+
+func TestNextRetryIn(t *testing.T) {
+	cases := []struct {
+		in   *time.Time
+		want string
+	}{
+		{nil, ""},
+		{at(47 * time.Second), "in 47s"},
+		{at(47*time.Second + 600*time.Millisecond), "in 47s"},
+		{at(3 * time.Minute), "in 3m"},
+		{at(3*time.Minute + 20*time.Second), "in 3m20s"},
+		{at(47 * time.Minute), "in 47m"},
+		{at(5 * time.Hour), "in 5h"},
+		{at(200 * time.Millisecond), "due"},
+		{at(-5 * time.Second), "due"},
+	}
+	for _, c := range cases {
+		if got := nextRetryIn(c.in, t0); got != c.want {
+			t.Errorf("nextRetryIn(%v) = %q, want %q", c.in, got, c.want)
+		}
+	}
+	ep := newEndpoint("ns", "crm")
+	summarise(ep, readyObs(&observation{Health: &dispatcher.Health{ConsecutiveFailures: 1, NextRetry: at(47 * time.Second)}}))
+	if ep.Status.NextRetryIn != "in 47s" {
+		t.Errorf("status.nextRetryIn = %q, want it filled as of the write", ep.Status.NextRetryIn)
+	}
+}
+
+func TestConsumerBelongs(t *testing.T) {
+	cases := []struct {
+		name  string
+		have  map[string]string
+		known bool
+		want  bool
+	}{
+		{"this endpoint's", map[string]string{endpointUIDKey: "uid-2"}, true, true},
+		{"this endpoint's, before its status was written", map[string]string{endpointUIDKey: "uid-2"}, false, true},
+		{"an earlier endpoint of the same name", map[string]string{endpointUIDKey: "uid-1"}, true, false},
+		{"unowned, found by a new endpoint", map[string]string{"herald.dev/endpoint": "ns/crm"}, false, false},
+		{"unowned, of an endpoint that had it (made before UIDs)", map[string]string{"herald.dev/endpoint": "ns/crm"}, true, true},
+	}
+	for _, c := range cases {
+		if got := consumerBelongs(c.have, "uid-2", c.known); got != c.want {
+			t.Errorf("%s: consumerBelongs = %v, want %v", c.name, got, c.want)
+		}
+	}
+	ep := newEndpoint("ns", "crm")
+	ep.UID = "uid-2"
+	want, err := desiredConsumer(ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want.Metadata[endpointUIDKey] != "uid-2" || want.Metadata["herald.dev/endpoint"] != "ns/crm" {
+		t.Errorf("consumer metadata %v must carry the endpoint's UID next to its name", want.Metadata)
 	}
 }
