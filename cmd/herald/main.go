@@ -80,33 +80,15 @@ func register(name, summary string, run func(ctx context.Context, args []string)
 	commands[name] = subcommand{summary: summary, run: run}
 }
 
-// planned subcommands are listed in usage before their files exist.
-// TODO(dispatcher owner): send.go, status.go and receiver.go register
-// these; remove them from this list then.
-var planned = map[string]string{
-	"send":     "publish an event (producer contract) [not built yet]",
-	"status":   "show an event's or an endpoint's delivery state [not built yet]",
-	"receiver": "run a demo webhook receiver that verifies signatures [not built yet]",
-}
-
 func usage() {
 	fmt.Fprintln(os.Stderr, "usage: herald <command> [flags]\n\ncommands:")
-	names := make([]string, 0, len(commands)+len(planned))
+	names := make([]string, 0, len(commands))
 	for n := range commands {
 		names = append(names, n)
 	}
-	for n := range planned {
-		if _, ok := commands[n]; !ok {
-			names = append(names, n)
-		}
-	}
 	slices.Sort(names)
 	for _, n := range names {
-		s := planned[n]
-		if c, ok := commands[n]; ok {
-			s = c.summary
-		}
-		fmt.Fprintf(os.Stderr, "  %-11s %s\n", n, s)
+		fmt.Fprintf(os.Stderr, "  %-11s %s\n", n, commands[n].summary)
 	}
 	fmt.Fprintln(os.Stderr, "\nrun `herald <command> -h` for its flags")
 }
@@ -123,10 +105,6 @@ func main() {
 	}
 	cmd, ok := commands[name]
 	if !ok {
-		if _, soon := planned[name]; soon {
-			fmt.Fprintf(os.Stderr, "herald %s is not built yet\n", name)
-			os.Exit(2)
-		}
 		fmt.Fprintf(os.Stderr, "herald: unknown command %q\n\n", name)
 		usage()
 		os.Exit(2)
