@@ -58,6 +58,13 @@ func runManager(ctx context.Context, args []string) error {
 	fs.DurationVar(&f.limits.AttemptsMaxAge, "attempts-max-age", d.AttemptsMaxAge, "how long the delivery log keeps an attempt")
 	fs.DurationVar(&f.limits.DeadLetterMaxAge, "dead-letter-max-age", d.DeadLetterMaxAge, "how long a dead letter is kept for replay")
 	fs.DurationVar(&f.limits.VersionsMaxAge, "versions-max-age", d.VersionsMaxAge, "how long the newest delivered version of a key is remembered; must outlive replays")
+	f.limits.EventsMaxBytes, f.limits.AttemptsMaxBytes, f.limits.DeadLetterMaxBytes = d.EventsMaxBytes, d.AttemptsMaxBytes, d.DeadLetterMaxBytes
+	f.limits.VersionsMaxBytes, f.limits.HealthMaxBytes = d.VersionsMaxBytes, d.HealthMaxBytes
+	fs.Var(bytesFlag{&f.limits.EventsMaxBytes}, "events-max-bytes", "byte budget of the events stream; when full it refuses new publishes (producers get an error), never drops stored events")
+	fs.Var(bytesFlag{&f.limits.AttemptsMaxBytes}, "attempts-max-bytes", "byte budget of the delivery log; when full it drops its oldest entries")
+	fs.Var(bytesFlag{&f.limits.DeadLetterMaxBytes}, "dead-letter-max-bytes", "byte budget of the dead letters; when full new dead letters wait (their events are kept, not resent)")
+	fs.Var(bytesFlag{&f.limits.VersionsMaxBytes}, "versions-max-bytes", "byte budget of the delivered-versions bucket")
+	fs.Var(bytesFlag{&f.limits.HealthMaxBytes}, "health-max-bytes", "byte budget of the endpoint health bucket")
 	fs.StringVar(&f.dispatch, "dispatch", string(controller.DispatchDeployment), "where deliveries run: deployment (one dispatcher Deployment per namespace) or in-process (inside this manager)")
 	fs.StringVar(&f.dispatcherImage, "dispatcher-image", "", "image of the per-namespace dispatcher (this binary); required with --dispatch=deployment")
 	def := controller.DefaultDispatcherResources()
@@ -150,6 +157,9 @@ func runManager(ctx context.Context, args []string) error {
 		return ensureStreamsEvery(ctx, log, js, limits, f.ensureInterval)
 	})); err != nil {
 		return fmt.Errorf("adding stream ensurer: %w", err)
+	}
+	if err := mgr.Add(&controller.StorageMetrics{JS: js, Limits: limits}); err != nil {
+		return fmt.Errorf("adding storage metrics: %w", err)
 	}
 	if err := setupControllers(ctx, mgr, js, mode, f, namespaces); err != nil {
 		return err
@@ -276,5 +286,24 @@ func (q quantityFlag) Set(s string) error {
 		return fmt.Errorf("%s: %w", q.name, err)
 	}
 	q.list[q.name] = v
+	return nil
+}
+
+// bytesFlag sets a byte count from a quantity such as 8Gi or 500Mi.
+type bytesFlag struct{ p *int64 }
+
+func (b bytesFlag) String() string {
+	if b.p == nil {
+		return ""
+	}
+	return resource.NewQuantity(*b.p, resource.BinarySI).String()
+}
+
+func (b bytesFlag) Set(s string) error {
+	v, err := resource.ParseQuantity(s)
+	if err != nil {
+		return err
+	}
+	*b.p = v.Value()
 	return nil
 }
