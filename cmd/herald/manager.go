@@ -164,7 +164,7 @@ func runManager(ctx context.Context, args []string) error {
 	if err := setupControllers(ctx, mgr, js, mode, f, namespaces); err != nil {
 		return err
 	}
-	log.Info("starting manager", "dispatch", mode, "watchNamespaces", namespaces, "natsURL", f.natsURL)
+	log.Info("starting manager", "dispatch", mode, "watchNamespaces", namespaces, "natsURL", redactURLs(f.natsURL))
 	return mgr.Start(ctx)
 }
 
