@@ -173,6 +173,14 @@ func (f *fakeDispatch) Remove(namespace, name string) {
 	f.removed[namespace+"/"+name]++
 }
 
+// delivering reports whether the endpoint runs and may send: a stalled
+// endpoint runs only to dead-letter expired events (dispatcher.SweepOnly:
+// suspended, without signing keys).
+func (f *fakeDispatch) delivering(namespace, name string) bool {
+	ep, ok := f.get(namespace, name)
+	return ok && !ep.Suspend && len(ep.Keys) > 0
+}
+
 // get returns the endpoint as last upserted, if it is running.
 func (f *fakeDispatch) get(namespace, name string) (dispatcher.Endpoint, bool) {
 	f.mu.Lock()

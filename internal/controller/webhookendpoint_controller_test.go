@@ -95,12 +95,11 @@ var _ = Describe("WebhookEndpoint controller", func() {
 			_, err := consumerInfo(ns, "crm")
 			Expect(err).NotTo(HaveOccurred())
 			Eventually(func(g Gomega) []string { return eventReasons(g, ns, "crm") }, eventually, poll).Should(ContainElement("SecretMissing"))
-			_, running := fake.get(ns, "crm")
-			Expect(running).To(BeFalse(), "a stalled endpoint must not be dispatched")
+			Consistently(func() bool { return fake.delivering(ns, "crm") }, time.Second, poll).Should(BeFalse(), "a stalled endpoint must not deliver")
 
 			create(newSecret(ns, "crm-signing"))
 			expectConditions(ns, "crm", readyAndDelivering)
-			Eventually(func() bool { _, ok := fake.get(ns, "crm"); return ok }, eventually, poll).Should(BeTrue())
+			Eventually(func() bool { return fake.delivering(ns, "crm") }, eventually, poll).Should(BeTrue())
 		})
 	})
 
@@ -182,8 +181,7 @@ var _ = Describe("WebhookEndpoint controller", func() {
 			expectConditions(nsA, "thief", map[string]string{v1.StalledCondition: "True/SecretMissing"})
 			create(newSecret(nsA, "own"), newEndpoint(nsA, "thief2", withSecret("own"), withPolicy("shared")))
 			expectConditions(nsA, "thief2", map[string]string{v1.StalledCondition: "True/RetryPolicyMissing"})
-			_, running := fake.get(nsA, "thief")
-			Expect(running).To(BeFalse())
+			Consistently(func() bool { return fake.delivering(nsA, "thief") }, time.Second, poll).Should(BeFalse())
 		})
 	})
 
