@@ -17,7 +17,6 @@ const sweepRounds = 10
 // no dead letter and no log entry. Events still inside their window go
 // back untouched (not an attempt) until the next sweep.
 func (w *worker) sweep(ctx context.Context, cons jetstream.Consumer) {
-	ep := w.ep.Load()
 	for range sweepRounds {
 		batch, err := cons.FetchNoWait(sweepBatch)
 		if err != nil {
@@ -40,17 +39,16 @@ func (w *worker) sweep(ctx context.Context, cons jetstream.Consumer) {
 			if held {
 				continue // the copy in a lane answers for it
 			}
-			now := time.Now()
-			if e.bad == nil && !now.After(windowStart(e.meta.Time, e.md.Timestamp).Add(ep.Policy.Window)) {
-				if e.md.NumDelivered == 1 {
-					w.noteNew(seq)
-				}
+			// The same rule as a delivery's, with the event's own progress
+			// (remembered, so the next sweep reads no log for it).
+			if p, _ := w.prior(ctx, e); e.bad == nil && !w.pastWindow(e, p, time.Now()) {
+				w.setProgress(seq, p)
 				_ = msg.NakWithDelay(w.d.opts.sweepInterval)
 				continue
 			}
 			expired++
 			w.inUseSet(seq, true)
-			w.handle(ctx, e) // dead-letters it: malformed, or past its window
+			w.expire(ctx, e)
 			w.inUseSet(seq, false)
 		}
 		if got < sweepBatch || expired == 0 || ctx.Err() != nil {
@@ -69,12 +67,23 @@ func (w *worker) inUseSet(seq uint64, held bool) {
 	}
 }
 
-// noteNew records that an event going back to the stream was never
-// attempted, so its return needs no look at the delivery log.
-func (w *worker) noteNew(seq uint64) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if _, known := w.progress[seq]; !known && len(w.progress) < maxProgress {
-		w.progress[seq] = progress{}
+// expire dead-letters e, found by a sweep past its window (or malformed),
+// without sending it: Expired when it was never attempted.
+func (w *worker) expire(ctx context.Context, e event) {
+	a := w.newAttempt(e)
+	if e.bad == nil {
+		p, last := w.prior(ctx, e)
+		if last != nil && last.Outcome != OutcomeDead {
+			// Finished before a restart: delivered or superseded.
+			a.Time, a.Outcome, a.Why = time.Now(), last.Outcome, "finished before a restart"
+			w.finishDelivered(e, a, a.Key != "" && last.Outcome == OutcomeDelivered, mark{version: a.Version, seq: a.Sequence})
+			return
+		}
+		a.Attempt, a.Time, a.Outcome = p.sent, time.Now(), OutcomeDead
+		a.DeadReason, a.Why = DeadWindow, "retry window exhausted"
+		if p.sent == 0 {
+			a.DeadReason, a.Why = DeadExpired, "its retry window ended before it could be attempted"
+		}
 	}
+	w.deadLetter(e, a)
 }

@@ -620,6 +620,36 @@ func windowStart(eventTime, stored time.Time) time.Time {
 	return eventTime
 }
 
+// newAttempt is the log entry of e at this endpoint, before anything is
+// tried. An event Herald cannot deliver is dead already; its id may be
+// anything, so the log and dead letter name it by its stream sequence.
+func (w *worker) newAttempt(e event) *Attempt {
+	ep := w.ep.Load()
+	seq := e.md.Sequence.Stream
+	if e.bad != nil {
+		return &Attempt{
+			EventID: "seq-" + itoa(seq), Namespace: ep.Namespace, Endpoint: ep.Name, Sequence: seq,
+			Time: time.Now(), Outcome: OutcomeDead, Error: e.bad.Error(), DeadReason: DeadMalformed, Why: "malformed event",
+		}
+	}
+	return &Attempt{
+		EventID: e.meta.ID, Namespace: ep.Namespace, Endpoint: ep.Name, Type: e.meta.Type,
+		Key: e.meta.Key, Version: e.meta.Version, Sequence: seq,
+	}
+}
+
+// pastWindow reports whether e's retry window has ended by now. A retry
+// was scheduled inside the window, so it gets an ack wait of slack for
+// coming back late (a busy server, a restart); an event never attempted
+// gets none.
+func (w *worker) pastWindow(e event, p progress, now time.Time) bool {
+	end := windowStart(e.meta.Time, e.md.Timestamp).Add(w.ep.Load().Policy.Window)
+	if p.sent > 0 {
+		end = end.Add(streams.AckWait(w.fixed.Timeout))
+	}
+	return now.After(end)
+}
+
 // handle runs one event to its outcome for this attempt: delivered,
 // superseded, retrying or dead. Every path acks, naks or dead-letters it;
 // once an outcome is decided, nothing that fails after it sends the event
@@ -628,17 +658,8 @@ func (w *worker) handle(ctx context.Context, e event) {
 	ep := w.ep.Load()
 	msg, md, ev := e.msg, e.md, e.meta
 	seq := md.Sequence.Stream
-	a := &Attempt{
-		EventID: ev.ID, Namespace: ep.Namespace, Endpoint: ep.Name, Type: ev.Type,
-		Key: ev.Key, Version: ev.Version, Sequence: seq,
-	}
+	a := w.newAttempt(e)
 	if e.bad != nil {
-		// Not an event Herald can deliver; keep it whole for a person. Its
-		// id may be anything, so the log and dead letter name it by its
-		// stream sequence.
-		a.EventID, a.Type, a.Key, a.Version = "seq-"+itoa(seq), "", "", 0
-		a.Time, a.Outcome, a.Error = time.Now(), OutcomeDead, e.bad.Error()
-		a.DeadReason, a.Why = DeadMalformed, "malformed event"
 		w.deadLetter(e, a)
 		return
 	}
@@ -660,7 +681,7 @@ func (w *worker) handle(ctx context.Context, e event) {
 			return
 		}
 	}
-	if now := time.Now(); now.After(start.Add(ep.Policy.Window)) {
+	if now := time.Now(); w.pastWindow(e, p, now) {
 		a.Time, a.Outcome = now, OutcomeDead
 		a.DeadReason, a.Why = DeadWindow, "retry window exhausted"
 		if p.sent == 0 {
