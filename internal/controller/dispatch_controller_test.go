@@ -29,13 +29,19 @@ var _ = Describe("Dispatch controller", func() {
 			return len(ep.Keys)
 		}, eventually, poll).Should(Equal(2))
 
-		By("removing the endpoint when its secret goes")
+		By("stopping deliveries when its secret goes, and only sweeping for expired events")
 		Expect(k8sClient.Delete(ctx, &sec)).To(Succeed())
-		Eventually(func() bool { _, ok := fake.get(ns, "crm"); return ok }, eventually, poll).Should(BeFalse())
+		Eventually(func() bool { return fake.delivering(ns, "crm") }, eventually, poll).Should(BeFalse())
+		Eventually(func(g Gomega) {
+			ep, ok := fake.get(ns, "crm")
+			g.Expect(ok).To(BeTrue(), "a stalled endpoint still dead-letters what expires")
+			g.Expect(ep.Suspend).To(BeTrue())
+			g.Expect(ep.Keys).To(BeEmpty())
+		}, eventually, poll).Should(Succeed())
 
 		By("removing the endpoint when it is deleted")
 		create(newSecret(ns, "crm-signing"))
-		Eventually(func() bool { _, ok := fake.get(ns, "crm"); return ok }, eventually, poll).Should(BeTrue())
+		Eventually(func() bool { return fake.delivering(ns, "crm") }, eventually, poll).Should(BeTrue())
 		deleteAndWaitGone(getEndpoint(Default, ns, "crm"))
 		Eventually(func() bool { _, ok := fake.get(ns, "crm"); return ok }, eventually, poll).Should(BeFalse())
 	})

@@ -197,6 +197,10 @@ func latencyNote(ep *v1.WebhookEndpoint, o *observation) string {
 // stable; message-only changes are written within the write budget.
 func setHealthyCondition(ep *v1.WebhookEndpoint, o *observation) {
 	status, reason, msg := healthVerdict(ep, o)
+	if h := o.Health; h != nil && h.PendingWrites > 0 {
+		// Decided but not yet recorded in NATS: held, never sent again.
+		msg += fmt.Sprintf("; %d delivered or dead-lettered events wait for their version record or dead letter to be written to NATS (held, not sent again)", h.PendingWrites)
+	}
 	setCondition(ep, v1.HealthyCondition, status, reason, msg)
 }
 

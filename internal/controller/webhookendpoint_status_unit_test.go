@@ -430,3 +430,12 @@ func TestConsumerBelongs(t *testing.T) {
 		t.Errorf("consumer metadata %v must carry the endpoint's UID next to its name", want.Metadata)
 	}
 }
+
+func TestHealthyMessageSaysWhenBookkeepingIsHeld(t *testing.T) {
+	ep := newEndpoint("ns", "crm")
+	o := readyObs(&observation{Health: &dispatcher.Health{Delivered: 3, LastSuccess: at(0), PendingWrites: 2}})
+	summarise(ep, o)
+	if msg := conditionMessage(ep, v1.HealthyCondition); !strings.Contains(msg, "2 delivered or dead-lettered events wait") {
+		t.Fatalf("Healthy message %q does not say that bookkeeping is held", msg)
+	}
+}
