@@ -187,6 +187,7 @@ var _ = Describe("Dispatcher at the edges of the contract", func() {
 				}
 				s.publish(victim, "a.b", fmt.Sprintf("evt_ok%d", i), fmt.Sprintf("k%d", i), 1)
 			}
+			By(fmt.Sprintf("%d of %d hostile variants stored by the stream", stored, len(variants)))
 			Expect(stored).To(BeNumerically(">=", 9), "the stream refused more variants than expected")
 			s.publish(ns, "a.b", "evt_after", "k", 1)
 
@@ -217,9 +218,15 @@ var _ = Describe("Dispatcher at the edges of the contract", func() {
 			for v := range 30 {
 				publish(ns, "a.b", fmt.Sprintf("evt_k%d", v+1), "K", int64(v+1), map[string]any{})
 			}
+			published := time.Now()
 			publish(ns, "a.b", "evt_j", "J", 1, map[string]any{})
 
 			Eventually(rc.ids).Should(ContainElement("evt_j"))
+			for i, r := range rc.requests() {
+				if r.Envelope.ID == "evt_j" {
+					By(fmt.Sprintf("J arrived as request %d, %s after it was published", i+1, r.At.Sub(published).Round(time.Millisecond)))
+				}
+			}
 			Eventually(rc.count).Should(BeNumerically(">=", 3))
 			// J went at once, next to K's first request: not behind K's queue.
 			Expect(rc.ids()[:3]).To(ContainElement("evt_j"))
@@ -291,6 +298,9 @@ var _ = Describe("Dispatcher at the edges of the contract", func() {
 				g.Expect(dls).To(HaveLen(1))
 				dl = dls[0]
 			}, 15*time.Second).Should(Succeed())
+			b, err := json.Marshal(dl)
+			Expect(err).NotTo(HaveOccurred())
+			By(fmt.Sprintf("the dead letter of %d attempts carries %d and takes %d bytes (max payload %d)", dl.AttemptCount, len(dl.Attempts), len(b), 128<<10))
 			n := rc.count()
 			Expect(n).To(BeNumerically(">", 50), "the spec needs more attempts than a dead letter carries")
 			Expect(dl.Reason).To(Equal(dispatcher.DeadWindow))

@@ -742,10 +742,12 @@ func (w *worker) handle(ctx context.Context, e event) {
 		}
 	}
 	status, respBody, hdr, latency, herr := w.send(ep, ev.ID, msg.Data())
-	release(w.slots, 1)
+	// The slot is freed once the outcome is in the tracker, so an event
+	// waiting for it sees a failure that starts probing before it sends.
 	if w.reqCtx.Err() != nil && herr != nil {
 		// Cut off at the end of the drain: not the endpoint's fault, and
 		// not an attempt.
+		release(w.slots, 1)
 		_ = msg.Nak()
 		return
 	}
@@ -766,6 +768,7 @@ func (w *worker) handle(ctx context.Context, e event) {
 		}
 		a.Outcome = OutcomeDelivered
 		w.health.success(now)
+		release(w.slots, 1)
 		w.metrics.outcome(OutcomeDelivered)
 		w.finishDelivered(e, a, keyed, m)
 		return
@@ -780,15 +783,17 @@ func (w *worker) handle(ctx context.Context, e event) {
 	if plan.dead {
 		a.Outcome, a.DeadReason, a.Why = OutcomeDead, plan.reason, plan.why
 		w.health.failure(fail, nil, v.retryable)
+		release(w.slots, 1)
 		w.deadLetter(e, a)
 		return
 	}
 	next := now.Add(plan.delay)
 	a.Outcome, a.NextAttempt = OutcomeRetrying, &next
+	w.health.failure(fail, &next, true)
+	release(w.slots, 1)
 	w.setProgress(seq, p)
 	w.d.logAttempt(a)
 	_ = msg.NakWithDelay(plan.delay)
-	w.health.failure(fail, &next, true)
 	w.metrics.outcome(OutcomeRetrying)
 }
 
