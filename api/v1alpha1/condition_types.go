@@ -17,7 +17,8 @@ const (
 	ReconcilingCondition = "Reconciling"
 
 	// StalledCondition is present (True) only while progress needs a person:
-	// a missing or malformed secret, a missing policy, a refused URL; on a
+	// a missing or malformed secret (signing or headersFrom), a missing
+	// policy, a refused URL; on a
 	// RetryPolicy, a window longer than the events are kept
 	// (WindowExceedsRetention).
 	StalledCondition = "Stalled"
@@ -41,6 +42,15 @@ const (
 	ReasonSecretMissing = "SecretMissing"
 	ReasonSecretInvalid = "SecretMalformed"
 	ReasonPolicyMissing = "RetryPolicyMissing"
+	// ReasonHeaderSecretMissing: a Secret or a data key named by
+	// spec.headersFrom does not exist (Stalled, Ready=False); the message
+	// names the Secret and the key.
+	ReasonHeaderSecretMissing = "HeaderSecretMissing"
+	// ReasonHeaderSecretInvalid: a spec.headersFrom value cannot be sent
+	// as a header: empty, too long, or with CR, LF, NUL or another control
+	// character (Stalled, Ready=False); the message names the Secret, the
+	// key and what is wrong, never the value.
+	ReasonHeaderSecretInvalid = "HeaderSecretInvalid"
 	ReasonURLRefused    = "URLRefused"
 	// ReasonEventTypesRefused: an eventTypes pattern the consumer
 	// derivation refuses (Stalled).

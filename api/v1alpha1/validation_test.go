@@ -1,6 +1,8 @@
 package v1alpha1_test
 
 import (
+	"fmt"
+	"strings"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -44,6 +46,18 @@ func pd(s string) *metav1.Duration {
 	return &v
 }
 
+func fromSecret(header string) v1.HeaderFromSecret {
+	return v1.HeaderFromSecret{Name: header, SecretKeyRef: v1.SecretKeyReference{Name: "crm-auth", Key: "token"}}
+}
+
+func manyHeaders(n int) map[string]v1.HeaderValue {
+	h := map[string]v1.HeaderValue{}
+	for i := range n {
+		h[fmt.Sprintf("X-Static-%d", i)] = "v"
+	}
+	return h
+}
+
 var _ = Describe("WebhookEndpoint validation", func() {
 	It("accepts a minimal endpoint and fills in the defaults", func() {
 		e := endpoint("minimal", nil)
@@ -64,7 +78,11 @@ var _ = Describe("WebhookEndpoint validation", func() {
 			e.Spec.Ordering = v1.OrderingNone
 			e.Spec.MaxInFlight = 64
 			e.Spec.RateLimit = &v1.RateLimit{RequestsPerSecond: 50, Burst: ptr.To[int32](10)}
-			e.Spec.Headers = map[string]string{"X-Tenant": "a", "Authorization": "Bearer static"}
+			e.Spec.Headers = map[string]v1.HeaderValue{"X-Tenant": "a\tb", "X-Static": "Bearer static"}
+			e.Spec.HeadersFrom = []v1.HeaderFromSecret{
+				{Name: "Authorization", SecretKeyRef: v1.SecretKeyReference{Name: "crm-auth", Key: "token"}},
+				{Name: "X-Api-Key", SecretKeyRef: v1.SecretKeyReference{Name: "crm-auth", Key: "api.key"}},
+			}
 			e.Spec.Suspend = true
 		})
 		Expect(k8sClient.Create(ctx, e)).To(Succeed())
@@ -79,7 +97,7 @@ var _ = Describe("WebhookEndpoint validation", func() {
 		Entry("an empty url", "empty-url",
 			func(e *v1.WebhookEndpoint) { e.Spec.URL = "" }, "spec.url"),
 		Entry("a url with user:password", "userinfo",
-			func(e *v1.WebhookEndpoint) { e.Spec.URL = "https://bob:hunter2@crm.example.com/" }, "url must not carry credentials"),
+			func(e *v1.WebhookEndpoint) { e.Spec.URL = "https://bob:hunter2@crm.example.com/" }, "send them with spec.headersFrom instead"),
 		Entry("a scheme other than http or https", "ftp",
 			func(e *v1.WebhookEndpoint) { e.Spec.URL = "ftp://crm.example.com/" }, "url must be an absolute http:// or https:// URL"),
 		Entry("a relative url", "relative",
@@ -87,11 +105,63 @@ var _ = Describe("WebhookEndpoint validation", func() {
 		Entry("a fragment", "fragment",
 			func(e *v1.WebhookEndpoint) { e.Spec.URL = "https://crm.example.com/hooks#x" }, "url must not have a fragment"),
 		Entry("a reserved header", "reserved-header",
-			func(e *v1.WebhookEndpoint) { e.Spec.Headers = map[string]string{"Webhook-Signature": "forged"} }, "headers must not set reserved names"),
+			func(e *v1.WebhookEndpoint) { e.Spec.Headers = map[string]v1.HeaderValue{"Webhook-Signature": "forged"} }, "headers must not set reserved names"),
 		Entry("a reserved header in any case", "reserved-host",
-			func(e *v1.WebhookEndpoint) { e.Spec.Headers = map[string]string{"HOST": "evil"} }, "headers must not set reserved names"),
+			func(e *v1.WebhookEndpoint) { e.Spec.Headers = map[string]v1.HeaderValue{"HOST": "evil"} }, "headers must not set reserved names"),
 		Entry("a header name that is not a token", "bad-header",
-			func(e *v1.WebhookEndpoint) { e.Spec.Headers = map[string]string{"X Tenant": "a"} }, "header names must be HTTP tokens"),
+			func(e *v1.WebhookEndpoint) { e.Spec.Headers = map[string]v1.HeaderValue{"X Tenant": "a"} }, "header names must be HTTP tokens"),
+		Entry("a header value with CR LF", "header-crlf",
+			func(e *v1.WebhookEndpoint) { e.Spec.Headers = map[string]v1.HeaderValue{"X-Tenant": "a\r\nX-Injected: 1"} }, "header values must not contain control characters"),
+		Entry("a header value with NUL", "header-nul",
+			func(e *v1.WebhookEndpoint) { e.Spec.Headers = map[string]v1.HeaderValue{"X-Tenant": "a\x00"} }, "must not contain control characters (CR, LF, NUL, ...)"),
+		Entry("a header value with a bare LF", "header-lf",
+			func(e *v1.WebhookEndpoint) { e.Spec.Headers = map[string]v1.HeaderValue{"X-Tenant": "a\n"} }, "must not contain control characters"),
+		Entry("a header value too long", "header-long",
+			func(e *v1.WebhookEndpoint) { e.Spec.Headers = map[string]v1.HeaderValue{"X-Tenant": v1.HeaderValue(strings.Repeat("a", 8193))} }, "Too long: may not be more than 8192 bytes"),
+		Entry("the same header name twice in different case", "header-dup",
+			func(e *v1.WebhookEndpoint) { e.Spec.Headers = map[string]v1.HeaderValue{"X-Tenant": "a", "x-tenant": "b"} }, "header names must be unique regardless of case"),
+		Entry("proxy-* in headers", "header-proxy",
+			func(e *v1.WebhookEndpoint) { e.Spec.Headers = map[string]v1.HeaderValue{"Proxy-Foo": "a"} }, "headers must not set reserved names"),
+		Entry("more than 32 headers", "header-many",
+			func(e *v1.WebhookEndpoint) { e.Spec.Headers = manyHeaders(33) }, "spec.headers: Too many"),
+		Entry("a reserved name in headersFrom, in any case", "from-reserved",
+			func(e *v1.WebhookEndpoint) { e.Spec.HeadersFrom = []v1.HeaderFromSecret{fromSecret("WEBHOOK-ID")} }, "headersFrom must not set reserved names"),
+		Entry("User-Agent in headersFrom", "from-agent",
+			func(e *v1.WebhookEndpoint) { e.Spec.HeadersFrom = []v1.HeaderFromSecret{fromSecret("user-agent")} }, "headersFrom must not set reserved names"),
+		Entry("Accept-Encoding in headersFrom", "from-encoding",
+			func(e *v1.WebhookEndpoint) { e.Spec.HeadersFrom = []v1.HeaderFromSecret{fromSecret("Accept-Encoding")} }, "headersFrom must not set reserved names"),
+		Entry("a headersFrom name that is not a token", "from-token",
+			func(e *v1.WebhookEndpoint) { e.Spec.HeadersFrom = []v1.HeaderFromSecret{fromSecret("X Auth:")} }, "header names must be HTTP tokens"),
+		Entry("an empty headersFrom name", "from-empty",
+			func(e *v1.WebhookEndpoint) { e.Spec.HeadersFrom = []v1.HeaderFromSecret{fromSecret("")} }, "spec.headersFrom[0].name"),
+		Entry("a headersFrom name twice in different case", "from-dup",
+			func(e *v1.WebhookEndpoint) {
+				e.Spec.HeadersFrom = []v1.HeaderFromSecret{fromSecret("Authorization"), fromSecret("authorization")}
+			}, "headersFrom names must be unique regardless of case"),
+		Entry("a name in both headers and headersFrom", "both",
+			func(e *v1.WebhookEndpoint) {
+				e.Spec.Headers = map[string]v1.HeaderValue{"AUTHORIZATION": "Bearer static"}
+				e.Spec.HeadersFrom = []v1.HeaderFromSecret{fromSecret("Authorization")}
+			}, "a header name may not appear in both headers and headersFrom"),
+		Entry("more than 32 headers and headersFrom together", "both-many",
+			func(e *v1.WebhookEndpoint) {
+				e.Spec.Headers = manyHeaders(20)
+				for i := range 13 {
+					e.Spec.HeadersFrom = append(e.Spec.HeadersFrom, fromSecret(fmt.Sprintf("X-From-%d", i)))
+				}
+			}, "headers and headersFrom together may have at most 32 entries"),
+		Entry("a headersFrom Secret key that is not a data key name", "from-key",
+			func(e *v1.WebhookEndpoint) {
+				h := fromSecret("Authorization")
+				h.SecretKeyRef.Key = "../token"
+				e.Spec.HeadersFrom = []v1.HeaderFromSecret{h}
+			}, "spec.headersFrom[0].secretKeyRef.key"),
+		Entry("a headersFrom without a Secret name", "from-no-secret",
+			func(e *v1.WebhookEndpoint) {
+				h := fromSecret("Authorization")
+				h.SecretKeyRef.Name = ""
+				e.Spec.HeadersFrom = []v1.HeaderFromSecret{h}
+			}, "spec.headersFrom[0].secretKeyRef.name"),
 		Entry("an unknown ordering", "ordering",
 			func(e *v1.WebhookEndpoint) { e.Spec.Ordering = "Global" }, `supported values: "PerKey", "None"`),
 		Entry("a timeout over the cap", "timeout-cap",

@@ -56,14 +56,51 @@ type Latency struct {
 	WarnAfter *metav1.Duration `json:"warnAfter,omitempty"`
 }
 
+// HeaderValue is the value of a static request header. Its length is
+// bounded so the CRD's CEL rules on headers stay within the API server's
+// cost budget.
+// +kubebuilder:validation:MaxLength=8192
+type HeaderValue string
+
+// SecretKeyReference names one data key of a Secret in the referrer's own
+// namespace. It has no namespace field on purpose.
+type SecretKeyReference struct {
+	// Name is the Secret's name.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+	// Key is the data key whose value is used.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z0-9]+$`
+	Key string `json:"key"`
+}
+
+// HeaderFromSecret is one request header whose value is a Secret's key.
+type HeaderFromSecret struct {
+	// Name is the HTTP header name, such as Authorization.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[A-Za-z0-9!#$%&*+.^_|~-]+$')",message="header names must be HTTP tokens (letters, digits and !#$%&*+.^_|~-)"
+	// +kubebuilder:validation:XValidation:rule="!self.lowerAscii().startsWith('webhook-') && !self.lowerAscii().startsWith('proxy-') && !(self.lowerAscii() in ['content-type', 'content-length', 'content-encoding', 'host', 'user-agent', 'connection', 'keep-alive', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'expect', 'accept-encoding'])",message="headersFrom must not set reserved names: webhook-*, content-type, content-length, content-encoding, host, user-agent, connection, keep-alive, transfer-encoding, te, trailer, upgrade, proxy-*, expect, accept-encoding"
+	Name string `json:"name"`
+	// SecretKeyRef is the Secret key that holds the value. The value must
+	// not contain control characters other than tab (a trailing newline
+	// from `echo` counts), or the endpoint is Stalled with
+	// HeaderSecretInvalid.
+	SecretKeyRef SecretKeyReference `json:"secretKeyRef"`
+}
+
 // WebhookEndpointSpec is where and how one receiver gets its events.
+// +kubebuilder:validation:XValidation:rule="!has(self.headers) || !has(self.headersFrom) || self.headersFrom.all(h, !self.headers.exists(k, k.lowerAscii() == h.name.lowerAscii()))",message="a header name may not appear in both headers and headersFrom"
+// +kubebuilder:validation:XValidation:rule="(has(self.headers) ? size(self.headers) : 0) + (has(self.headersFrom) ? size(self.headersFrom) : 0) <= 32",message="headers and headersFrom together may have at most 32 entries"
 type WebhookEndpointSpec struct {
 	// URL receives a POST per event. http or https, absolute, with no
 	// credentials and no fragment.
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=2048
 	// +kubebuilder:validation:XValidation:rule="isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''",message="url must be an absolute http:// or https:// URL with a host"
-	// +kubebuilder:validation:XValidation:rule="!self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*@')",message="url must not carry credentials (user:password@); put secrets in headers from a Secret instead"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*@')",message="url must not carry credentials (user:password@); put credentials in a Secret and send them with spec.headersFrom instead"
 	// +kubebuilder:validation:XValidation:rule="!self.contains('#')",message="url must not have a fragment (#...)"
 	URL string `json:"url"`
 
@@ -114,14 +151,30 @@ type WebhookEndpointSpec struct {
 	// +optional
 	RateLimit *RateLimit `json:"rateLimit,omitempty"`
 
-	// Headers are static extra request headers. Names that Herald sets or
-	// that HTTP owns (webhook-*, content-type, content-length, host,
-	// user-agent, connection, transfer-encoding, ...) are refused.
+	// Headers are static extra request headers, in plain text in the
+	// resource: put tokens in a Secret and use headersFrom instead. Names
+	// are HTTP tokens; names that Herald sets or that HTTP owns (webhook-*,
+	// content-type, content-length, host, user-agent, connection,
+	// transfer-encoding, ...) are refused, and so are values with control
+	// characters (CR, LF, NUL, ...).
 	// +kubebuilder:validation:MaxProperties=32
-	// +kubebuilder:validation:XValidation:rule="self.all(k, k.matches('^[A-Za-z0-9!#$%&*+.^_|~-]+$'))",message="header names must be HTTP tokens (letters, digits and !#$%&*+.^_|~-)"
-	// +kubebuilder:validation:XValidation:rule="self.all(k, !k.lowerAscii().startsWith('webhook-') && !(k.lowerAscii() in ['content-type', 'content-length', 'content-encoding', 'host', 'user-agent', 'connection', 'keep-alive', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'proxy-connection', 'expect']))",message="headers must not set reserved names: webhook-*, content-type, content-length, content-encoding, host, user-agent, connection, keep-alive, transfer-encoding, te, trailer, upgrade, proxy-*, expect"
+	// +kubebuilder:validation:XValidation:rule="self.all(k, size(k) <= 256 && k.matches('^[A-Za-z0-9!#$%&*+.^_|~-]+$'))",message="header names must be HTTP tokens (letters, digits and !#$%&*+.^_|~-), at most 256 characters"
+	// +kubebuilder:validation:XValidation:rule="self.all(k, !k.lowerAscii().startsWith('webhook-') && !k.lowerAscii().startsWith('proxy-') && !(k.lowerAscii() in ['content-type', 'content-length', 'content-encoding', 'host', 'user-agent', 'connection', 'keep-alive', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'expect', 'accept-encoding']))",message="headers must not set reserved names: webhook-*, content-type, content-length, content-encoding, host, user-agent, connection, keep-alive, transfer-encoding, te, trailer, upgrade, proxy-*, expect, accept-encoding"
+	// +kubebuilder:validation:XValidation:rule="self.all(k, !self[k].matches('[\\x00-\\x08\\x0a-\\x1f\\x7f]'))",message="header values must not contain control characters (CR, LF, NUL, ...); tabs and spaces are allowed"
+	// +kubebuilder:validation:XValidation:rule="self.all(k, self.exists_one(j, j.lowerAscii() == k.lowerAscii()))",message="header names must be unique regardless of case"
 	// +optional
-	Headers map[string]string `json:"headers,omitempty"`
+	Headers map[string]HeaderValue `json:"headers,omitempty"`
+
+	// HeadersFrom are extra request headers whose values are read from
+	// Secrets in this namespace, for receivers' auth tokens. The same
+	// names are refused as in headers, and a name may not appear in both.
+	// Values are never written to status, Events, logs, the delivery log
+	// or dead letters.
+	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:XValidation:rule="self.all(h, self.exists_one(o, o.name.lowerAscii() == h.name.lowerAscii()))",message="headersFrom names must be unique regardless of case"
+	// +listType=atomic
+	// +optional
+	HeadersFrom []HeaderFromSecret `json:"headersFrom,omitempty"`
 
 	// Suspend stops deliveries; events keep queuing and are delivered from
 	// where they stopped when it is set back to false.

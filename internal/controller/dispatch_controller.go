@@ -119,12 +119,12 @@ func (r *DispatchReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		// Transient: keep the running worker as it is.
 		return ctrl.Result{}, err
 	}
-	cfg, err := dispatcher.EndpointFromSpec(ep.Namespace, ep.Name, &ep.Spec, refs.SecretData, refs.Policy)
+	cfg, err := dispatcher.EndpointFromSpec(ep.Namespace, ep.Name, &ep.Spec, refs.SecretData, refs.Headers, refs.Policy)
 	if err != nil {
 		r.sweepOnly(ctx, ep)
 		return resync, nil
 	}
-	r.apply(ctx, ep, cfg, fmt.Sprintf("%s/%d/%s/%s", ep.UID, ep.Generation, refs.SecretVersion, refs.PolicyVersion))
+	r.apply(ctx, ep, cfg, fmt.Sprintf("%s/%d/%s/%s/%s", ep.UID, ep.Generation, refs.SecretVersion, refs.HeaderSecretVersions, refs.PolicyVersion))
 	return resync, nil
 }
 

@@ -203,11 +203,11 @@ func ownerRefs(eps []v1.WebhookEndpoint) []*metaac.OwnerReferenceApplyConfigurat
 }
 
 // secretNames are the Secrets the dispatcher may get: only those named by
-// the namespace's endpoints.
+// the namespace's endpoints (signing Secrets and headersFrom Secrets).
 func secretNames(eps []v1.WebhookEndpoint) []string {
 	var names []string
 	for i := range eps {
-		names = append(names, eps[i].Spec.SigningSecretRef.Name)
+		names = append(names, referencedSecrets(&eps[i])...)
 	}
 	slices.Sort(names)
 	return slices.Compact(names)

@@ -68,12 +68,20 @@ var _ = Describe("Dispatcher Deployment controller", func() {
 		Expect(rb.RoleRef).To(Equal(rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: DispatcherName}))
 		Expect(rb.Subjects).To(Equal([]rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: DispatcherName, Namespace: ns}}))
 
-		By("allowing the second endpoint's secret, and nothing else")
-		create(newSecret(ns, "crm-signing"), newEndpoint(ns, "crm"))
+		By("allowing the second endpoint's secrets, signing and headersFrom, and nothing else")
+		create(newSecret(ns, "crm-signing"), newEndpoint(ns, "crm",
+			withHeaderFrom("Authorization", "crm-auth", "token"), withHeaderFrom("X-Api-Key", "crm-signing", "api-key")))
 		Eventually(func(g Gomega) []string {
 			g.Expect(k8sClient.Get(ctx, key, &role)).To(Succeed())
 			return role.Rules[1].ResourceNames
-		}, eventually, poll).Should(Equal([]string{"billing-signing", "crm-signing"}))
+		}, eventually, poll).Should(Equal([]string{"billing-signing", "crm-auth", "crm-signing"}))
+
+		By("following a headersFrom change")
+		updateEndpoint(ns, "crm", func(e *v1.WebhookEndpoint) { e.Spec.HeadersFrom[0].SecretKeyRef.Name = "crm-auth-v2" })
+		Eventually(func(g Gomega) []string {
+			g.Expect(k8sClient.Get(ctx, key, &role)).To(Succeed())
+			return role.Rules[1].ResourceNames
+		}, eventually, poll).Should(Equal([]string{"billing-signing", "crm-auth-v2", "crm-signing"}))
 
 		By("repairing a deleted Role")
 		Expect(k8sClient.Delete(ctx, &role)).To(Succeed())

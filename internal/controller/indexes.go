@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -15,8 +16,9 @@ import (
 // Field indexes on WebhookEndpoint. They turn "which endpoints use this
 // Secret / RetryPolicy" into a cache lookup instead of a namespace scan.
 const (
-	// SecretRefIndex indexes endpoints by spec.signingSecretRef.name.
-	SecretRefIndex = ".spec.signingSecretRef.name"
+	// SecretRefIndex indexes endpoints by the Secrets they read:
+	// spec.signingSecretRef.name and every spec.headersFrom secretKeyRef.name.
+	SecretRefIndex = ".spec.secretNames"
 	// PolicyRefIndex indexes endpoints by spec.retryPolicyRef.name.
 	PolicyRefIndex = ".spec.retryPolicyRef.name"
 )
@@ -26,11 +28,7 @@ const (
 func SetupIndexes(ctx context.Context, mgr ctrl.Manager) error {
 	idx := mgr.GetFieldIndexer()
 	if err := idx.IndexField(ctx, &v1.WebhookEndpoint{}, SecretRefIndex, func(o client.Object) []string {
-		ep := o.(*v1.WebhookEndpoint)
-		if ep.Spec.SigningSecretRef.Name == "" {
-			return nil
-		}
-		return []string{ep.Spec.SigningSecretRef.Name}
+		return referencedSecrets(o.(*v1.WebhookEndpoint))
 	}); err != nil {
 		return fmt.Errorf("indexing webhookendpoints by secret: %w", err)
 	}
@@ -62,4 +60,20 @@ func endpointsReferencing(c client.Reader, index string) func(context.Context, c
 		}
 		return reqs
 	}
+}
+
+// referencedSecrets are the names of the Secrets an endpoint reads, sorted
+// and without duplicates: its signing Secret and its headersFrom Secrets.
+func referencedSecrets(ep *v1.WebhookEndpoint) []string {
+	var names []string
+	if n := ep.Spec.SigningSecretRef.Name; n != "" {
+		names = append(names, n)
+	}
+	for _, h := range ep.Spec.HeadersFrom {
+		if n := h.SecretKeyRef.Name; n != "" {
+			names = append(names, n)
+		}
+	}
+	slices.Sort(names)
+	return slices.Compact(names)
 }

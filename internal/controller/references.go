@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
@@ -46,6 +48,12 @@ type resolved struct {
 	// SecretVersion is the Secret's resourceVersion, so callers can tell a
 	// rotation from a no-op.
 	SecretVersion string
+	// Headers are the spec.headersFrom values by header name. They go to
+	// the dispatcher only: never into status, Events, logs or errors.
+	Headers map[string]string
+	// HeaderSecretVersions lists the headersFrom Secrets' resourceVersions
+	// (name=version, sorted), so a rotated token changes the fingerprint.
+	HeaderSecretVersions string
 	// Policy is nil when the endpoint uses the built-in default.
 	Policy        *v1.RetryPolicySpec
 	PolicyVersion string
@@ -114,7 +122,8 @@ func (r *secretReader) forget(key types.NamespacedName) {
 	r.mu.Unlock()
 }
 
-// resolveReferences reads the endpoint's Secret and RetryPolicy, both from
+// resolveReferences reads the endpoint's signing Secret, its headersFrom
+// Secrets and its RetryPolicy, all from
 // the endpoint's own namespace (the API has no namespace field on the
 // references, and this function never takes one). Problems a person must
 // fix come back as a stalledError; anything else is transient.
@@ -136,6 +145,10 @@ func resolveReferences(ctx context.Context, secrets *secretReader, c client.Read
 	}
 	out.SecretData, out.SecretVersion = data, version
 
+	if err := resolveHeaderSecrets(ctx, secrets, ep, out); err != nil {
+		return nil, err
+	}
+
 	if ref := ep.Spec.RetryPolicyRef; ref != nil {
 		var p v1.RetryPolicy
 		err := c.Get(ctx, types.NamespacedName{Namespace: ep.Namespace, Name: ref.Name}, &p)
@@ -150,4 +163,56 @@ func resolveReferences(ctx context.Context, secrets *secretReader, c client.Read
 		out.PolicyVersion = p.ResourceVersion
 	}
 	return out, nil
+}
+
+// resolveHeaderSecrets reads each spec.headersFrom key into out.Headers,
+// every Secret once. Errors name the Secret, the key and the header, never
+// a value.
+func resolveHeaderSecrets(ctx context.Context, secrets *secretReader, ep *v1.WebhookEndpoint, out *resolved) error {
+	if len(ep.Spec.HeadersFrom) == 0 {
+		return nil
+	}
+	type read struct {
+		data    map[string][]byte
+		version string
+	}
+	seen := map[string]read{}
+	out.Headers = make(map[string]string, len(ep.Spec.HeadersFrom))
+	for i, h := range ep.Spec.HeadersFrom {
+		ref := h.SecretKeyRef
+		r, ok := seen[ref.Name]
+		if !ok {
+			key := types.NamespacedName{Namespace: ep.Namespace, Name: ref.Name}
+			data, version, err := secrets.get(ctx, key)
+			switch {
+			case apierrors.IsNotFound(err):
+				return stalled(v1.ReasonHeaderSecretMissing,
+					fmt.Sprintf("Secret %q named by spec.headersFrom[%d] (header %s) not found in namespace %s: create it with data key %q",
+						ref.Name, i, h.Name, ep.Namespace, ref.Key), err)
+			case err != nil:
+				return fmt.Errorf("reading header Secret %s: %w", key, err)
+			}
+			r = read{data: data, version: version}
+			seen[ref.Name] = r
+		}
+		v, ok := r.data[ref.Key]
+		if !ok {
+			return stalled(v1.ReasonHeaderSecretMissing,
+				fmt.Sprintf("Secret %q has no data key %q, named by spec.headersFrom[%d] (header %s): add the key or fix secretKeyRef.key",
+					ref.Name, ref.Key, i, h.Name), nil)
+		}
+		if err := dispatcher.CheckHeaderValue(v); err != nil {
+			return stalled(v1.ReasonHeaderSecretInvalid,
+				fmt.Sprintf("Secret %q data key %q, named by spec.headersFrom[%d] (header %s): %v",
+					ref.Name, ref.Key, i, h.Name, err), err)
+		}
+		out.Headers[h.Name] = string(v)
+	}
+	versions := make([]string, 0, len(seen))
+	for name, r := range seen {
+		versions = append(versions, name+"="+r.version)
+	}
+	slices.Sort(versions)
+	out.HeaderSecretVersions = strings.Join(versions, ",")
+	return nil
 }

@@ -265,7 +265,8 @@ func (r *WebhookEndpointReconciler) reconcileConsumer(ctx context.Context, ep *v
 }
 
 // reconcileReferences resolves the signing Secret and the RetryPolicy.
-// Sets obs.Stalled (SecretMissing, SecretMalformed, RetryPolicyMissing),
+// Sets obs.Stalled (SecretMissing, SecretMalformed, HeaderSecretMissing,
+// HeaderSecretInvalid, RetryPolicyMissing),
 // obs.APIErr when a read failed transiently (Ready=Unknown), and the retry
 // window status measures the backlog and the retention against.
 func (r *WebhookEndpointReconciler) reconcileReferences(ctx context.Context, ep *v1.WebhookEndpoint, obs *observation, _ *passState) error {

@@ -141,14 +141,22 @@ func ParseSecretData(data map[string][]byte) ([]signing.Key, error) {
 }
 
 // EndpointFromSpec resolves a WebhookEndpoint into an Endpoint. secretData
-// is the referenced Secret's data; policy is nil for the default.
-func EndpointFromSpec(namespace, name string, spec *v1.WebhookEndpointSpec, secretData map[string][]byte, policy *v1.RetryPolicySpec) (Endpoint, error) {
+// is the signing Secret's data; secretHeaders are the spec.headersFrom
+// values by header name, as read from their Secrets (each is checked with
+// CheckHeaderValue); policy is nil for the default.
+func EndpointFromSpec(namespace, name string, spec *v1.WebhookEndpointSpec, secretData map[string][]byte, secretHeaders map[string]string, policy *v1.RetryPolicySpec) (Endpoint, error) {
 	keys, err := ParseSecretData(secretData)
 	if err != nil {
 		return Endpoint{}, err
 	}
+	for h, v := range secretHeaders {
+		if err := CheckHeaderValue([]byte(v)); err != nil {
+			return Endpoint{}, fmt.Errorf("header %s: %w", h, err)
+		}
+	}
 	e := endpointFromSpec(namespace, name, spec, policy)
 	e.Keys = keys
+	e.Headers = requestHeaders(spec.Headers, secretHeaders)
 	return e, nil
 }
 
@@ -167,7 +175,7 @@ func endpointFromSpec(namespace, name string, spec *v1.WebhookEndpointSpec, poli
 		Namespace:   namespace,
 		Name:        name,
 		URL:         spec.URL,
-		Headers:     spec.Headers,
+		Headers:     requestHeaders(spec.Headers, nil),
 		Timeout:     10 * time.Second,
 		PerKey:      spec.Ordering != v1.OrderingNone,
 		MaxInFlight: int(spec.MaxInFlight),
