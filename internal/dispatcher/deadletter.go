@@ -123,22 +123,36 @@ func (w *worker) storeDeadLetter(ctx context.Context, e event, a *Attempt) error
 		return fmt.Errorf("encoding dead letter: %w", err)
 	}
 	// Whatever the history, the dead letter must fit one message.
-	limit := w.d.js.Conn().MaxPayload() - 8<<10
-	for head, tail := deadLetterHead, deadLetterTail; int64(len(b)) > limit && head+tail > 1; {
-		head, tail = head/2, max(tail/2, 1)
-		dl.Attempts, dl.AttemptsOmitted = capHistory(own, head, tail)
-		if b, err = json.Marshal(dl); err != nil {
-			return fmt.Errorf("encoding dead letter: %w", err)
-		}
-	}
-	out := &nats.Msg{Subject: streams.DeadLetterSubject(ep.Namespace, ep.Name), Data: b, Header: nats.Header{}}
+	out := &nats.Msg{Subject: streams.DeadLetterSubject(ep.Namespace, ep.Name), Header: nats.Header{}}
+	hdrBytes := 0
 	for k, v := range msg.Headers() {
 		// Nats-* headers are publish instructions (expected stream, msg id)
 		// meant for the event stream; the body keeps them all.
 		if !strings.HasPrefix(k, "Nats-") && len(k) <= 64 && len(v) == 1 && len(v[0]) <= deadLetterHeader {
 			out.Header[k] = v
+			hdrBytes += len(k) + len(v[0]) + 4
 		}
 	}
+	// Shrink the history, then, as a last resort, leave out the original
+	// headers and body (the stream sequence still locates the event).
+	limit := w.d.js.Conn().MaxPayload() - int64(hdrBytes) - 1<<10
+	for head, tail := deadLetterHead, deadLetterTail; int64(len(b)) > limit; {
+		switch {
+		case head+tail > 1:
+			head, tail = head/2, max(tail/2, 1)
+			dl.Attempts, dl.AttemptsOmitted = capHistory(own, head, tail)
+		case dl.Headers != nil:
+			dl.Headers = nil
+		case dl.Body != nil:
+			dl.Body, dl.Why = nil, dl.Why+" (the event's body did not fit in the dead letter; it is in the event stream at its sequence)"
+		default:
+			return fmt.Errorf("dead letter of %d bytes does not fit NATS's max payload", len(b))
+		}
+		if b, err = json.Marshal(dl); err != nil {
+			return fmt.Errorf("encoding dead letter: %w", err)
+		}
+	}
+	out.Data = b
 	// Deduplicates a dead letter written twice around a crash.
 	out.Header.Set(nats.MsgIdHdr, ep.ID()+"/"+itoa(a.Sequence))
 	out.Header.Set(HeaderDeadReason, a.DeadReason)

@@ -42,8 +42,11 @@ func (w *worker) sweep(ctx context.Context, cons jetstream.Consumer) {
 			// The same rule as a delivery's, with the event's own progress
 			// (remembered, so the next sweep reads no log for it).
 			if p, _ := w.prior(ctx, e); e.bad == nil && !w.pastWindow(e, p, time.Now()) {
+				// Back as it was, in its place: a suspended endpoint fetches
+				// nothing until the next sweep, a probing one takes it in
+				// turn.
 				w.setProgress(seq, p)
-				_ = msg.NakWithDelay(w.d.opts.sweepInterval)
+				_ = msg.Nak()
 				continue
 			}
 			expired++

@@ -279,26 +279,27 @@ func (t *tracker) pruneLocked(now time.Time) {
 	t.retries = t.retries[i:]
 }
 
-// takeTurn says whether an attempt may start now: always while the
+// takeTurn says whether an attempt may start now, and whether it is the
+// probe (only the probe's end is reported to endTurn): always while the
 // endpoint is healthy; while it is probing, only one attempt at a time and
 // not before nextProbe. When it says no, it says when to ask again at the
 // latest, and gives a channel that is closed if that changes sooner.
-func (t *tracker) takeTurn(now time.Time, floor time.Duration) (ok bool, next time.Time, changed <-chan struct{}) {
+func (t *tracker) takeTurn(now time.Time, floor time.Duration) (ok, probe bool, next time.Time, changed <-chan struct{}) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if !t.h.Probing {
-		return true, now, nil
+		return true, false, now, nil
 	}
 	at := t.probeAtLocked(now, floor)
 	if t.probe {
 		// The probe's end wakes the waiters; the floor bounds a lost wake.
-		return false, now.Add(floor), t.changed
+		return false, false, now.Add(floor), t.changed
 	}
 	if now.Before(at) {
-		return false, at, t.changed
+		return false, false, at, t.changed
 	}
 	t.probe = true
-	return true, now, nil
+	return true, true, now, nil
 }
 
 // endTurn ends an attempt; a probe's end forgets the retries that were due

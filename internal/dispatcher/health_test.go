@@ -10,21 +10,21 @@ func TestTurnsWhileProbing(t *testing.T) {
 	now := time.Now()
 	retry := now.Add(time.Second)
 	floor := 10 * time.Second
-	if ok, _, _ := tr.takeTurn(now, floor); !ok {
-		t.Fatal("a healthy endpoint must give every attempt a turn")
+	if ok, probe, _, _ := tr.takeTurn(now, floor); !ok || probe {
+		t.Fatal("a healthy endpoint must give every attempt a turn, none of them the probe")
 	}
 
 	tr.failure(Failure{Time: now}, &retry, true)
 	tr.failure(Failure{Time: now}, &retry, true)
-	ok, next, _ := tr.takeTurn(now, floor)
+	ok, _, next, _ := tr.takeTurn(now, floor)
 	if ok || !next.Equal(retry) {
 		t.Fatalf("probing before the retry is due: got turn %v, next %v; want no turn until %v", ok, next, retry)
 	}
 
-	if ok, _, _ := tr.takeTurn(retry, floor); !ok {
+	if ok, probe, _, _ := tr.takeTurn(retry, floor); !ok || !probe {
 		t.Fatal("the first attempt when the retry is due must be the probe")
 	}
-	ok, _, probeRunning := tr.takeTurn(retry, floor)
+	ok, _, _, probeRunning := tr.takeTurn(retry, floor)
 	if ok {
 		t.Fatal("only one probe at a time")
 	}
@@ -38,7 +38,7 @@ func TestTurnsWhileProbing(t *testing.T) {
 		t.Fatal("the end of a probe must wake the events waiting for a turn")
 	}
 
-	ok, next, recovered := tr.takeTurn(after, floor)
+	ok, _, next, recovered := tr.takeTurn(after, floor)
 	if ok || !next.Equal(after.Add(floor)) {
 		t.Fatal("with no retry scheduled, the next probe waits for the floor after the last failure")
 	}
@@ -48,7 +48,7 @@ func TestTurnsWhileProbing(t *testing.T) {
 	default:
 		t.Fatal("a recovery must wake the events waiting for a turn")
 	}
-	if ok, _, _ := tr.takeTurn(after, floor); !ok {
+	if ok, _, _, _ := tr.takeTurn(after, floor); !ok {
 		t.Fatal("a recovered endpoint must give every attempt a turn")
 	}
 }

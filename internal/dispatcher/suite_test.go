@@ -112,9 +112,10 @@ func endpoint(ns, name, url string, mutate ...func(*dispatcher.Endpoint)) dispat
 	return ep
 }
 
-// createConsumer does what the operator does for an endpoint.
-func createConsumer(ns, name string, eventTypes ...string) {
-	spec := endpointSpec(eventTypes)
+// createConsumer does what the operator does for an endpoint of every
+// event type.
+func createConsumer(ns, name string) {
+	spec := endpointSpec(nil)
 	cfg, err := streams.ConsumerConfig(ns, name, &spec)
 	Expect(err).NotTo(HaveOccurred())
 	_, err = js.CreateOrUpdateConsumer(context.Background(), events.StreamName, cfg)

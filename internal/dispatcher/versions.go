@@ -84,8 +84,7 @@ func (s *versionStore) load(ctx context.Context, key string) (cached, error) {
 	if err != nil {
 		return cached{}, err
 	}
-	s.merge(key, c)
-	return c, nil
+	return s.merge(key, c, false), nil
 }
 
 // read gets key's record from the bucket.
@@ -104,9 +103,11 @@ func (s *versionStore) read(ctx context.Context, key string) (cached, error) {
 	return cached{m: m, stored: m, rev: e.Revision()}, nil
 }
 
-// merge folds c into the cache: the newest mark wins, and the record's
-// state is c's when c is a fresher read or write of it.
-func (s *versionStore) merge(key string, c cached) {
+// merge folds c into the cache and returns the result: the newest mark
+// wins; the record's state is c's when c is a fresher write of it, or
+// always when authoritative (a read after a conflict: the record may have
+// aged out or been purged, so its revision can go down).
+func (s *versionStore) merge(key string, c cached, authoritative bool) cached {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old, ok := s.cache[key]
@@ -114,7 +115,7 @@ func (s *versionStore) merge(key string, c cached) {
 		if old.m.newer(c.m) {
 			c.m = old.m
 		}
-		if old.rev > c.rev {
+		if !authoritative && old.rev > c.rev {
 			c.stored, c.rev = old.stored, old.rev
 		}
 	} else if len(s.cache) >= versionCacheSize {
@@ -125,6 +126,7 @@ func (s *versionStore) merge(key string, c cached) {
 		}
 	}
 	s.cache[key] = c
+	return c
 }
 
 // delivered returns the newest mark delivered for key.
@@ -143,7 +145,7 @@ func (s *versionStore) record(ctx context.Context, key string, m mark) error {
 		c = cached{}
 	}
 	c.m = m
-	s.merge(key, c)
+	s.merge(key, c, false)
 	if err != nil {
 		return err
 	}
@@ -169,7 +171,7 @@ func (s *versionStore) flush(ctx context.Context, key string) error {
 			rev, err = s.kv.Update(ctx, s.kvKey(key), val, c.rev)
 		}
 		if err == nil {
-			s.merge(key, cached{m: c.m, stored: c.m, rev: rev})
+			s.merge(key, cached{m: c.m, stored: c.m, rev: rev}, false)
 			return nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) && !isWrongLastSequence(err) {
@@ -180,7 +182,7 @@ func (s *versionStore) flush(ctx context.Context, key string) error {
 		if rerr != nil {
 			return rerr
 		}
-		s.merge(key, fresh)
+		s.merge(key, fresh, true)
 	}
 	return fmt.Errorf("recording delivered version: concurrent writers kept winning")
 }

@@ -78,8 +78,12 @@ type worker struct {
 	// stream sequence: HTTP attempts made, bookkeeping failures. Without
 	// an entry a redelivered event's history is read from the delivery log.
 	progress map[uint64]progress
-	wg       sync.WaitGroup // event goroutines
-	settling sync.WaitGroup // bookkeeping retries (see settle)
+	// settling holds the events whose outcome is decided and whose
+	// bookkeeping settle retries: kept alive, and a redelivered copy is
+	// dropped, so the decision is never taken again.
+	settling   map[uint64]jetstream.Msg
+	wg         sync.WaitGroup // event goroutines
+	settlingWG sync.WaitGroup // bookkeeping retries (see settle)
 }
 
 // progress is how far one event has come at this endpoint.
@@ -101,6 +105,7 @@ func newWorker(d *Dispatcher, ep Endpoint) *worker {
 		inUse:    map[uint64]bool{},
 		out:      map[string]map[uint64]time.Time{},
 		progress: map[uint64]progress{},
+		settling: map[uint64]jetstream.Msg{},
 	}
 	w.ep.Store(&ep)
 	w.ctx, w.cancel = context.WithCancel(d.ctx)
@@ -174,6 +179,7 @@ func (w *worker) run() {
 	if cons == nil {
 		return
 	}
+	go w.keepAlive(ctx)
 	if w.fixed.Suspend {
 		for {
 			w.sweep(ctx, cons)
@@ -182,7 +188,6 @@ func (w *worker) run() {
 			}
 		}
 	}
-	go w.keepAlive(ctx)
 	nextSweep := time.Now().Add(w.d.opts.sweepInterval)
 	for ctx.Err() == nil {
 		if w.health.probing() {
@@ -200,8 +205,12 @@ func (w *worker) run() {
 			if !acquire(ctx, w.held) {
 				return
 			}
-			w.fetch(ctx, cons, 1)
-			w.health.probed(time.Now())
+			if w.fetch(ctx, cons, 1) == 0 {
+				// Nothing came for the due retry: forget it, or the next
+				// probe would be due at once. An event that came takes
+				// the turn, and its end forgets it.
+				w.health.probed(time.Now())
+			}
 			continue
 		}
 		// Wait for room for at least one event, then take all the room there is.
@@ -235,9 +244,9 @@ func (w *worker) consumer(ctx context.Context) jetstream.Consumer {
 	}
 }
 
-// fetch pulls up to n events, for which n held slots are already taken.
-func (w *worker) fetch(ctx context.Context, cons jetstream.Consumer, n int) {
-	got := 0
+// fetch pulls up to n events, for which n held slots are already taken,
+// and says how many came.
+func (w *worker) fetch(ctx context.Context, cons jetstream.Consumer, n int) (got int) {
 	defer func() { release(w.held, n-got) }()
 	fctx, cancel := context.WithTimeout(ctx, fetchWait)
 	defer cancel()
@@ -247,7 +256,7 @@ func (w *worker) fetch(ctx context.Context, cons jetstream.Consumer, n int) {
 			w.log.Error(err, "fetching events")
 			sleep(ctx, time.Second)
 		}
-		return
+		return got
 	}
 	for msg := range batch.Messages() {
 		got++
@@ -256,6 +265,7 @@ func (w *worker) fetch(ctx context.Context, cons jetstream.Consumer, n int) {
 	if err := batch.Error(); err != nil && ctx.Err() == nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
 		w.log.V(1).Info("fetch ended", "error", err.Error())
 	}
+	return got
 }
 
 // event is a pulled message with its metadata, parsed and checked once.
@@ -295,9 +305,10 @@ func (w *worker) accept(ctx context.Context, msg jetstream.Msg) {
 	seq, key := e.md.Sequence.Stream, e.lane
 	now := time.Now()
 	w.mu.Lock()
-	if w.inUse[seq] {
+	if w.inUse[seq] || w.settling[seq] != nil {
 		// A redelivered copy of an event we still hold (its ack wait ran
-		// out while it waited its turn): the copy we hold will answer.
+		// out while it waited its turn, or its bookkeeping is retried):
+		// the copy we hold will answer.
 		w.mu.Unlock()
 		release(w.held, 1)
 		return
@@ -401,13 +412,18 @@ func (w *worker) keepAlive(ctx context.Context) {
 		case <-t.C:
 		}
 		w.mu.Lock()
-		var waiting []event
+		var waiting []jetstream.Msg
 		for _, q := range w.lanes {
-			waiting = append(waiting, q...)
+			for _, e := range q {
+				waiting = append(waiting, e.msg)
+			}
+		}
+		for _, m := range w.settling {
+			waiting = append(waiting, m)
 		}
 		w.mu.Unlock()
-		for _, e := range waiting {
-			_ = e.msg.InProgress()
+		for _, m := range waiting {
+			_ = m.InProgress()
 		}
 	}
 }
@@ -431,7 +447,7 @@ func (w *worker) shutdown() {
 	}
 	w.reqCancel()
 	<-finished
-	w.settling.Wait()
+	w.settlingWG.Wait()
 	w.mu.Lock()
 	for key, q := range w.lanes {
 		for _, e := range q {
@@ -477,12 +493,12 @@ func (w *worker) waitForProbe(ctx context.Context, until time.Time) bool {
 // receiver, and only one of them at a time, at the earliest scheduled
 // retry, goes as the probe. They sleep until the next probe is due or the
 // endpoint's state changes, not on a poll. It returns false when ctx ends.
-func (w *worker) awaitTurn(ctx context.Context, msg jetstream.Msg) bool {
+func (w *worker) awaitTurn(ctx context.Context, msg jetstream.Msg) (ok, probe bool) {
 	var keepAlive <-chan time.Time // made on the first wait: a healthy endpoint never waits
 	for {
-		ok, at, changed := w.health.takeTurn(time.Now(), w.ep.Load().Policy.Schedule[0])
+		ok, probe, at, changed := w.health.takeTurn(time.Now(), w.ep.Load().Policy.Schedule[0])
 		if ok {
-			return true
+			return true, probe
 		}
 		if keepAlive == nil {
 			t := time.NewTicker(w.keepAliveEvery())
@@ -493,7 +509,7 @@ func (w *worker) awaitTurn(ctx context.Context, msg jetstream.Msg) bool {
 		select {
 		case <-ctx.Done():
 			due.Stop()
-			return false
+			return false, false
 		case <-keepAlive:
 			_ = msg.InProgress()
 		case <-changed:
@@ -554,7 +570,7 @@ func (w *worker) holdFor(ctx context.Context, msg jetstream.Msg, d time.Duration
 	}
 }
 
-// endTurn ends an attempt started by awaitTurn.
+// endTurn ends the probe an attempt took in awaitTurn.
 func (w *worker) endTurn() { w.health.endTurn(time.Now()) }
 
 // prior is what is known of e from before this delivery: its progress and,
@@ -575,18 +591,19 @@ func (w *worker) prior(ctx context.Context, e event) (progress, *Attempt) {
 		w.log.Error(err, "reading an event's history; counting its deliveries as attempts", "eventID", e.meta.ID)
 		return progress{sent: int(e.md.NumDelivered) - 1}, nil
 	}
-	var last *Attempt
+	var decided *Attempt
 	for i := range hist {
 		if hist[i].Sequence != seq {
 			continue // an earlier event that reused the id
 		}
 		p.sent = max(p.sent, hist[i].Attempt)
-		last = &hist[i]
+		// A decision wins over any retrying entry logged after it (a
+		// retried log publish can land late).
+		if hist[i].Outcome != OutcomeRetrying && decided == nil {
+			decided = &hist[i]
+		}
 	}
-	if last != nil && last.Outcome == OutcomeRetrying {
-		last = nil
-	}
-	return p, last
+	return p, decided
 }
 
 func (w *worker) setProgress(seq uint64, p progress) {
@@ -692,6 +709,10 @@ func (w *worker) handle(ctx context.Context, e event) {
 	}
 	if keyed {
 		last, err := w.vers.delivered(ctx, ev.Key)
+		if err != nil && ctx.Err() != nil {
+			_ = msg.Nak() // stopping: not the bucket's fault
+			return
+		}
 		if err != nil {
 			w.bookkeepingFailed(e, a, p, start, err)
 			return
@@ -720,13 +741,17 @@ func (w *worker) handle(ctx context.Context, e event) {
 		_ = msg.Nak()
 		return
 	}
-	if !w.awaitTurn(ctx, msg) {
+	ok, probe := w.awaitTurn(ctx, msg)
+	if !ok {
 		release(w.slots, 1)
 		_ = msg.Nak()
 		return
 	}
-	defer w.endTurn()
-	if !w.waitRate(ctx, msg) {
+	if probe {
+		defer w.endTurn()
+	}
+	// A stop may have come while it waited: nothing starts after it.
+	if !w.waitRate(ctx, msg) || ctx.Err() != nil {
 		release(w.slots, 1)
 		_ = msg.Nak()
 		return
@@ -852,19 +877,33 @@ func (w *worker) bookkeepingFailed(e event, a *Attempt, p progress, start time.T
 
 // settle finishes an event whose outcome is decided but whose bookkeeping
 // (a version record, a dead letter) failed: it retries fn with backoff,
-// keeping msg alive meanwhile, and acks msg once fn succeeds. The event is
-// never sent again for it. If the worker stops first, msg is left unacked:
-// its redelivery finds the outcome in the delivery log and finishes it.
+// and acks msg once fn succeeds. Meanwhile keepAlive marks msg in progress
+// and accept drops any redelivered copy, so the event is never sent again
+// and the decision never taken twice. If the worker stops first, msg is
+// left unacked: its redelivery finds the outcome in the delivery log.
 func (w *worker) settle(msg jetstream.Msg, what string, fn func(context.Context) error) {
+	md, err := msg.Metadata()
+	if err != nil {
+		return
+	}
+	seq := md.Sequence.Stream
+	w.mu.Lock()
+	w.settling[seq] = msg
+	w.mu.Unlock()
 	w.health.pendingWrites(1)
 	w.metrics.pending.Inc()
-	w.settling.Add(1)
+	w.settlingWG.Add(1)
 	go func() {
-		defer w.settling.Done()
-		defer w.metrics.pending.Dec()
-		defer w.health.pendingWrites(-1)
+		defer w.settlingWG.Done()
+		defer func() {
+			w.mu.Lock()
+			delete(w.settling, seq)
+			w.mu.Unlock()
+			w.metrics.pending.Dec()
+			w.health.pendingWrites(-1)
+		}()
 		for backoff := 250 * time.Millisecond; ; backoff = min(backoff*2, 10*time.Second) {
-			if !w.holdFor(w.ctx, msg, backoff) {
+			if !sleep(w.ctx, backoff) {
 				return
 			}
 			ctx, cancel := context.WithTimeout(w.ctx, 5*time.Second)
