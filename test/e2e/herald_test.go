@@ -166,7 +166,7 @@ var _ = Describe("Herald in a cluster", Ordered, ContinueOnFailure, func() {
 	})
 
 	It("loses nothing when the dispatcher pod is deleted in the middle of 5,000 events", Label("smoke"), func() {
-		a.create(endpoint{name: "stream", path: "/stream", types: []string{"stream.>"}, maxInFlight: 32})
+		a.create(endpoint{name: "stream", path: "/stream", types: []string{"stream.>"}, maxInFlight: 32, defaultPolicy: true})
 		before := podNames(a.ns, dispatcherPods)
 		ids := publishWhile(a, "/stream", "stream.updated", 5000, 1500, func() {
 			kubectl("-n", a.ns, "delete", "pod", "-l", "app.kubernetes.io/component=dispatcher", "--wait=false")
@@ -176,7 +176,7 @@ var _ = Describe("Herald in a cluster", Ordered, ContinueOnFailure, func() {
 	})
 
 	It("loses nothing when the NATS pod restarts in the middle of 5,000 events", func() {
-		a.create(endpoint{name: "natsrestart", path: "/natsrestart", types: []string{"natsrestart.>"}, maxInFlight: 32})
+		a.create(endpoint{name: "natsrestart", path: "/natsrestart", types: []string{"natsrestart.>"}, maxInFlight: 32, defaultPolicy: true})
 		before := podNames("nats", client.MatchingLabels{"app": "nats"})
 		ids := publishWhile(a, "/natsrestart", "natsrestart.updated", 5000, 1500, func() {
 			kubectl("-n", "nats", "delete", "pod", "-l", "app=nats", "--wait=false")

@@ -141,6 +141,11 @@ type endpoint struct {
 	timeout     string
 	maxInFlight int
 	secret      string // default: the tenant's
+	// defaultPolicy uses the built-in 24h window instead of the fast
+	// policy's 8s: an event that waits out a NATS or dispatcher restart
+	// unattempted for longer than its window is dead-lettered as Expired,
+	// which is right, but not what a "loses nothing" spec is about.
+	defaultPolicy bool
 }
 
 // create applies the endpoint as YAML and waits until it is Ready.
@@ -161,6 +166,10 @@ func (t *tenant) apply(e endpoint) {
 	if e.maxInFlight == 0 {
 		e.maxInFlight = 16
 	}
+	policy := "\n  retryPolicyRef: {name: fast}"
+	if e.defaultPolicy {
+		policy = ""
+	}
 	quoted := make([]string, len(e.types))
 	for i, ty := range e.types {
 		quoted[i] = strconv.Quote(ty)
@@ -173,12 +182,11 @@ metadata:
 spec:
   url: %s
   eventTypes: [%s]
-  signingSecretRef: {name: %s}
-  retryPolicyRef: {name: fast}
+  signingSecretRef: {name: %s}%s
   timeout: %s
   ordering: PerKey
   maxInFlight: %d
-`, e.name, t.ns, t.url(e.path), strings.Join(quoted, ", "), e.secret, e.timeout, e.maxInFlight))
+`, e.name, t.ns, t.url(e.path), strings.Join(quoted, ", "), e.secret, policy, e.timeout, e.maxInFlight))
 }
 
 // url is the receiver as the dispatcher pod reaches it: through the
