@@ -221,6 +221,9 @@ func (d *Dispatcher) Upsert(ep Endpoint) {
 		d.pending[ep.ID()] = ep
 		return
 	}
+	if d.ctx.Err() != nil {
+		return // stopped: Run is waiting for its workers, or returned
+	}
 	if w, ok := d.workers[ep.ID()]; ok && w.reconfigure(ep) {
 		return
 	}
@@ -235,7 +238,7 @@ func (d *Dispatcher) Remove(namespace, name string) {
 	id := namespace + "/" + name
 	delete(d.pending, id)
 	w, ok := d.workers[id]
-	if !ok {
+	if !ok || d.ctx.Err() != nil {
 		return
 	}
 	delete(d.workers, id)

@@ -158,8 +158,11 @@ func (t *tracker) write(ctx context.Context) {
 	if err == nil {
 		_, err = t.d.health.Put(ctx, t.key, b)
 	}
-	if err != nil && ctx.Err() == nil {
-		t.d.opts.log.Error(err, "writing endpoint health", "endpoint", t.key)
+	if err != nil {
+		// Still to write: the final flush after a stop takes it.
+		if ctx.Err() == nil {
+			t.d.opts.log.Error(err, "writing endpoint health", "endpoint", t.key)
+		}
 		t.mu.Lock()
 		t.dirty = true
 		t.mu.Unlock()

@@ -97,6 +97,12 @@ func (d *Dispatcher) retryLog(ctx context.Context) {
 		var msg *nats.Msg
 		select {
 		case <-ctx.Done():
+			// Say what a stop leaves unwritten.
+			for n := len(d.logRetry); n > 0; n-- {
+				m := <-d.logRetry
+				logEntriesLost.Inc()
+				d.opts.log.Error(ctx.Err(), "delivery log entry lost: the dispatcher stopped before its retry", "subject", m.Subject)
+			}
 			return
 		case msg = <-d.logRetry:
 		}
