@@ -51,7 +51,7 @@ const (
 	// character (Stalled, Ready=False); the message names the Secret, the
 	// key and what is wrong, never the value.
 	ReasonHeaderSecretInvalid = "HeaderSecretInvalid"
-	ReasonURLRefused    = "URLRefused"
+	ReasonURLRefused          = "URLRefused"
 	// ReasonEventTypesRefused: an eventTypes pattern the consumer
 	// derivation refuses (Stalled).
 	ReasonEventTypesRefused = "EventTypesRefused"

@@ -111,15 +111,21 @@ var _ = Describe("WebhookEndpoint validation", func() {
 		Entry("a header name that is not a token", "bad-header",
 			func(e *v1.WebhookEndpoint) { e.Spec.Headers = map[string]v1.HeaderValue{"X Tenant": "a"} }, "header names must be HTTP tokens"),
 		Entry("a header value with CR LF", "header-crlf",
-			func(e *v1.WebhookEndpoint) { e.Spec.Headers = map[string]v1.HeaderValue{"X-Tenant": "a\r\nX-Injected: 1"} }, "header values must not contain control characters"),
+			func(e *v1.WebhookEndpoint) {
+				e.Spec.Headers = map[string]v1.HeaderValue{"X-Tenant": "a\r\nX-Injected: 1"}
+			}, "header values must not contain control characters"),
 		Entry("a header value with NUL", "header-nul",
 			func(e *v1.WebhookEndpoint) { e.Spec.Headers = map[string]v1.HeaderValue{"X-Tenant": "a\x00"} }, "must not contain control characters (CR, LF, NUL, ...)"),
 		Entry("a header value with a bare LF", "header-lf",
 			func(e *v1.WebhookEndpoint) { e.Spec.Headers = map[string]v1.HeaderValue{"X-Tenant": "a\n"} }, "must not contain control characters"),
 		Entry("a header value too long", "header-long",
-			func(e *v1.WebhookEndpoint) { e.Spec.Headers = map[string]v1.HeaderValue{"X-Tenant": v1.HeaderValue(strings.Repeat("a", 8193))} }, "Too long: may not be more than 8192 bytes"),
+			func(e *v1.WebhookEndpoint) {
+				e.Spec.Headers = map[string]v1.HeaderValue{"X-Tenant": v1.HeaderValue(strings.Repeat("a", 8193))}
+			}, "Too long: may not be more than 8192 bytes"),
 		Entry("the same header name twice in different case", "header-dup",
-			func(e *v1.WebhookEndpoint) { e.Spec.Headers = map[string]v1.HeaderValue{"X-Tenant": "a", "x-tenant": "b"} }, "header names must be unique regardless of case"),
+			func(e *v1.WebhookEndpoint) {
+				e.Spec.Headers = map[string]v1.HeaderValue{"X-Tenant": "a", "x-tenant": "b"}
+			}, "header names must be unique regardless of case"),
 		Entry("proxy-* in headers", "header-proxy",
 			func(e *v1.WebhookEndpoint) { e.Spec.Headers = map[string]v1.HeaderValue{"Proxy-Foo": "a"} }, "headers must not set reserved names"),
 		Entry("more than 32 headers", "header-many",
