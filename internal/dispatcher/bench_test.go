@@ -153,7 +153,7 @@ func createBenchConsumers(b benchT, env *benchEnv, ns string, n int) {
 
 // createBenchConsumer does what the operator does for an endpoint.
 func createBenchConsumer(b benchT, env *benchEnv, ns, name string) {
-	spec := endpointSpec(nil)
+	spec := endpointSpec()
 	cfg, err := streams.ConsumerConfig(ns, name, &spec)
 	if err != nil {
 		b.Fatal(err)

@@ -482,7 +482,7 @@ var _ = Describe("Dispatcher", func() {
 			own, err := jetstream.New(conn)
 			Expect(err).NotTo(HaveOccurred())
 			Expect(streams.Ensure(ctx, own, streams.DefaultLimits())).To(Succeed())
-			spec := endpointSpec(nil)
+			spec := endpointSpec()
 			cfg, err := streams.ConsumerConfig(ns, "crm", &spec)
 			Expect(err).NotTo(HaveOccurred())
 			_, err = own.CreateOrUpdateConsumer(ctx, events.StreamName, cfg)

@@ -55,7 +55,7 @@ func (s *isolated) start(opts []dispatcher.Option, eps ...dispatcher.Endpoint) (
 	d, err := dispatcher.New(ctx, s.js, opts...)
 	Expect(err).NotTo(HaveOccurred())
 	for _, ep := range eps {
-		spec := endpointSpec(nil)
+		spec := endpointSpec()
 		cfg, err := streams.ConsumerConfig(ep.Namespace, ep.Name, &spec)
 		Expect(err).NotTo(HaveOccurred())
 		_, err = s.js.CreateOrUpdateConsumer(ctx, events.StreamName, cfg)
@@ -444,7 +444,7 @@ var _ = Describe("Dispatcher at the edges of the contract", func() {
 			d := startDispatcher()
 			// A short ack wait: the later events wait for the rate limit
 			// well past it, and JetStream redelivers them meanwhile.
-			spec := endpointSpec(nil)
+			spec := endpointSpec()
 			cfg, err := streams.ConsumerConfig(ns, "crm", &spec)
 			Expect(err).NotTo(HaveOccurred())
 			cfg.AckWait = time.Second

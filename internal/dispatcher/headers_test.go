@@ -46,7 +46,7 @@ var _ = Describe("Headers from Secrets", func() {
 			}
 			return http.StatusOK, nil, 0
 		})
-		spec := endpointSpec(nil)
+		spec := endpointSpec()
 		spec.URL = rc.URL
 		spec.Headers = map[string]v1.HeaderValue{"X-Tenant": "a"}
 		spec.HeadersFrom = []v1.HeaderFromSecret{{Name: "Authorization", SecretKeyRef: v1.SecretKeyReference{Name: "crm-auth", Key: "token"}}}
@@ -104,7 +104,7 @@ var _ = Describe("Headers from Secrets", func() {
 	})
 
 	It("refuses a resolved value that cannot be a header, without quoting it", func() {
-		spec := endpointSpec(nil)
+		spec := endpointSpec()
 		spec.URL = "http://127.0.0.1:1/"
 		_, err := dispatcher.EndpointFromSpec("ns", "crm", &spec,
 			map[string][]byte{"v1": []byte(secretA)}, map[string]string{"Authorization": "tok-secret\r\nX-Evil: 1"}, nil)

@@ -115,7 +115,7 @@ func endpoint(ns, name, url string, mutate ...func(*dispatcher.Endpoint)) dispat
 // createConsumer does what the operator does for an endpoint of every
 // event type.
 func createConsumer(ns, name string) {
-	spec := endpointSpec(nil)
+	spec := endpointSpec()
 	cfg, err := streams.ConsumerConfig(ns, name, &spec)
 	Expect(err).NotTo(HaveOccurred())
 	_, err = js.CreateOrUpdateConsumer(context.Background(), events.StreamName, cfg)
