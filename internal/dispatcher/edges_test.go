@@ -79,7 +79,7 @@ func (s *isolated) publish(ns, typ, id, key string, version int64) {
 
 func (s *isolated) deadLetters(g Gomega, ns, ep string) []dispatcher.DeadLetter {
 	var out []dispatcher.DeadLetter
-	for _, m := range readAllOn(g, s.js, streams.DeadLetterStream, streams.DeadLetterSubject(ns, ep)) {
+	for _, m := range readAllOn(g, s.js, streams.DeadLetterStream, streams.DeadLetterSubject(ns, ep), false) {
 		var dl dispatcher.DeadLetter
 		g.Expect(json.Unmarshal(m.Data(), &dl)).To(Succeed())
 		out = append(out, dl)
@@ -105,28 +105,6 @@ func (s *isolated) setStream(name string, mutate func(*jetstream.StreamConfig)) 
 	mutate(&cfg)
 	_, err = s.js.UpdateStream(context.Background(), cfg)
 	Expect(err).NotTo(HaveOccurred())
-}
-
-func readAllOn(g Gomega, js jetstream.JetStream, stream, filter string) []jetstream.Msg {
-	ctx := context.Background()
-	c, err := js.CreateConsumer(ctx, stream, jetstream.ConsumerConfig{FilterSubject: filter, AckPolicy: jetstream.AckNonePolicy, InactiveThreshold: 30 * time.Second})
-	g.Expect(err).NotTo(HaveOccurred())
-	defer func() { _ = js.DeleteConsumer(ctx, stream, c.CachedInfo().Name) }()
-	var out []jetstream.Msg
-	for pending := int(c.CachedInfo().NumPending); pending > 0; {
-		batch, err := c.FetchNoWait(pending)
-		g.Expect(err).NotTo(HaveOccurred())
-		n := 0
-		for m := range batch.Messages() {
-			out = append(out, m)
-			n++
-		}
-		if n == 0 {
-			break
-		}
-		pending -= n
-	}
-	return out
 }
 
 // versionsOf lists the versions a receiver got, in arrival order.
@@ -483,7 +461,7 @@ var _ = Describe("Dispatcher at the edges of the contract", func() {
 			s.setStream(streams.AttemptsStream, func(c *jetstream.StreamConfig) { c.Subjects = logSubjects })
 			Eventually(func(g Gomega) {
 				out := map[string]string{}
-				for _, m := range readAllOn(g, s.js, streams.AttemptsStream, streams.AttemptSubject(ns, "crm", "*")) {
+				for _, m := range readAllOn(g, s.js, streams.AttemptsStream, streams.AttemptSubject(ns, "crm", "*"), false) {
 					var a dispatcher.Attempt
 					g.Expect(json.Unmarshal(m.Data(), &a)).To(Succeed())
 					out[a.EventID] = a.Outcome

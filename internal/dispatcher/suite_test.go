@@ -232,6 +232,11 @@ func history(ns, ep, id string) []dispatcher.Attempt {
 // lastPerSubject) through a consumer it deletes afterwards, so polling
 // leaves nothing behind.
 func readAll(g Gomega, stream, filter string, lastPerSubject bool) []jetstream.Msg {
+	return readAllOn(g, js, stream, filter, lastPerSubject)
+}
+
+// readAllOn is readAll on another server's JetStream.
+func readAllOn(g Gomega, js jetstream.JetStream, stream, filter string, lastPerSubject bool) []jetstream.Msg {
 	ctx := context.Background()
 	cfg := jetstream.ConsumerConfig{FilterSubject: filter, AckPolicy: jetstream.AckNonePolicy, InactiveThreshold: 30 * time.Second}
 	if lastPerSubject {
