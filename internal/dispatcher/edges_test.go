@@ -51,7 +51,7 @@ func newIsolated(limits streams.Limits, mutate func(*natsserver.Options)) *isola
 func (s *isolated) start(opts []dispatcher.Option, eps ...dispatcher.Endpoint) (stop func()) {
 	GinkgoHelper()
 	ctx, cancel := context.WithCancel(context.Background())
-	opts = append([]dispatcher.Option{dispatcher.WithLogger(testLogger()), dispatcher.WithHealthInterval(100 * time.Millisecond), dispatcher.WithDrainTimeout(5 * time.Second)}, opts...)
+	opts = append([]dispatcher.Option{dispatcher.WithLogger(testLogger()), dispatcher.WithHealthInterval(100 * time.Millisecond), dispatcher.WithDrainTimeout(5 * time.Second), allowLoopback}, opts...)
 	d, err := dispatcher.New(ctx, s.js, opts...)
 	Expect(err).NotTo(HaveOccurred())
 	for _, ep := range eps {
@@ -371,6 +371,31 @@ var _ = Describe("Dispatcher at the edges of the contract", func() {
 			Expect(info.State.FirstSeq).To(BeEquivalentTo(1), "a stored event was dropped to make room")
 			Expect(info.State.Msgs).To(BeEquivalentTo(published))
 			Eventually(rc.count, 10*time.Second).Should(Equal(published))
+		})
+
+		It("holds dead events, never resending them, while the dead letters are at their budget, and stores them once there is room", func() {
+			limits := streams.DefaultLimits()
+			limits.DeadLetterMaxBytes = 48 << 10
+			s := newIsolated(limits, nil)
+			rc := newReceiver(always(404))
+			s.start(nil, endpoint(ns, "crm", rc.URL))
+			p, err := events.NewPublisher(s.js)
+			Expect(err).NotTo(HaveOccurred())
+			data := []byte(`"` + strings.Repeat("d", 8<<10) + `"`)
+			for i := range 8 {
+				_, err := p.Publish(context.Background(), events.Event{ID: fmt.Sprintf("evt_dl%d", i), Namespace: ns, Type: "a.b", Data: data})
+				Expect(err).NotTo(HaveOccurred())
+			}
+			Eventually(rc.count).Should(Equal(8))
+			Eventually(func(g Gomega) { g.Expect(s.health(g, ns, "crm").PendingWrites).To(BeNumerically(">", 0)) }).Should(Succeed())
+			stored := len(s.deadLetters(Default, ns, "crm"))
+			Expect(stored).To(BeNumerically("<", 8), "the budget should have refused some dead letters")
+			Consistently(rc.count, 2*time.Second).Should(Equal(8), "a dead event was sent again")
+
+			s.setStream(streams.DeadLetterStream, func(c *jetstream.StreamConfig) { c.MaxBytes = 1 << 20 })
+			Eventually(func(g Gomega) { g.Expect(s.deadLetters(g, ns, "crm")).To(HaveLen(8)) }, 15*time.Second).Should(Succeed())
+			Eventually(func(g Gomega) { g.Expect(s.health(g, ns, "crm").PendingWrites).To(BeZero()) }).Should(Succeed())
+			Expect(rc.count()).To(Equal(8))
 		})
 
 		It("keeps the delivery log within its budget by dropping its oldest entries, and keeps delivering", func() {
