@@ -122,7 +122,7 @@ func percentile(d []time.Duration, q int) time.Duration {
 
 func benchEndpoints(b benchT, env *benchEnv, ns string, n int, url string, opts ...dispatcher.Option) *dispatcher.Dispatcher {
 	ctx, cancel := context.WithCancel(context.Background())
-	d, err := dispatcher.New(ctx, env.js, append([]dispatcher.Option{dispatcher.WithLogger(logr.Discard())}, opts...)...)
+	d, err := dispatcher.New(ctx, env.js, append([]dispatcher.Option{dispatcher.WithLogger(logr.Discard()), allowLoopback}, opts...)...)
 	if err != nil {
 		b.Fatal(err)
 	}

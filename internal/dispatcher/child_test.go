@@ -44,7 +44,7 @@ func runChild() {
 	}
 	js, _ := jetstream.New(nc)
 	ctx := context.Background()
-	d, err := dispatcher.New(ctx, js)
+	d, err := dispatcher.New(ctx, js, allowLoopback)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)

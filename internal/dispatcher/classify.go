@@ -10,6 +10,8 @@ import (
 	"net/url"
 	"strconv"
 	"time"
+
+	"github.com/herald-dev/herald/internal/egress"
 )
 
 // Outcomes of one attempt, as the delivery log and metrics name them.
@@ -29,6 +31,10 @@ const (
 	// ReasonVersionUnreadable: the endpoint's delivered version of the
 	// event's key could not be read, so the event was not sent yet.
 	ReasonVersionUnreadable = "VersionUnreadable"
+	// ReasonEgressRefused: the egress guard refused the address dialled
+	// (or the proxy's); no request was sent. Terminal: it cannot succeed
+	// until an administrator opens the range.
+	ReasonEgressRefused = "EgressRefused"
 )
 
 // verdict is what one response (or its absence) means.
@@ -36,15 +42,18 @@ type verdict struct {
 	delivered bool
 	retryable bool
 	reason    string // empty when delivered
+	why       string // why a terminal verdict is dead, when not "terminal response"
 }
 
 // classify decides what a response means under a policy: 2xx delivered;
 // timeouts and connection errors retry when the policy says so; 3xx is a
 // failure that is never followed; other codes retry only when the policy
 // lists them (by default 408, 429 and 5xx), so 400, 401, 403, 404, 410 and
-// 422 are terminal.
+// 422 are terminal. An address the egress guard refused is terminal.
 func classify(p *Policy, status int, err error) verdict {
 	switch {
+	case errors.Is(err, egress.ErrRefused):
+		return verdict{reason: ReasonEgressRefused, why: "egress refused: it cannot succeed until an administrator allows the address (the error names it and the flag)"}
 	case err != nil && isTimeout(err):
 		return verdict{retryable: p.NetworkErrors, reason: ReasonTimeout}
 	case err != nil:

@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/herald-dev/herald/internal/egress"
 )
 
 func TestClassify(t *testing.T) {
@@ -33,6 +37,9 @@ func TestClassify(t *testing.T) {
 		{503, nil, false, true, ReasonHTTPError},
 		{0, fmt.Errorf("wrapped: %w", context.DeadlineExceeded), false, true, ReasonTimeout},
 		{0, errors.New("connection refused"), false, true, ReasonConnectionError},
+		// Not retried although network errors are: only an administrator
+		// can change the answer.
+		{0, &net.OpError{Op: "dial", Net: "tcp", Err: &egress.RefusedError{Addr: netip.MustParseAddr("10.0.0.5"), Why: "a private range"}}, false, false, ReasonEgressRefused},
 	} {
 		v := classify(&p, tc.status, tc.err)
 		if v.delivered != tc.delivered || v.retryable != tc.retryable || v.reason != tc.reason {

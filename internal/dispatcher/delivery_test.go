@@ -488,7 +488,7 @@ var _ = Describe("Dispatcher", func() {
 			_, err = own.CreateOrUpdateConsumer(ctx, events.StreamName, cfg)
 			Expect(err).NotTo(HaveOccurred())
 			rc := newReceiver(always(200))
-			d, err := dispatcher.New(ctx, own, dispatcher.WithLogger(testLogger()))
+			d, err := dispatcher.New(ctx, own, dispatcher.WithLogger(testLogger()), allowLoopback)
 			Expect(err).NotTo(HaveOccurred())
 			d.Upsert(endpoint(ns, "crm", rc.URL))
 			done := make(chan struct{})

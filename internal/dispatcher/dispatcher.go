@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/herald-dev/herald/internal/egress"
 	"github.com/herald-dev/herald/internal/streams"
 )
 
@@ -32,6 +33,7 @@ type options struct {
 	probeAfter      int
 	userAgent       string
 	sweepInterval   time.Duration
+	egress          *egress.Guard
 	// Set only by the cost benchmark (export_test.go), to show what the
 	// durable writes cost; Herald itself never turns them off.
 	noVersionRecords bool
@@ -114,6 +116,19 @@ func WithUserAgent(ua string) Option {
 	return func(o *options) error { o.userAgent = ua; return nil }
 }
 
+// WithEgressGuard sets the guard every webhook connection (and a proxy's)
+// is checked by. Without it the dispatcher refuses the default denied set
+// of egress.New: the guard is on unless an administrator opens ranges.
+func WithEgressGuard(g *egress.Guard) Option {
+	return func(o *options) error {
+		if g == nil {
+			return fmt.Errorf("%w: egress guard must not be nil", ErrInvalidOption)
+		}
+		o.egress = g
+		return nil
+	}
+}
+
 // Version is stamped by the build.
 var Version = "dev"
 
@@ -154,6 +169,7 @@ func New(ctx context.Context, js jetstream.JetStream, opts ...Option) (*Dispatch
 		probeAfter:      5,
 		userAgent:       "Herald-Webhooks/" + Version,
 		sweepInterval:   time.Minute,
+		egress:          egress.New(egress.Config{}),
 	}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {

@@ -60,7 +60,7 @@ var _ = Describe("Headers from Secrets", func() {
 		dctx, cancel := context.WithCancel(context.Background())
 		d, err := dispatcher.New(dctx, js,
 			dispatcher.WithLogger(zap.New(zap.WriteTo(&logs), zap.UseDevMode(true))),
-			dispatcher.WithHealthInterval(100*time.Millisecond), dispatcher.WithDrainTimeout(5*time.Second))
+			dispatcher.WithHealthInterval(100*time.Millisecond), dispatcher.WithDrainTimeout(5*time.Second), allowLoopback)
 		Expect(err).NotTo(HaveOccurred())
 		createConsumer(ns, "crm")
 		d.Upsert(ep)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"strconv"
 	"sync"
@@ -22,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/herald-dev/herald/internal/dispatcher"
+	"github.com/herald-dev/herald/internal/egress"
 	"github.com/herald-dev/herald/internal/streams"
 	"github.com/herald-dev/herald/internal/testenv"
 	"github.com/herald-dev/herald/pkg/events"
@@ -122,10 +124,21 @@ func createConsumer(ns, name string) {
 	Expect(err).NotTo(HaveOccurred())
 }
 
+// allowLoopback opens 127.0.0.0/8 to the egress guard: every receiver of
+// these tests listens there, which the default guard refuses.
+var allowLoopback = dispatcher.WithEgressGuard(egress.New(egress.Config{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}))
+
 // startDispatcher runs a dispatcher for the spec's duration.
 func startDispatcher(eps ...dispatcher.Endpoint) *dispatcher.Dispatcher {
+	return startDispatcherWith(nil, eps...)
+}
+
+// startDispatcherWith is startDispatcher with options that come after
+// the suite's (a guard given here replaces allowLoopback).
+func startDispatcherWith(opts []dispatcher.Option, eps ...dispatcher.Endpoint) *dispatcher.Dispatcher {
 	ctx, cancel := context.WithCancel(context.Background())
-	d, err := dispatcher.New(ctx, js, dispatcher.WithLogger(testLogger()), dispatcher.WithHealthInterval(100*time.Millisecond), dispatcher.WithDrainTimeout(5*time.Second))
+	opts = append([]dispatcher.Option{dispatcher.WithLogger(testLogger()), dispatcher.WithHealthInterval(100 * time.Millisecond), dispatcher.WithDrainTimeout(5 * time.Second), allowLoopback}, opts...)
+	d, err := dispatcher.New(ctx, js, opts...)
 	Expect(err).NotTo(HaveOccurred())
 	for _, ep := range eps {
 		createConsumer(ep.Namespace, ep.Name)

@@ -115,8 +115,11 @@ func newWorker(d *Dispatcher, ep Endpoint) *worker {
 	w.health = newTracker(d, ep.Namespace, ep.Name)
 	w.metrics = newEndpointMetrics(ep.Namespace, ep.Name)
 	tr := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: ep.Timeout, KeepAlive: 30 * time.Second}).DialContext,
+		// A proxy from the environment is dialled with the same dialer,
+		// so the egress guard checks its address too.
+		Proxy: http.ProxyFromEnvironment,
+		// Control checks the address actually dialled, after DNS.
+		DialContext:           (&net.Dialer{Timeout: ep.Timeout, KeepAlive: 30 * time.Second, Control: d.opts.egress.Control}).DialContext,
 		ForceAttemptHTTP2:     true,
 		MaxIdleConns:          ep.MaxInFlight,
 		MaxIdleConnsPerHost:   ep.MaxInFlight,
@@ -801,6 +804,9 @@ func (w *worker) handle(ctx context.Context, e event) {
 
 	fail := Failure{Time: now, StatusCode: status, Reason: v.reason, Message: failureMessage(status, a.Error), EventID: ev.ID}
 	plan := retryPlan{dead: true, reason: DeadTerminal, why: "terminal response"}
+	if v.why != "" {
+		plan.why = v.why
+	}
 	if v.retryable {
 		ra, hasRA := retryAfter(hdr, now)
 		plan = planRetry(&ep.Policy, p.sent+p.readFails, now, start, ra, hasRA, jitterRand)
