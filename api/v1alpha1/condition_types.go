@@ -51,7 +51,10 @@ const (
 	// character (Stalled, Ready=False); the message names the Secret, the
 	// key and what is wrong, never the value.
 	ReasonHeaderSecretInvalid = "HeaderSecretInvalid"
-	ReasonURLRefused          = "URLRefused"
+	// ReasonURLRefused: spec.url's host is an IP address the egress guard
+	// refuses (Stalled, Ready=False); the message names the address and
+	// the --egress-allow value that would open it.
+	ReasonURLRefused = "URLRefused"
 	// ReasonEventTypesRefused: an eventTypes pattern the consumer
 	// derivation refuses (Stalled).
 	ReasonEventTypesRefused = "EventTypesRefused"

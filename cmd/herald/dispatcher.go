@@ -15,6 +15,7 @@ import (
 
 	"github.com/herald-dev/herald/internal/controller"
 	"github.com/herald-dev/herald/internal/dispatcher"
+	"github.com/herald-dev/herald/internal/egress"
 )
 
 func init() {
@@ -27,6 +28,7 @@ func runDispatcher(ctx context.Context, args []string) error {
 	conn := natsFlags(fs)
 	metricsAddr := fs.String("metrics-bind-address", ":8080", "metrics address (plain http, scraped inside the cluster), 0 to disable")
 	probeAddr := fs.String("health-probe-bind-address", ":8081", "health and readiness probe address")
+	egressCfg := egressFlags(fs)
 	resync := fs.Duration("resync-interval", controller.DefaultDispatchResync, "how often each endpoint's Secret is re-read (rotation latency)")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
@@ -45,9 +47,10 @@ func runDispatcher(ctx context.Context, args []string) error {
 	}
 	defer nc.Close()
 	// The operator creates the buckets; wait for them rather than crash.
+	guard := egress.New(*egressCfg)
 	var d *dispatcher.Dispatcher
 	for {
-		d, err = dispatcher.New(ctx, js, dispatcher.WithLogger(log))
+		d, err = dispatcher.New(ctx, js, dispatcher.WithLogger(log), dispatcher.WithEgressGuard(guard))
 		if err == nil {
 			break
 		}
@@ -90,7 +93,7 @@ func runDispatcher(ctx context.Context, args []string) error {
 	}
 	// The Role allows only `get` on the named Secrets: no Secret watch,
 	// rotations arrive with the periodic resync.
-	if err := (&controller.DispatchReconciler{Client: mgr.GetClient(), Dispatcher: d, WatchSecrets: false, Resync: *resync}).SetupWithManager(mgr); err != nil {
+	if err := (&controller.DispatchReconciler{Client: mgr.GetClient(), Dispatcher: d, WatchSecrets: false, Resync: *resync, Egress: guard}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up dispatch controller: %w", err)
 	}
 	log.Info("starting dispatcher", "natsURL", redactURLs(conn.url))

@@ -20,6 +20,7 @@ import (
 
 	"github.com/herald-dev/herald/internal/controller"
 	"github.com/herald-dev/herald/internal/dispatcher"
+	"github.com/herald-dev/herald/internal/egress"
 	"github.com/herald-dev/herald/internal/streams"
 )
 
@@ -43,6 +44,7 @@ type managerFlags struct {
 	metricsSecure              bool
 	ensureInterval             time.Duration
 	resyncInterval, writeEvery time.Duration
+	egress                     *egress.Config
 }
 
 func runManager(ctx context.Context, args []string) error {
@@ -75,6 +77,7 @@ func runManager(ctx context.Context, args []string) error {
 	f.dispatcherResources = def
 	fs.StringVar(&f.dispatcherImagePullPolicy, "dispatcher-image-pull-policy", string(corev1.PullIfNotPresent), "image pull policy of the dispatcher pods")
 	fs.StringVar(&f.dispatcherNATSURL, "dispatcher-nats-url", "", "NATS URL the dispatcher pods use (default: --nats-url)")
+	f.egress = egressFlags(fs)
 	fs.StringVar(&f.watchNamespaces, "watch-namespaces", "", "comma-separated namespaces to reconcile; empty means all")
 	fs.BoolVar(&f.leaderElect, "leader-elect", false, "elect a leader so only one replica reconciles and dispatches")
 	fs.StringVar(&f.metricsAddr, "metrics-bind-address", "0", "metrics address (:8443 for https, :8080 for http, 0 to disable)")
@@ -172,6 +175,7 @@ func setupControllers(ctx context.Context, mgr ctrl.Manager, js jetstream.JetStr
 	if err := controller.SetupIndexes(ctx, mgr); err != nil {
 		return err
 	}
+	guard := egress.New(*f.egress)
 	hw := controller.NewHealthWatcher(js, f.writeEvery, namespaces)
 	if err := mgr.Add(hw); err != nil {
 		return fmt.Errorf("adding health watcher: %w", err)
@@ -187,6 +191,9 @@ func setupControllers(ctx context.Context, mgr ctrl.Manager, js jetstream.JetStr
 		// Status measures the oldest waiting event and the retry window
 		// against how long the events stream keeps events.
 		EventsRetention: f.limits.EventsMaxAge,
+		// Endpoints at an address the dispatchers would refuse are
+		// Stalled (URLRefused) before any attempt.
+		Egress: guard,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up webhookendpoint controller: %w", err)
 	}
@@ -198,12 +205,14 @@ func setupControllers(ctx context.Context, mgr ctrl.Manager, js jetstream.JetStr
 		if err := (&controller.DispatcherDeploymentReconciler{
 			Client: mgr.GetClient(),
 			Config: controller.DispatcherConfig{Image: f.dispatcherImage, NATSURL: f.dispatcherNATSURL,
-				ImagePullPolicy: corev1.PullPolicy(f.dispatcherImagePullPolicy), Resources: &f.dispatcherResources},
+				ImagePullPolicy: corev1.PullPolicy(f.dispatcherImagePullPolicy), Resources: &f.dispatcherResources,
+				EgressAllow: f.egress.Allow, EgressDeny: f.egress.Deny},
 		}).SetupWithManager(mgr); err != nil {
 			return fmt.Errorf("setting up dispatcher deployment controller: %w", err)
 		}
 	case controller.DispatchInProcess:
-		d, err := dispatcher.New(ctx, js, dispatcher.WithLogger(ctrl.Log.WithName("dispatcher")))
+		d, err := dispatcher.New(ctx, js, dispatcher.WithLogger(ctrl.Log.WithName("dispatcher")),
+			dispatcher.WithEgressGuard(guard))
 		if err != nil {
 			return fmt.Errorf("creating dispatcher: %w", err)
 		}
@@ -211,7 +220,7 @@ func setupControllers(ctx context.Context, mgr ctrl.Manager, js jetstream.JetStr
 		if err := mgr.Add(manager.RunnableFunc(d.Run)); err != nil {
 			return fmt.Errorf("adding dispatcher: %w", err)
 		}
-		if err := (&controller.DispatchReconciler{Client: mgr.GetClient(), Dispatcher: d, WatchSecrets: true}).SetupWithManager(mgr); err != nil {
+		if err := (&controller.DispatchReconciler{Client: mgr.GetClient(), Dispatcher: d, WatchSecrets: true, Egress: guard}).SetupWithManager(mgr); err != nil {
 			return fmt.Errorf("setting up dispatch controller: %w", err)
 		}
 	}

@@ -95,7 +95,10 @@ func run(ctx context.Context, bin string, natsPort int, receiverAddr string) err
 	procs := []*exec.Cmd{
 		command("nats", filepath.Join(bin, "nats-server"), "-a", "127.0.0.1", "-p", fmt.Sprint(natsPort), "-js", "-sd", jsDir),
 		command("manager", filepath.Join(bin, "herald"), "manager", "--dispatch=in-process", "--nats-url="+natsURL,
-			"--metrics-bind-address=127.0.0.1:8080", "--metrics-secure=false", "--health-probe-bind-address=127.0.0.1:8081"),
+			"--metrics-bind-address=127.0.0.1:8080", "--metrics-secure=false", "--health-probe-bind-address=127.0.0.1:8081",
+			// The demo receiver is on loopback, which the egress guard
+			// refuses unless opened.
+			"--egress-allow=127.0.0.0/8"),
 		command("receiver", filepath.Join(bin, "herald"), "receiver", "--listen="+receiverAddr, "--token-file="+tokenPath),
 	}
 	procs[1].Env = append(os.Environ(), "KUBECONFIG="+kcPath)

@@ -52,10 +52,11 @@ var _ = Describe("Delivery through the dispatcher", Ordered, func() {
 		})
 		Expect(err).NotTo(HaveOccurred())
 		Expect(SetupIndexes(ctx, mgr)).To(Succeed())
-		d, err := dispatcher.New(ctx, js, dispatcher.WithLogger(GinkgoLogr), dispatcher.WithHealthInterval(200*time.Millisecond))
+		d, err := dispatcher.New(ctx, js, dispatcher.WithLogger(GinkgoLogr), dispatcher.WithHealthInterval(200*time.Millisecond),
+			dispatcher.WithEgressGuard(loopbackEgress)) // the receiver is on 127.0.0.1
 		Expect(err).NotTo(HaveOccurred())
 		Expect(mgr.Add(managerRunnable(d.Run))).To(Succeed())
-		Expect((&DispatchReconciler{Client: mgr.GetClient(), Dispatcher: d, WatchSecrets: true}).SetupWithManager(mgr)).To(Succeed())
+		Expect((&DispatchReconciler{Client: mgr.GetClient(), Dispatcher: d, WatchSecrets: true, Egress: loopbackEgress}).SetupWithManager(mgr)).To(Succeed())
 		go func() {
 			defer GinkgoRecover()
 			Expect(mgr.Start(mctx)).To(Succeed())

@@ -18,6 +18,7 @@ import (
 
 	v1 "github.com/herald-dev/herald/api/v1alpha1"
 	"github.com/herald-dev/herald/internal/dispatcher"
+	"github.com/herald-dev/herald/internal/egress"
 	"github.com/herald-dev/herald/internal/streams"
 )
 
@@ -48,6 +49,10 @@ type DispatchReconciler struct {
 	WatchSecrets bool
 	// Resync re-reads references periodically (DefaultDispatchResync).
 	Resync time.Duration
+	// Egress is the dispatcher's egress guard: an endpoint whose URL is an
+	// address it refuses is stalled (URLRefused), so its events wait
+	// rather than each being refused. Nil means the default denied set.
+	Egress *egress.Guard
 
 	secrets *secretReader
 	mu      sync.Mutex
@@ -107,6 +112,9 @@ func (r *DispatchReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		return ctrl.Result{}, nil
 	}
 	refs, err := resolveReferences(ctx, r.secrets, r.Client, ep)
+	if err == nil {
+		err = urlRefused(egressOrDefault(r.Egress), ep.Spec.URL)
+	}
 	if s, ok := asStalled(err); ok {
 		// Stop delivering rather than sign with a key that is gone; the
 		// events wait in the stream until a person fixes it, and those

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -74,6 +75,9 @@ type DispatcherConfig struct {
 	NATSURL         string
 	// Resources default to DefaultDispatcherResources.
 	Resources *corev1.ResourceRequirements
+	// EgressAllow and EgressDeny become the dispatcher's --egress-allow
+	// and --egress-deny (see internal/egress).
+	EgressAllow, EgressDeny []netip.Prefix
 }
 
 // DefaultDispatcherResources suit a namespace with a few busy endpoints.
@@ -238,6 +242,29 @@ func dispatcherRoleBinding(ns string, owners []*metaac.OwnerReferenceApplyConfig
 // dispatcherDeployment is one replica with the Recreate strategy: two
 // dispatchers of one namespace would split a key's events across
 // processes and break per-key order during a rollout.
+func dispatcherArgs(ns string, cfg DispatcherConfig) []string {
+	args := []string{"dispatcher",
+		"--namespace=" + ns,
+		"--nats-url=" + cfg.NATSURL,
+		fmt.Sprintf("--metrics-bind-address=:%d", DispatcherMetricsPort),
+		fmt.Sprintf("--health-probe-bind-address=:%d", DispatcherHealthPort)}
+	if len(cfg.EgressAllow) > 0 {
+		args = append(args, "--egress-allow="+joinPrefixes(cfg.EgressAllow))
+	}
+	if len(cfg.EgressDeny) > 0 {
+		args = append(args, "--egress-deny="+joinPrefixes(cfg.EgressDeny))
+	}
+	return args
+}
+
+func joinPrefixes(ps []netip.Prefix) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ",")
+}
+
 func dispatcherDeployment(ns string, owners []*metaac.OwnerReferenceApplyConfiguration, cfg DispatcherConfig) *appsac.DeploymentApplyConfiguration {
 	res := DefaultDispatcherResources()
 	if cfg.Resources != nil {
@@ -271,11 +298,7 @@ func dispatcherDeployment(ns string, owners []*metaac.OwnerReferenceApplyConfigu
 						WithName("dispatcher").
 						WithImage(cfg.Image).
 						WithImagePullPolicy(pull).
-						WithArgs("dispatcher",
-							"--namespace="+ns,
-							"--nats-url="+cfg.NATSURL,
-							fmt.Sprintf("--metrics-bind-address=:%d", DispatcherMetricsPort),
-							fmt.Sprintf("--health-probe-bind-address=:%d", DispatcherHealthPort)).
+						WithArgs(dispatcherArgs(ns, cfg)...).
 						WithPorts(
 							coreac.ContainerPort().WithName("metrics").WithContainerPort(DispatcherMetricsPort).WithProtocol(corev1.ProtocolTCP),
 							coreac.ContainerPort().WithName("health").WithContainerPort(DispatcherHealthPort).WithProtocol(corev1.ProtocolTCP)).

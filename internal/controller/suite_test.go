@@ -115,6 +115,7 @@ var _ = BeforeSuite(func() {
 		MinStatusWriteInterval: testWriteInterval,
 		CleanupTimeout:         2 * time.Second,
 		HealthEvents:           hw.Events(),
+		Egress:                 loopbackEgress, // the specs' endpoints are on 127.0.0.1
 	}).SetupWithManager(mgr)).To(Succeed())
 	Expect((&RetryPolicyReconciler{Client: mgr.GetClient()}).SetupWithManager(mgr)).To(Succeed())
 	// The Deployment mode's reconciler runs too, so its objects can be
@@ -126,7 +127,7 @@ var _ = BeforeSuite(func() {
 	// A recording fake stands in for the dispatcher, so these specs do not
 	// depend on deliveries (delivery_test.go runs the real one).
 	fake = newFakeDispatch()
-	Expect((&DispatchReconciler{Client: mgr.GetClient(), Dispatcher: fake, WatchSecrets: true}).SetupWithManager(mgr)).To(Succeed())
+	Expect((&DispatchReconciler{Client: mgr.GetClient(), Dispatcher: fake, WatchSecrets: true, Egress: loopbackEgress}).SetupWithManager(mgr)).To(Succeed())
 
 	go func() {
 		defer GinkgoRecover()

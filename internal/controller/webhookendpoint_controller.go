@@ -29,6 +29,7 @@ import (
 
 	v1 "github.com/herald-dev/herald/api/v1alpha1"
 	"github.com/herald-dev/herald/internal/dispatcher"
+	"github.com/herald-dev/herald/internal/egress"
 	"github.com/herald-dev/herald/internal/streams"
 )
 
@@ -83,6 +84,11 @@ type WebhookEndpointReconciler struct {
 	// manager's --events-max-age; default streams.DefaultLimits()). Status
 	// measures the oldest waiting event and the retry window against it.
 	EventsRetention time.Duration
+	// Egress is the dispatchers' egress guard (the manager's
+	// --egress-allow and --egress-deny): an endpoint whose URL is an
+	// address it refuses is Stalled with URLRefused. Nil means the
+	// default denied set.
+	Egress *egress.Guard
 
 	secrets *secretReader
 
@@ -214,6 +220,7 @@ func (r *WebhookEndpointReconciler) runSteps(ctx context.Context, ep *v1.Webhook
 	steps := []func(context.Context, *v1.WebhookEndpoint, *observation, *passState) error{
 		r.reconcileConsumer,
 		r.reconcileReferences,
+		r.reconcileEgress,
 		r.reconcileDispatcher,
 		r.reconcileDelivery,
 	}

@@ -295,7 +295,7 @@ var _ = Describe("WebhookEndpoint controller", func() {
 			nobody, err := client.New(user.Config(), client.Options{Scheme: testenv.Scheme()})
 			Expect(err).NotTo(HaveOccurred())
 			r := &WebhookEndpointReconciler{Client: mgrClient, APIReader: nobody, JS: js, Mode: DispatchInProcess,
-				EventsRetention: streams.DefaultLimits().EventsMaxAge, secrets: newSecretReader(nobody, nil)}
+				EventsRetention: streams.DefaultLimits().EventsMaxAge, Egress: loopbackEgress, secrets: newSecretReader(nobody, nil)}
 
 			// A pass over a spec change the controller has not seen yet;
 			// the pass runs against the real API server and NATS, and is

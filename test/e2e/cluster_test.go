@@ -109,6 +109,13 @@ spec:
 // installHerald renders dist/install.yaml the way the README says and
 // applies it with the settings a one-node NATS needs: the image under test
 // (for the dispatchers too) and streams with one replica.
+// The e2e cluster's pod subnet and Service range (hack/cluster/lib.sh:
+// POD_CIDR, SERVICE_CIDR).
+const (
+	podCIDR     = "10.214.0.0/24"
+	serviceCIDR = "10.215.0.0/24"
+)
+
 func installHerald() {
 	GinkgoHelper()
 	cmd := exec.Command("make", "-C", repoRoot, "build-installer")
@@ -139,6 +146,10 @@ func installHerald() {
 				}
 				args = append(args, s)
 			}
+			// The receivers are pods behind Services: open the cluster's
+			// pod and Service ranges (hack/cluster/lib.sh) to the egress
+			// guard, which refuses private ranges by default.
+			args = append(args, "--egress-allow="+podCIDR+","+serviceCIDR)
 			c["args"] = args
 			b, err := yaml.Marshal(obj)
 			Expect(err).NotTo(HaveOccurred())
