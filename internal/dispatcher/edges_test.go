@@ -77,7 +77,9 @@ func (s *isolated) publish(ns, typ, id, key string, version int64) {
 	Expect(err).NotTo(HaveOccurred())
 }
 
-func (s *isolated) deadLetters(g Gomega, ns, ep string) []dispatcher.DeadLetter {
+// deadLetters reads the dead letters of the spec's endpoint "crm".
+func (s *isolated) deadLetters(g Gomega, ns string) []dispatcher.DeadLetter {
+	const ep = "crm"
 	var out []dispatcher.DeadLetter
 	for _, m := range readAllOn(g, s.js, streams.DeadLetterStream, streams.DeadLetterSubject(ns, ep), false) {
 		var dl dispatcher.DeadLetter
@@ -87,7 +89,9 @@ func (s *isolated) deadLetters(g Gomega, ns, ep string) []dispatcher.DeadLetter 
 	return out
 }
 
-func (s *isolated) health(g Gomega, ns, ep string) *dispatcher.Health {
+// health reads the health record of the spec's endpoint "crm".
+func (s *isolated) health(g Gomega, ns string) *dispatcher.Health {
+	const ep = "crm"
 	kv, err := s.js.KeyValue(context.Background(), streams.HealthBucket)
 	g.Expect(err).NotTo(HaveOccurred())
 	h, err := dispatcher.ReadHealth(context.Background(), kv, ns, ep)
@@ -172,7 +176,7 @@ var _ = Describe("Dispatcher at the edges of the contract", func() {
 			Eventually(other.count, 10*time.Second).Should(Equal(len(variants)))
 			Eventually(hostile.ids, 10*time.Second).Should(Equal([]string{"evt_after"}))
 			Eventually(func(g Gomega) {
-				dls := s.deadLetters(g, ns, "crm")
+				dls := s.deadLetters(g, ns)
 				g.Expect(dls).To(HaveLen(stored))
 				for _, dl := range dls {
 					g.Expect(dl.Reason).To(Equal(dispatcher.DeadMalformed))
@@ -241,11 +245,11 @@ var _ = Describe("Dispatcher at the edges of the contract", func() {
 			s.publish(ns, "a.b", "evt_v9", "sub", 9)
 			s.publish(ns, "a.b", "evt_v8", "sub", 8)
 			Eventually(versionsOf).WithArguments(rc).Should(Equal([]int64{1, 9}))
-			Eventually(func(g Gomega) { g.Expect(s.health(g, ns, "crm").PendingWrites).To(BeEquivalentTo(1)) }).Should(Succeed())
+			Eventually(func(g Gomega) { g.Expect(s.health(g, ns).PendingWrites).To(BeEquivalentTo(1)) }).Should(Succeed())
 			Consistently(versionsOf, 3*time.Second).WithArguments(rc).Should(Equal([]int64{1, 9}))
 
 			s.setStream("KV_"+streams.VersionsBucket, func(c *jetstream.StreamConfig) { c.Subjects = kvSubjects })
-			Eventually(func(g Gomega) { g.Expect(s.health(g, ns, "crm").PendingWrites).To(BeZero()) }, 15*time.Second).Should(Succeed())
+			Eventually(func(g Gomega) { g.Expect(s.health(g, ns).PendingWrites).To(BeZero()) }, 15*time.Second).Should(Succeed())
 			kv, err := s.js.KeyValue(context.Background(), streams.VersionsBucket)
 			Expect(err).NotTo(HaveOccurred())
 			keys, err := kv.Keys(context.Background())
@@ -272,7 +276,7 @@ var _ = Describe("Dispatcher at the edges of the contract", func() {
 			s.publish(ns, "a.b", "evt_big", "k", 1)
 			var dl dispatcher.DeadLetter
 			Eventually(func(g Gomega) {
-				dls := s.deadLetters(g, ns, "crm")
+				dls := s.deadLetters(g, ns)
 				g.Expect(dls).To(HaveLen(1))
 				dl = dls[0]
 			}, 15*time.Second).Should(Succeed())
@@ -317,7 +321,7 @@ var _ = Describe("Dispatcher at the edges of the contract", func() {
 			Expect(err).NotTo(HaveOccurred())
 
 			Eventually(func(g Gomega) {
-				dls := s.deadLetters(g, ns, "crm")
+				dls := s.deadLetters(g, ns)
 				g.Expect(dls).To(HaveLen(3))
 				for _, dl := range dls {
 					g.Expect(dl.Reason).To(Equal(dispatcher.DeadExpired))
@@ -387,14 +391,14 @@ var _ = Describe("Dispatcher at the edges of the contract", func() {
 				Expect(err).NotTo(HaveOccurred())
 			}
 			Eventually(rc.count).Should(Equal(8))
-			Eventually(func(g Gomega) { g.Expect(s.health(g, ns, "crm").PendingWrites).To(BeNumerically(">", 0)) }).Should(Succeed())
-			stored := len(s.deadLetters(Default, ns, "crm"))
+			Eventually(func(g Gomega) { g.Expect(s.health(g, ns).PendingWrites).To(BeNumerically(">", 0)) }).Should(Succeed())
+			stored := len(s.deadLetters(Default, ns))
 			Expect(stored).To(BeNumerically("<", 8), "the budget should have refused some dead letters")
 			Consistently(rc.count, 2*time.Second).Should(Equal(8), "a dead event was sent again")
 
 			s.setStream(streams.DeadLetterStream, func(c *jetstream.StreamConfig) { c.MaxBytes = 1 << 20 })
-			Eventually(func(g Gomega) { g.Expect(s.deadLetters(g, ns, "crm")).To(HaveLen(8)) }, 15*time.Second).Should(Succeed())
-			Eventually(func(g Gomega) { g.Expect(s.health(g, ns, "crm").PendingWrites).To(BeZero()) }).Should(Succeed())
+			Eventually(func(g Gomega) { g.Expect(s.deadLetters(g, ns)).To(HaveLen(8)) }, 15*time.Second).Should(Succeed())
+			Eventually(func(g Gomega) { g.Expect(s.health(g, ns).PendingWrites).To(BeZero()) }).Should(Succeed())
 			Expect(rc.count()).To(Equal(8))
 		})
 
