@@ -1,7 +1,6 @@
 package controller
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"os"
@@ -150,24 +149,7 @@ var _ = AfterSuite(func() {
 
 // suiteLogs keeps every log line of the suite's manager (debug level
 // included), so specs can check that no secret value was ever logged.
-var suiteLogs lockedBuffer
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) Contains(s string) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return bytes.Contains(b.buf.Bytes(), []byte(s))
-}
+var suiteLogs testenv.LogBuffer
 
 // fakeDispatch records what the DispatchReconciler asks of a dispatcher.
 type fakeDispatch struct {

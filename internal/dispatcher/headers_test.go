@@ -1,12 +1,10 @@
 package dispatcher_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -16,25 +14,8 @@ import (
 	v1 "github.com/herald-dev/herald/api/v1alpha1"
 	"github.com/herald-dev/herald/internal/dispatcher"
 	"github.com/herald-dev/herald/internal/streams"
+	"github.com/herald-dev/herald/internal/testenv"
 )
-
-// syncBuffer collects a dispatcher's log lines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 var _ = Describe("Headers from Secrets", func() {
 	It("sends the resolved value to the receiver and keeps it out of the delivery log, dead letters and logs", func() {
@@ -56,7 +37,7 @@ var _ = Describe("Headers from Secrets", func() {
 		Expect(ep.Headers).To(Equal(map[string]string{"Authorization": tok, "X-Tenant": "a"}))
 		ep.Policy = fastPolicy()
 
-		var logs syncBuffer
+		var logs testenv.LogBuffer
 		dctx, cancel := context.WithCancel(context.Background())
 		d, err := dispatcher.New(dctx, js,
 			dispatcher.WithLogger(zap.New(zap.WriteTo(&logs), zap.UseDevMode(true))),
@@ -100,7 +81,7 @@ var _ = Describe("Headers from Secrets", func() {
 		// the happy path) must not carry the value either.
 		cancel()
 		<-done
-		Expect(logs.String()).NotTo(ContainSubstring(secret), "logs")
+		Expect(logs.Contains(secret)).To(BeFalse(), "logs")
 	})
 
 	It("refuses a resolved value that cannot be a header, without quoting it", func() {
