@@ -84,6 +84,10 @@ type WebhookEndpointReconciler struct {
 	// manager's --events-max-age; default streams.DefaultLimits()). Status
 	// measures the oldest waiting event and the retry window against it.
 	EventsRetention time.Duration
+	// LookupNetIP resolves an endpoint's URL hostname for the egress
+	// check (see reconcileEgress); nil means the system resolver. Tests
+	// set a fixed table.
+	LookupNetIP HostLookup
 	// Egress is the dispatchers' egress guard (the manager's
 	// --egress-allow and --egress-deny): an endpoint whose URL is an
 	// address it refuses is Stalled with URLRefused. Nil means the
