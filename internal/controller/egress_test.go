@@ -12,6 +12,10 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
 	v1 "github.com/herald-dev/herald/api/v1alpha1"
 	"github.com/herald-dev/herald/internal/egress"
 	"github.com/herald-dev/herald/internal/streams"
@@ -232,5 +236,32 @@ var _ = Describe("WebhookEndpoint egress", func() {
 			Expect(condition(ep, v1.StalledCondition)).To(Equal("absent"))
 			Expect(condition(ep, v1.ReadyCondition)).To(Equal("True/Ready"))
 		})
+	})
+})
+
+var _ = Describe("Dispatcher egress NetworkPolicy", func() {
+	It("is accepted by the API server as built, and applying it again changes nothing", func() {
+		ns := newNamespace("egress-netpol")
+		cfg := networkPolicyConfig{
+			NATSNamespace: "nats",
+			APIServer:     []netip.Prefix{netip.MustParsePrefix("10.213.0.1/32")},
+			EgressAllow:   []netip.Prefix{netip.MustParsePrefix("10.214.0.0/24"), netip.MustParsePrefix("10.215.0.0/24")},
+			EgressDeny:    []netip.Prefix{netip.MustParsePrefix("198.18.0.0/15"), netip.MustParsePrefix("fd00:10:96::/112")},
+		}
+		applyIt := func() *networkingv1.NetworkPolicy {
+			GinkgoHelper()
+			Expect(k8sClient.Apply(ctx, dispatcherNetworkPolicy(ns, nil, cfg), client.FieldOwner(FieldOwner), client.ForceOwnership)).To(Succeed())
+			np := &networkingv1.NetworkPolicy{}
+			Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: DispatcherName}, np)).To(Succeed())
+			return np
+		}
+		first := applyIt()
+		Expect(first.Spec.PolicyTypes).To(Equal([]networkingv1.PolicyType{networkingv1.PolicyTypeEgress}))
+		Expect(first.Spec.Egress).To(HaveLen(5), "DNS, NATS, the API server, the internet, --egress-allow")
+		internet := first.Spec.Egress[3].To
+		Expect(internet).To(HaveLen(2))
+		Expect(internet[0].IPBlock.Except).To(ContainElements("10.0.0.0/8", "169.254.0.0/16", "198.18.0.0/15"))
+		Expect(internet[1].IPBlock.Except).To(ContainElements("fc00::/7", "::1/128"), "fd00:10:96::/112 is inside fc00::/7")
+		Expect(applyIt().ResourceVersion).To(Equal(first.ResourceVersion))
 	})
 })
