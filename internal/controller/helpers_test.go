@@ -135,7 +135,7 @@ func expectConditions(ns, name string, want map[string]string) {
 }
 
 func consumerInfo(ns, name string) (*jetstream.ConsumerInfo, error) {
-	c, err := js.Consumer(ctx, events.StreamName, streams.ConsumerName(ns, name))
+	c, err := js.Consumer(ctx, events.StreamName(ns), streams.ConsumerName(ns, name))
 	if err != nil {
 		return nil, err
 	}

@@ -35,10 +35,11 @@ func init() {
 // byte budget, so an alert fires before producers are refused (events) or
 // the delivery log starts dropping its oldest entries.
 type StorageMetrics struct {
-	JS     jetstream.JetStream
-	Limits streams.Limits
+	JS jetstream.JetStream
 	// Every is how often the streams are read (default 30s).
 	Every time.Duration
+
+	reported map[string]bool // the streams the last pass set series for
 }
 
 // Start reads the streams until ctx ends.
@@ -63,18 +64,30 @@ func (s *StorageMetrics) Start(ctx context.Context) error {
 func (s *StorageMetrics) NeedLeaderElection() bool { return false }
 
 func (s *StorageMetrics) observe(ctx context.Context) {
-	for _, b := range streams.Budgets(s.Limits) {
-		streamMaxBytes.WithLabelValues(b.Stream).Set(float64(b.MaxBytes))
-		st, err := s.JS.Stream(ctx, b.Stream)
-		if err != nil {
-			ctrl.LoggerFrom(ctx).V(1).Info("reading stream for storage metrics", "stream", b.Stream, "error", err.Error())
+	seen := map[string]bool{}
+	lister := s.JS.ListStreams(ctx)
+	for info := range lister.Info() {
+		if !streams.Owned(info.Config.Name) {
 			continue
 		}
-		info, err := st.Info(ctx)
-		if err != nil {
-			continue
-		}
-		streamBytes.WithLabelValues(b.Stream).Set(float64(info.State.Bytes))
-		streamMessages.WithLabelValues(b.Stream).Set(float64(info.State.Msgs))
+		seen[info.Config.Name] = true
+		streamMaxBytes.WithLabelValues(info.Config.Name).Set(float64(info.Config.MaxBytes))
+		streamBytes.WithLabelValues(info.Config.Name).Set(float64(info.State.Bytes))
+		streamMessages.WithLabelValues(info.Config.Name).Set(float64(info.State.Msgs))
 	}
+	if err := lister.Err(); err != nil {
+		// A partial list must not delete the series it missed.
+		ctrl.LoggerFrom(ctx).V(1).Info("listing streams for storage metrics", "error", err.Error())
+		return
+	}
+	// A namespace's streams go once it has no endpoints and they are
+	// empty; so do their series.
+	for name := range s.reported {
+		if !seen[name] {
+			streamMaxBytes.DeleteLabelValues(name)
+			streamBytes.DeleteLabelValues(name)
+			streamMessages.DeleteLabelValues(name)
+		}
+	}
+	s.reported = seen
 }

@@ -80,13 +80,13 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, want jetstream.
 				return nil, "", err
 			}
 		}
-		c, err := js.CreateConsumer(ctx, events.StreamName, want)
+		c, err := js.CreateConsumer(ctx, events.StreamName(namespace), want)
 		if err != nil {
 			return nil, "", fmt.Errorf("creating consumer %s: %w", want.Durable, err)
 		}
 		return c.CachedInfo(), action, nil
 	}
-	c, err := js.Consumer(ctx, events.StreamName, want.Durable)
+	c, err := js.Consumer(ctx, events.StreamName(namespace), want.Durable)
 	switch {
 	case errors.Is(err, jetstream.ErrConsumerNotFound):
 		return create(consumerCreated)
@@ -106,7 +106,7 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, want jetstream.
 	if !consumerDrifted(want, info.Config) {
 		return info, consumerUnchanged, nil
 	}
-	c, err = js.UpdateConsumer(ctx, events.StreamName, want)
+	c, err = js.UpdateConsumer(ctx, events.StreamName(namespace), want)
 	if err != nil {
 		return nil, "", fmt.Errorf("updating consumer %s: %w", want.Durable, err)
 	}
@@ -141,7 +141,7 @@ func consumerDrifted(want, have jetstream.ConsumerConfig) bool {
 // deleteConsumer deletes the endpoint's consumer; a consumer that is
 // already gone is not an error.
 func deleteConsumer(ctx context.Context, js jetstream.JetStream, namespace, name string) error {
-	err := js.DeleteConsumer(ctx, events.StreamName, streams.ConsumerName(namespace, name))
+	err := js.DeleteConsumer(ctx, events.StreamName(namespace), streams.ConsumerName(namespace, name))
 	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return fmt.Errorf("deleting consumer %s: %w", streams.ConsumerName(namespace, name), err)
 	}
@@ -197,9 +197,9 @@ func observeBacklog(ctx context.Context, js jetstream.JetStream, info *jetstream
 	if obs.Backlog == 0 {
 		return obs, nil
 	}
-	stream, err := js.Stream(ctx, events.StreamName)
+	stream, err := js.Stream(ctx, info.Stream)
 	if err != nil {
-		return obs, fmt.Errorf("opening stream %s: %w", events.StreamName, err)
+		return obs, fmt.Errorf("opening stream %s: %w", info.Stream, err)
 	}
 	filters := info.Config.FilterSubjects
 	if info.Config.FilterSubject != "" {

@@ -84,6 +84,10 @@ type WebhookEndpointReconciler struct {
 	// manager's --events-max-age; default streams.DefaultLimits()). Status
 	// measures the oldest waiting event and the retry window against it.
 	EventsRetention time.Duration
+	// Streams are the limits a namespace's streams are created with when
+	// its first endpoint arrives (the manager's flags); zero means
+	// streams.DefaultLimits().
+	Streams streams.Limits
 	// LookupNetIP resolves an endpoint's URL hostname for the egress
 	// check (see reconcileEgress); nil means the system resolver. Tests
 	// set a fixed table.
@@ -131,8 +135,11 @@ func (r *WebhookEndpointReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Mode == "" {
 		r.Mode = DispatchDeployment
 	}
+	if r.Streams == (streams.Limits{}) {
+		r.Streams = streams.DefaultLimits()
+	}
 	if r.EventsRetention <= 0 {
-		r.EventsRetention = streams.DefaultLimits().EventsMaxAge
+		r.EventsRetention = r.Streams.EventsMaxAge
 	}
 	if r.APIReader == nil {
 		r.APIReader = mgr.GetAPIReader()
@@ -254,6 +261,13 @@ func (r *WebhookEndpointReconciler) reconcileConsumer(ctx context.Context, ep *v
 	}
 	known := ep.Status.Consumer != ""
 	info, action, err := ensureConsumer(ctx, r.JS, want, ep.Namespace, ep.Name, known)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		// The namespace's first endpoint, or a NATS that lost its
+		// storage: the namespace's streams come first.
+		if err = streams.EnsureNamespace(ctx, r.JS, r.Streams, ep.Namespace); err == nil {
+			info, action, err = ensureConsumer(ctx, r.JS, want, ep.Namespace, ep.Name, known)
+		}
+	}
 	if err != nil {
 		obs.NATSErr = err
 		return err

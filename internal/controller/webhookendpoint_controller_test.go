@@ -59,7 +59,7 @@ var _ = Describe("WebhookEndpoint controller", func() {
 			}, eventually, poll).Should(Succeed())
 
 			By("recreating the consumer when it is deleted behind the operator's back")
-			Expect(js.DeleteConsumer(ctx, events.StreamName, streams.ConsumerName(ns, "billing"))).To(Succeed())
+			Expect(js.DeleteConsumer(ctx, events.StreamName(ns), streams.ConsumerName(ns, "billing"))).To(Succeed())
 			Eventually(func(g Gomega) {
 				info, err := consumerInfo(ns, "billing")
 				g.Expect(err).NotTo(HaveOccurred())
@@ -153,6 +153,7 @@ var _ = Describe("WebhookEndpoint controller", func() {
 			}
 
 			By("publishing to the other tenant, which the consumer never sees")
+			Expect(streams.EnsureNamespace(ctx, js, streams.DefaultLimits(), nsB)).To(Succeed())
 			publish(nsB, "invoice.paid")
 			publish(nsA, "invoice.paid")
 			Eventually(func(g Gomega) {
@@ -223,7 +224,7 @@ var _ = Describe("WebhookEndpoint controller", func() {
 			expectConditions(ns, "gone", readyAndDelivering)
 			// Delete the consumer first: the finalizer must treat "already
 			// gone" as done.
-			Expect(js.DeleteConsumer(ctx, events.StreamName, streams.ConsumerName(ns, "gone"))).To(Succeed())
+			Expect(js.DeleteConsumer(ctx, events.StreamName(ns), streams.ConsumerName(ns, "gone"))).To(Succeed())
 			deleteAndWaitGone(ep)
 		})
 	})

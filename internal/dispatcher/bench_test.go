@@ -158,7 +158,10 @@ func createBenchConsumer(b benchT, env *benchEnv, ns, name string) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if _, err := env.js.CreateOrUpdateConsumer(context.Background(), events.StreamName, cfg); err != nil {
+	if err := streams.EnsureNamespace(context.Background(), env.js, streams.DefaultLimits(), ns); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := env.js.CreateOrUpdateConsumer(context.Background(), events.StreamName(ns), cfg); err != nil {
 		b.Fatal(err)
 	}
 }

@@ -98,7 +98,7 @@ func (w *worker) storeDeadLetter(ctx context.Context, e event, a *Attempt) error
 	var hist []Attempt
 	if e.bad == nil {
 		var err error
-		hist, err = readAttempts(ctx, w.d.attempts, streams.AttemptSubject(ep.Namespace, ep.Name, a.EventID))
+		hist, err = w.d.readLog(ctx, ep.Namespace, streams.AttemptSubject(ep.Namespace, ep.Name, a.EventID))
 		if err != nil {
 			w.log.Error(err, "reading attempt history for a dead letter; keeping what this attempt knows", "eventID", a.EventID)
 		}

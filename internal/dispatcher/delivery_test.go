@@ -50,7 +50,7 @@ var _ = Describe("Dispatcher", func() {
 			Expect(err).NotTo(HaveOccurred())
 			Expect(wh.Verify(r.Body, r.Header)).To(Succeed())
 
-			Eventually(status("evt_1")).Should(ConsistOf(HaveField("State", dispatcher.StateSent)))
+			Eventually(status(ns, "evt_1")).Should(ConsistOf(HaveField("State", dispatcher.StateSent)))
 			Eventually(func(g Gomega) {
 				h := healthOf(g, ns, "billing")
 				g.Expect(h.Delivered).To(BeEquivalentTo(1))
@@ -148,7 +148,7 @@ var _ = Describe("Dispatcher", func() {
 				Expect(got[i].At.Sub(ended)).To(BeNumerically("<=", time.Duration(float64(delay)*1.2)+2*time.Second),
 					"retry %d came too late", i)
 			}
-			Expect(status("evt_fail")(Default)).To(ConsistOf(HaveField("State", dispatcher.StateDead)))
+			Expect(status(ns, "evt_fail")(Default)).To(ConsistOf(HaveField("State", dispatcher.StateDead)))
 		})
 
 		It("shows retrying with the next attempt time while it fails", func() {
@@ -158,7 +158,7 @@ var _ = Describe("Dispatcher", func() {
 				e.Policy.Window = 2 * time.Hour
 			}))
 			publish(ns, "a.b", "evt_r", "k", 1, map[string]any{})
-			Eventually(status("evt_r")).Should(ConsistOf(And(
+			Eventually(status(ns, "evt_r")).Should(ConsistOf(And(
 				HaveField("State", dispatcher.StateRetrying),
 				HaveField("Last.NextAttempt", Not(BeNil())),
 			)))
@@ -286,7 +286,7 @@ var _ = Describe("Dispatcher", func() {
 			Eventually(rc.count).Should(Equal(1))
 			publish(ns, "a.b", "evt_v2", "sub_1", 2, map[string]any{"v": 2})
 
-			Eventually(status("evt_v2")).Should(ConsistOf(HaveField("State", dispatcher.StateSuperseded)))
+			Eventually(status(ns, "evt_v2")).Should(ConsistOf(HaveField("State", dispatcher.StateSuperseded)))
 			Expect(rc.ids()).To(Equal([]string{"evt_v3"}))
 			Eventually(func(g Gomega) { g.Expect(healthOf(g, ns, "crm").Superseded).To(BeEquivalentTo(1)) }).Should(Succeed())
 		})
@@ -311,7 +311,7 @@ var _ = Describe("Dispatcher", func() {
 			)
 			publish(ns, "subscription.updated", "evt_plan", "sub_123", 1, map[string]any{"plan": "pro"})
 			Eventually(billing.ids).Should(Equal([]string{"evt_plan"}))
-			Eventually(status("evt_plan")).Should(ContainElement(And(
+			Eventually(status(ns, "evt_plan")).Should(ContainElement(And(
 				HaveField("Endpoint", "crm"), HaveField("State", dispatcher.StateRetrying),
 				HaveField("Last.Reason", dispatcher.ReasonTimeout), HaveField("Last.Attempt", 1))))
 
@@ -321,8 +321,8 @@ var _ = Describe("Dispatcher", func() {
 			Eventually(crm.ids).Should(ContainElement("evt_seats"))
 
 			close(crmUp)
-			Eventually(status("evt_seats")).Should(ContainElement(And(HaveField("Endpoint", "crm"), HaveField("State", dispatcher.StateSent))))
-			Eventually(status("evt_plan")).Should(ContainElement(And(HaveField("Endpoint", "crm"),
+			Eventually(status(ns, "evt_seats")).Should(ContainElement(And(HaveField("Endpoint", "crm"), HaveField("State", dispatcher.StateSent))))
+			Eventually(status(ns, "evt_plan")).Should(ContainElement(And(HaveField("Endpoint", "crm"),
 				HaveField("State", BeElementOf(dispatcher.StateSent, dispatcher.StateSuperseded)))))
 			ids := crm.ids()
 			lastSeats := -1
@@ -482,11 +482,7 @@ var _ = Describe("Dispatcher", func() {
 			own, err := jetstream.New(conn)
 			Expect(err).NotTo(HaveOccurred())
 			Expect(streams.Ensure(ctx, own, streams.DefaultLimits())).To(Succeed())
-			spec := endpointSpec()
-			cfg, err := streams.ConsumerConfig(ns, "crm", &spec)
-			Expect(err).NotTo(HaveOccurred())
-			_, err = own.CreateOrUpdateConsumer(ctx, events.StreamName, cfg)
-			Expect(err).NotTo(HaveOccurred())
+			createConsumerOn(own, streams.DefaultLimits(), ns, "crm", nil)
 			rc := newReceiver(always(200))
 			d, err := dispatcher.New(ctx, own, dispatcher.WithLogger(testLogger()), allowLoopback)
 			Expect(err).NotTo(HaveOccurred())

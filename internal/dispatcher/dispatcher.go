@@ -143,7 +143,7 @@ type Dispatcher struct {
 	opts     options
 	versions jetstream.KeyValue
 	health   jetstream.KeyValue
-	attempts jetstream.Stream // the delivery log, read back for dead letters
+	logs     sync.Map // namespace -> jetstream.Stream: delivery logs, read back for dead letters and redeliveries
 
 	mu sync.Mutex
 	// ctx is set by Run; workers live under it. Endpoints upserted before
@@ -184,11 +184,7 @@ func New(ctx context.Context, js jetstream.JetStream, opts ...Option) (*Dispatch
 	if err != nil {
 		return nil, fmt.Errorf("opening key-value bucket %s: %w", streams.HealthBucket, err)
 	}
-	attempts, err := js.Stream(ctx, streams.AttemptsStream)
-	if err != nil {
-		return nil, fmt.Errorf("opening stream %s: %w", streams.AttemptsStream, err)
-	}
-	d := &Dispatcher{js: js, opts: o, versions: versions, health: health, attempts: attempts,
+	d := &Dispatcher{js: js, opts: o, versions: versions, health: health,
 		logRetry: make(chan *nats.Msg, logRetries),
 		workers:  map[string]*worker{}, newest: map[string]*worker{}, pending: map[string]Endpoint{}}
 	d.logJS, err = jetstream.New(js.Conn(), jetstream.WithPublishAsyncErrHandler(d.logFailed))
@@ -196,6 +192,19 @@ func New(ctx context.Context, js jetstream.JetStream, opts ...Option) (*Dispatch
 		return nil, fmt.Errorf("opening JetStream for the delivery log: %w", err)
 	}
 	return d, nil
+}
+
+// logStream is a namespace's delivery-log stream, opened once.
+func (d *Dispatcher) logStream(ctx context.Context, namespace string) (jetstream.Stream, error) {
+	if s, ok := d.logs.Load(namespace); ok {
+		return s.(jetstream.Stream), nil
+	}
+	s, err := d.js.Stream(ctx, streams.AttemptsStream(namespace))
+	if err != nil {
+		return nil, fmt.Errorf("opening delivery log %s: %w", streams.AttemptsStream(namespace), err)
+	}
+	d.logs.Store(namespace, s)
+	return s, nil
 }
 
 // Run starts the workers of every upserted endpoint and blocks until ctx

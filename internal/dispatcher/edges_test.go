@@ -25,8 +25,9 @@ import (
 // on purpose (a bucket that refuses writes, a small max payload, short
 // retention) without touching the suite's shared server.
 type isolated struct {
-	nc *nats.Conn
-	js jetstream.JetStream
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	limits streams.Limits
 }
 
 func newIsolated(limits streams.Limits, mutate func(*natsserver.Options)) *isolated {
@@ -43,7 +44,7 @@ func newIsolated(limits streams.Limits, mutate func(*natsserver.Options)) *isola
 	js, err := jetstream.New(nc)
 	Expect(err).NotTo(HaveOccurred())
 	Expect(streams.Ensure(context.Background(), js, limits)).To(Succeed())
-	return &isolated{nc: nc, js: js}
+	return &isolated{nc: nc, js: js, limits: limits}
 }
 
 // start runs a dispatcher on this server for the spec's duration; stop
@@ -55,11 +56,7 @@ func (s *isolated) start(opts []dispatcher.Option, eps ...dispatcher.Endpoint) (
 	d, err := dispatcher.New(ctx, s.js, opts...)
 	Expect(err).NotTo(HaveOccurred())
 	for _, ep := range eps {
-		spec := endpointSpec()
-		cfg, err := streams.ConsumerConfig(ep.Namespace, ep.Name, &spec)
-		Expect(err).NotTo(HaveOccurred())
-		_, err = s.js.CreateOrUpdateConsumer(ctx, events.StreamName, cfg)
-		Expect(err).NotTo(HaveOccurred())
+		createConsumerOn(s.js, s.limits, ep.Namespace, ep.Name, nil)
 		d.Upsert(ep)
 	}
 	done := make(chan struct{})
@@ -81,7 +78,7 @@ func (s *isolated) publish(ns, typ, id, key string, version int64) {
 func (s *isolated) deadLetters(g Gomega, ns string) []dispatcher.DeadLetter {
 	const ep = "crm"
 	var out []dispatcher.DeadLetter
-	for _, m := range readAllOn(g, s.js, streams.DeadLetterStream, streams.DeadLetterSubject(ns, ep), false) {
+	for _, m := range readAllOn(g, s.js, streams.DeadLetterStream(ns), streams.DeadLetterSubject(ns, ep), false) {
 		var dl dispatcher.DeadLetter
 		g.Expect(json.Unmarshal(m.Data(), &dl)).To(Succeed())
 		out = append(out, dl)
@@ -341,7 +338,7 @@ var _ = Describe("Dispatcher at the edges of the contract", func() {
 			}))
 			publish(ns, "a.b", "evt_v9", "sub", 9, map[string]any{})
 			publish(ns, "a.b", "evt_v8", "sub", 8, map[string]any{})
-			Eventually(status("evt_v8")).Should(ConsistOf(HaveField("State", dispatcher.StateSuperseded)))
+			Eventually(status(ns, "evt_v8")).Should(ConsistOf(HaveField("State", dispatcher.StateSuperseded)))
 			Expect(versionsOf(rc)).To(Equal([]int64{9}))
 		})
 	})
@@ -368,7 +365,7 @@ var _ = Describe("Dispatcher at the edges of the contract", func() {
 			}
 			Expect(full).To(MatchError(events.ErrStreamFull))
 			Expect(published).To(BeNumerically(">", 10))
-			st, err := s.js.Stream(context.Background(), events.StreamName)
+			st, err := s.js.Stream(context.Background(), events.StreamName(ns))
 			Expect(err).NotTo(HaveOccurred())
 			info, err := st.Info(context.Background())
 			Expect(err).NotTo(HaveOccurred())
@@ -396,7 +393,7 @@ var _ = Describe("Dispatcher at the edges of the contract", func() {
 			Expect(stored).To(BeNumerically("<", 8), "the budget should have refused some dead letters")
 			Consistently(rc.count, 2*time.Second).Should(Equal(8), "a dead event was sent again")
 
-			s.setStream(streams.DeadLetterStream, func(c *jetstream.StreamConfig) { c.MaxBytes = 1 << 20 })
+			s.setStream(streams.DeadLetterStream(ns), func(c *jetstream.StreamConfig) { c.MaxBytes = 1 << 20 })
 			Eventually(func(g Gomega) { g.Expect(s.deadLetters(g, ns)).To(HaveLen(8)) }, 15*time.Second).Should(Succeed())
 			Eventually(func(g Gomega) { g.Expect(s.health(g, ns).PendingWrites).To(BeZero()) }).Should(Succeed())
 			Expect(rc.count()).To(Equal(8))
@@ -413,7 +410,7 @@ var _ = Describe("Dispatcher at the edges of the contract", func() {
 			}
 			Eventually(rc.count, 20*time.Second).Should(Equal(400))
 			Eventually(func(g Gomega) {
-				log, err := s.js.Stream(context.Background(), streams.AttemptsStream)
+				log, err := s.js.Stream(context.Background(), streams.AttemptsStream(ns))
 				g.Expect(err).NotTo(HaveOccurred())
 				li, err := log.Info(context.Background())
 				g.Expect(err).NotTo(HaveOccurred())
@@ -451,12 +448,7 @@ var _ = Describe("Dispatcher at the edges of the contract", func() {
 			d := startDispatcher()
 			// A short ack wait: the later events wait for the rate limit
 			// well past it, and JetStream redelivers them meanwhile.
-			spec := endpointSpec()
-			cfg, err := streams.ConsumerConfig(ns, "crm", &spec)
-			Expect(err).NotTo(HaveOccurred())
-			cfg.AckWait = time.Second
-			_, err = js.CreateOrUpdateConsumer(context.Background(), events.StreamName, cfg)
-			Expect(err).NotTo(HaveOccurred())
+			createConsumerOn(js, streams.DefaultLimits(), ns, "crm", func(c *jetstream.ConsumerConfig) { c.AckWait = time.Second })
 			d.Upsert(ep)
 			const n = 30 // the last waits 3 s for its first turn
 			for i := range n {
@@ -480,17 +472,17 @@ var _ = Describe("Dispatcher at the edges of the contract", func() {
 			rc := newReceiver(always(200))
 			s.start(nil, endpoint(ns, "crm", rc.URL))
 			before := metricValue("herald_delivery_log_publish_failures_total", nil)
-			logSubjects := []string{streams.AttemptsPrefix + ".>"}
-			s.setStream(streams.AttemptsStream, func(c *jetstream.StreamConfig) { c.Subjects = []string{"herald.switched-off.>"} })
+			logSubjects := []string{streams.AttemptsPrefix + "." + ns + ".>"}
+			s.setStream(streams.AttemptsStream(ns), func(c *jetstream.StreamConfig) { c.Subjects = []string{"herald.switched-off.>"} })
 			for i := range 5 {
 				s.publish(ns, "a.b", fmt.Sprintf("evt_l%d", i), "", 0)
 			}
 			Eventually(rc.count).Should(Equal(5))
 			Eventually(func() float64 { return metricValue("herald_delivery_log_publish_failures_total", nil) }).Should(BeNumerically(">=", before+5))
-			s.setStream(streams.AttemptsStream, func(c *jetstream.StreamConfig) { c.Subjects = logSubjects })
+			s.setStream(streams.AttemptsStream(ns), func(c *jetstream.StreamConfig) { c.Subjects = logSubjects })
 			Eventually(func(g Gomega) {
 				out := map[string]string{}
-				for _, m := range readAllOn(g, s.js, streams.AttemptsStream, streams.AttemptSubject(ns, "crm", "*"), false) {
+				for _, m := range readAllOn(g, s.js, streams.AttemptsStream(ns), streams.AttemptSubject(ns, "crm", "*"), false) {
 					var a dispatcher.Attempt
 					g.Expect(json.Unmarshal(m.Data(), &a)).To(Succeed())
 					out[a.EventID] = a.Outcome

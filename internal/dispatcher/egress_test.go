@@ -53,7 +53,7 @@ var _ = Describe("Dispatcher egress guard", func() {
 
 			refusedOnce("evt_refused", "127.0.0.1")
 			Expect(rc.count()).To(BeZero())
-			Eventually(status("evt_refused")).Should(ConsistOf(HaveField("State", dispatcher.StateDead)))
+			Eventually(status(ns, "evt_refused")).Should(ConsistOf(HaveField("State", dispatcher.StateDead)))
 		})
 
 		It("refuses a hostname that resolves to loopback", func() {
@@ -87,7 +87,7 @@ var _ = Describe("Dispatcher egress guard", func() {
 			publish(ns, "invoice.paid", "evt_allowed", "inv_1", 1, map[string]any{})
 
 			Eventually(rc.ids).Should(ConsistOf("evt_allowed"))
-			Eventually(status("evt_allowed")).Should(ConsistOf(HaveField("State", dispatcher.StateSent)))
+			Eventually(status(ns, "evt_allowed")).Should(ConsistOf(HaveField("State", dispatcher.StateSent)))
 		})
 	})
 

@@ -61,12 +61,12 @@ var _ = Describe("Headers from Secrets", func() {
 		var attempts, dead []string
 		Eventually(func(g Gomega) {
 			attempts = nil
-			for _, m := range readAll(g, streams.AttemptsStream, streams.AttemptSubject(ns, "crm", "*"), false) {
+			for _, m := range readAll(g, streams.AttemptsStream(ns), streams.AttemptSubject(ns, "crm", "*"), false) {
 				attempts = append(attempts, string(m.Data()))
 			}
 			g.Expect(attempts).To(HaveLen(2))
 			dead = nil
-			for _, m := range readAll(g, streams.DeadLetterStream, streams.DeadLetterSubject(ns, "crm"), false) {
+			for _, m := range readAll(g, streams.DeadLetterStream(ns), streams.DeadLetterSubject(ns, "crm"), false) {
 				dead = append(dead, string(m.Data()))
 			}
 			g.Expect(dead).To(HaveLen(1))

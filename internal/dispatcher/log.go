@@ -125,11 +125,20 @@ func (d *Dispatcher) retryLog(ctx context.Context) {
 // History reads every logged attempt to deliver one event to one endpoint,
 // oldest first.
 func History(ctx context.Context, js jetstream.JetStream, namespace, endpoint, eventID string) ([]Attempt, error) {
-	stream, err := js.Stream(ctx, streams.AttemptsStream)
+	stream, err := js.Stream(ctx, streams.AttemptsStream(namespace))
 	if err != nil {
-		return nil, fmt.Errorf("opening delivery log: %w", err)
+		return nil, fmt.Errorf("opening delivery log %s: %w", streams.AttemptsStream(namespace), err)
 	}
 	return readAttempts(ctx, stream, streams.AttemptSubject(namespace, endpoint, eventID))
+}
+
+// readLog reads a namespace's delivery-log entries on subject.
+func (d *Dispatcher) readLog(ctx context.Context, namespace, subject string) ([]Attempt, error) {
+	stream, err := d.logStream(ctx, namespace)
+	if err != nil {
+		return nil, err
+	}
+	return readAttempts(ctx, stream, subject)
 }
 
 // readAttempts reads the delivery-log entries on subject (which may hold

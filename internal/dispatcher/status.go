@@ -31,28 +31,24 @@ const (
 	StateSuperseded = "superseded"
 )
 
-// EventStatus looks an event up in the delivery log: one walk over the
-// event's entries, keeping the newest per endpoint. The id is checked
-// first (it becomes a subject token, so `>` would read the whole log);
-// namespace, when given, scopes the walk to that namespace. When
-// namespace and eventType are given it also lists the endpoints whose
-// consumers match the event but have not tried it yet, as queued.
+// EventStatus looks an event up in a namespace's delivery log: one walk
+// over the event's entries, keeping the newest per endpoint. The id and
+// namespace are checked first (they become subject tokens, so `>` would
+// read the whole log). When eventType is given it also lists the
+// endpoints whose consumers match the event but have not tried it yet, as
+// queued.
 func EventStatus(ctx context.Context, js jetstream.JetStream, eventID, namespace, eventType string) ([]EventState, error) {
 	if err := events.CheckID(eventID); err != nil {
 		return nil, err
 	}
-	ns := "*"
-	if namespace != "" {
-		if err := (events.Event{ID: eventID, Namespace: namespace, Type: "x", Data: []byte("{}")}).Validate(); err != nil {
-			return nil, err
-		}
-		ns = namespace
+	if err := (events.Event{ID: eventID, Namespace: namespace, Type: "x", Data: []byte("{}")}).Validate(); err != nil {
+		return nil, err
 	}
-	log, err := js.Stream(ctx, streams.AttemptsStream)
+	log, err := js.Stream(ctx, streams.AttemptsStream(namespace))
 	if err != nil {
-		return nil, fmt.Errorf("opening delivery log: %w", err)
+		return nil, fmt.Errorf("opening delivery log %s: %w", streams.AttemptsStream(namespace), err)
 	}
-	all, err := readAttempts(ctx, log, streams.AttemptsPrefix+"."+ns+".*."+eventID)
+	all, err := readAttempts(ctx, log, streams.AttemptsPrefix+"."+namespace+".*."+eventID)
 	if err != nil {
 		return nil, err
 	}
@@ -67,11 +63,11 @@ func EventStatus(ctx context.Context, js jetstream.JetStream, eventID, namespace
 		seen[id] = true
 		out = append(out, EventState{Namespace: a.Namespace, Endpoint: a.Endpoint, State: stateOf(a.Outcome), Last: a})
 	}
-	if namespace != "" && eventType != "" {
+	if eventType != "" {
 		subject := events.Subject(namespace, eventType)
-		stream, err := js.Stream(ctx, events.StreamName)
+		stream, err := js.Stream(ctx, events.StreamName(namespace))
 		if err != nil {
-			return nil, fmt.Errorf("opening stream %s: %w", events.StreamName, err)
+			return nil, fmt.Errorf("opening stream %s: %w", events.StreamName(namespace), err)
 		}
 		lister := stream.ListConsumers(ctx)
 		for info := range lister.Info() {

@@ -117,10 +117,24 @@ func endpoint(ns, name, url string, mutate ...func(*dispatcher.Endpoint)) dispat
 // createConsumer does what the operator does for an endpoint of every
 // event type.
 func createConsumer(ns, name string) {
+	GinkgoHelper()
+	createConsumerOn(js, streams.DefaultLimits(), ns, name, nil)
+}
+
+// createConsumerOn does it on another server's JetStream: the namespace's
+// streams with limits l, then the endpoint's consumer (mutate, when
+// given, changes its config first).
+func createConsumerOn(js jetstream.JetStream, l streams.Limits, ns, name string, mutate func(*jetstream.ConsumerConfig)) {
+	GinkgoHelper()
+	ctx := context.Background()
+	Expect(streams.EnsureNamespace(ctx, js, l, ns)).To(Succeed())
 	spec := endpointSpec()
 	cfg, err := streams.ConsumerConfig(ns, name, &spec)
 	Expect(err).NotTo(HaveOccurred())
-	_, err = js.CreateOrUpdateConsumer(context.Background(), events.StreamName, cfg)
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	_, err = js.CreateOrUpdateConsumer(ctx, events.StreamName(ns), cfg)
 	Expect(err).NotTo(HaveOccurred())
 }
 
@@ -226,9 +240,9 @@ func (rc *receiver) ids() []string {
 	return out
 }
 
-func status(id string) func(Gomega) []dispatcher.EventState {
+func status(ns, id string) func(Gomega) []dispatcher.EventState {
 	return func(g Gomega) []dispatcher.EventState {
-		st, err := dispatcher.EventStatus(context.Background(), js, id, "", "")
+		st, err := dispatcher.EventStatus(context.Background(), js, id, ns, "")
 		g.Expect(err).NotTo(HaveOccurred())
 		return st
 	}
@@ -279,7 +293,7 @@ func readAllOn(g Gomega, js jetstream.JetStream, stream, filter string, lastPerS
 func deadLetters(g Gomega, ns string) []dispatcher.DeadLetter {
 	const ep = "crm"
 	var out []dispatcher.DeadLetter
-	for _, m := range readAll(g, streams.DeadLetterStream, streams.DeadLetterSubject(ns, ep), false) {
+	for _, m := range readAll(g, streams.DeadLetterStream(ns), streams.DeadLetterSubject(ns, ep), false) {
 		var dl dispatcher.DeadLetter
 		g.Expect(json.Unmarshal(m.Data(), &dl)).To(Succeed())
 		out = append(out, dl)
@@ -312,7 +326,7 @@ func signingKeys(secrets ...string) ([]signing.Key, error) {
 // endpoint.
 func lastOutcomes(g Gomega, ns, ep string) map[string]string {
 	out := map[string]string{}
-	for _, m := range readAll(g, streams.AttemptsStream, streams.AttemptSubject(ns, ep, "*"), true) {
+	for _, m := range readAll(g, streams.AttemptsStream(ns), streams.AttemptSubject(ns, ep, "*"), true) {
 		var a dispatcher.Attempt
 		g.Expect(json.Unmarshal(m.Data(), &a)).To(Succeed())
 		out[a.EventID] = a.Outcome

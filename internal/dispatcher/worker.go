@@ -233,7 +233,7 @@ func (w *worker) run() {
 func (w *worker) consumer(ctx context.Context) jetstream.Consumer {
 	ep := w.ep.Load()
 	for backoff := 100 * time.Millisecond; ; backoff = min(backoff*2, 5*time.Second) {
-		cons, err := w.d.js.Consumer(ctx, events.StreamName, streams.ConsumerName(ep.Namespace, ep.Name))
+		cons, err := w.d.js.Consumer(ctx, events.StreamName(ep.Namespace), streams.ConsumerName(ep.Namespace, ep.Name))
 		if err == nil {
 			return cons
 		}
@@ -588,7 +588,7 @@ func (w *worker) prior(ctx context.Context, e event) (progress, *Attempt) {
 		return p, nil
 	}
 	ep := w.ep.Load()
-	hist, err := readAttempts(ctx, w.d.attempts, streams.AttemptSubject(ep.Namespace, ep.Name, e.meta.ID))
+	hist, err := w.d.readLog(ctx, ep.Namespace, streams.AttemptSubject(ep.Namespace, ep.Name, e.meta.ID))
 	if err != nil {
 		// Counting deliveries over-counts hand-backs; it never under-counts.
 		w.log.Error(err, "reading an event's history; counting its deliveries as attempts", "eventID", e.meta.ID)

@@ -6,7 +6,9 @@ package streams
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -14,12 +16,16 @@ import (
 	"github.com/herald-dev/herald/pkg/events"
 )
 
-// Names of the streams and buckets Herald owns besides events.StreamName.
+// Names of the streams and buckets Herald owns. Streams are per
+// namespace (events.StreamName, AttemptsStream, DeadLetterStream): each is
+// a deduplication domain, a byte budget and a permission boundary of its
+// own. The two buckets are shared, keyed by namespace first, so that a
+// NATS permission on a key prefix is a namespace's share of them.
 const (
-	DeadLetterStream = "HERALD_DLQ"
-	DeadLetterPrefix = "herald.dlq"
-	AttemptsStream   = "HERALD_ATTEMPTS"
-	AttemptsPrefix   = "herald.attempts"
+	DeadLetterStreamPrefix = "HERALD_DLQ_"
+	DeadLetterPrefix       = "herald.dlq"
+	AttemptsStreamPrefix   = "HERALD_ATTEMPTS_"
+	AttemptsPrefix         = "herald.attempts"
 	// VersionsBucket holds the highest version delivered per endpoint and key.
 	VersionsBucket = "herald-versions"
 	// HealthBucket holds one delivery-health record per endpoint.
@@ -44,7 +50,8 @@ type Limits struct {
 	// remembered after its last delivery; it must outlive every replay.
 	VersionsMaxAge time.Duration
 
-	// Byte budgets, one per stream and bucket, so that no one of them can
+	// Byte budgets, one per stream and bucket (the streams' per
+	// namespace), so that no one of them can
 	// fill the JetStream storage the others need. When one is reached:
 	// the events stream refuses new publishes (producers get
 	// events.ErrStreamFull; stored events are never dropped), the delivery
@@ -67,50 +74,28 @@ func DefaultLimits() Limits {
 		AttemptsMaxAge:   7 * 24 * time.Hour,
 		DeadLetterMaxAge: 30 * 24 * time.Hour,
 		VersionsMaxAge:   60 * 24 * time.Hour,
-		// 13.3 GiB in all: fits a 20 GiB JetStream volume with room for
-		// the server's own files (docs/operations.md has the sizing table).
-		EventsMaxBytes:     8 << 30,
-		AttemptsMaxBytes:   4 << 30,
-		DeadLetterMaxBytes: 1 << 30,
+		// Per namespace: 1.75 GiB of streams. JetStream reserves every
+		// stream's budget against the server's max_file_store when the
+		// stream is created, so a server takes as many namespaces as its
+		// max_file_store holds budgets (docs/operations.md, Storage).
+		EventsMaxBytes:     1 << 30,
+		AttemptsMaxBytes:   512 << 20,
+		DeadLetterMaxBytes: 256 << 20,
 		VersionsMaxBytes:   256 << 20,
 		HealthMaxBytes:     64 << 20,
 	}
 }
 
-// Budget is one stream's byte budget, for the storage metrics.
-type Budget struct {
-	Stream   string
-	MaxBytes int64
-}
-
-// Budgets lists every stream Herald owns (buckets by their streams' names)
-// with its byte budget.
-func Budgets(l Limits) []Budget {
-	var out []Budget
-	for _, c := range StreamConfigs(l) {
-		out = append(out, Budget{Stream: c.Name, MaxBytes: c.MaxBytes})
-	}
-	for _, c := range BucketConfigs(l) {
-		out = append(out, Budget{Stream: "KV_" + c.Bucket, MaxBytes: c.MaxBytes})
-	}
-	return out
-}
-
-// budget turns 0 (unset) into JetStream's "no limit".
-func budget(n int64) int64 {
-	if n <= 0 {
-		return -1
-	}
-	return n
-}
-
-// StreamConfigs are the desired configs of Herald's streams.
-func StreamConfigs(l Limits) []jetstream.StreamConfig {
+// NamespaceStreamConfigs are the desired configs of one namespace's
+// streams: its events, its delivery log and its dead letters. The byte
+// budgets are per namespace: one tenant filling its streams refuses or
+// drops only its own.
+func NamespaceStreamConfigs(l Limits, namespace string) []jetstream.StreamConfig {
 	return []jetstream.StreamConfig{
 		{
-			Name:        events.StreamName,
-			Description: "Herald events: herald.events.<namespace>.<type>",
-			Subjects:    []string{events.SubjectPrefix + ".>"},
+			Name:        events.StreamName(namespace),
+			Description: "Herald events of namespace " + namespace + ": herald.events." + namespace + ".<type>",
+			Subjects:    []string{events.NamespaceSubjects(namespace)},
 			Storage:     jetstream.FileStorage,
 			Retention:   jetstream.LimitsPolicy,
 			Replicas:    l.Replicas,
@@ -118,14 +103,17 @@ func StreamConfigs(l Limits) []jetstream.StreamConfig {
 			MaxMsgSize:  int32(l.MaxBodyBytes + events.HeaderAllowance),
 			Duplicates:  min(l.DuplicateWindow, l.EventsMaxAge),
 			MaxBytes:    budget(l.EventsMaxBytes),
+			// One consumer per endpoint; the server's default cap (1,000
+			// per stream) would be the namespace's endpoint limit.
+			MaxConsumers: MaxEndpointsPerNamespace,
 			// Full means refuse the publish, never drop a stored event:
 			// the producer gets an error it can act on.
 			Discard: jetstream.DiscardNew,
 		},
 		{
-			Name:        DeadLetterStream,
-			Description: "Herald dead letters: herald.dlq.<namespace>.<endpoint>",
-			Subjects:    []string{DeadLetterPrefix + ".>"},
+			Name:        DeadLetterStream(namespace),
+			Description: "Herald dead letters of namespace " + namespace + ": herald.dlq." + namespace + ".<endpoint>",
+			Subjects:    []string{DeadLetterPrefix + "." + namespace + ".>"},
 			Storage:     jetstream.FileStorage,
 			Replicas:    l.Replicas,
 			MaxAge:      l.DeadLetterMaxAge,
@@ -138,9 +126,9 @@ func StreamConfigs(l Limits) []jetstream.StreamConfig {
 			Discard: jetstream.DiscardNew,
 		},
 		{
-			Name:        AttemptsStream,
-			Description: "Herald delivery log: herald.attempts.<namespace>.<endpoint>.<event id>",
-			Subjects:    []string{AttemptsPrefix + ".>"},
+			Name:        AttemptsStream(namespace),
+			Description: "Herald delivery log of namespace " + namespace + ": herald.attempts." + namespace + ".<endpoint>.<event id>",
+			Subjects:    []string{AttemptsPrefix + "." + namespace + ".>"},
 			Storage:     jetstream.FileStorage,
 			Replicas:    l.Replicas,
 			MaxAge:      l.AttemptsMaxAge,
@@ -154,6 +142,38 @@ func StreamConfigs(l Limits) []jetstream.StreamConfig {
 	}
 }
 
+// budget turns 0 (unset) into JetStream's "no limit".
+func budget(n int64) int64 {
+	if n <= 0 {
+		return -1
+	}
+	return n
+}
+
+// MaxEndpointsPerNamespace is the most endpoints (consumers) one
+// namespace's events stream takes.
+const MaxEndpointsPerNamespace = 10000
+
+// Namespace reports the namespace whose stream name is, if it is one of
+// Herald's per-namespace streams.
+func Namespace(stream string) (string, bool) {
+	for _, p := range []string{events.StreamPrefix, AttemptsStreamPrefix, DeadLetterStreamPrefix} {
+		if ns, ok := strings.CutPrefix(stream, p); ok && ns != "" {
+			return ns, true
+		}
+	}
+	return "", false
+}
+
+// Owned reports whether a stream is one of Herald's: a namespace's
+// stream or one of the buckets'.
+func Owned(stream string) bool {
+	if _, ok := Namespace(stream); ok {
+		return true
+	}
+	return stream == "KV_"+VersionsBucket || stream == "KV_"+HealthBucket
+}
+
 // BucketConfigs are the desired configs of Herald's key-value buckets.
 func BucketConfigs(l Limits) []jetstream.KeyValueConfig {
 	return []jetstream.KeyValueConfig{
@@ -162,14 +182,9 @@ func BucketConfigs(l Limits) []jetstream.KeyValueConfig {
 	}
 }
 
-// Ensure creates Herald's streams and buckets, or brings their limits back
-// to l when they drifted.
+// Ensure creates Herald's shared buckets, or brings their limits back to
+// l when they drifted. Namespaces' streams are EnsureNamespace's.
 func Ensure(ctx context.Context, js jetstream.JetStream, l Limits) error {
-	for _, cfg := range StreamConfigs(l) {
-		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
-			return fmt.Errorf("ensuring stream %s: %w", cfg.Name, err)
-		}
-	}
 	for _, cfg := range BucketConfigs(l) {
 		if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
 			return fmt.Errorf("ensuring key-value bucket %s: %w", cfg.Bucket, err)
@@ -177,6 +192,46 @@ func Ensure(ctx context.Context, js jetstream.JetStream, l Limits) error {
 	}
 	return nil
 }
+
+// EnsureNamespace creates one namespace's streams, or brings their limits
+// back to l.
+func EnsureNamespace(ctx context.Context, js jetstream.JetStream, l Limits, namespace string) error {
+	for _, cfg := range NamespaceStreamConfigs(l, namespace) {
+		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+			return fmt.Errorf("ensuring stream %s: %w", cfg.Name, err)
+		}
+	}
+	return nil
+}
+
+// RemoveEmpty deletes those of a namespace's streams that hold nothing
+// any more (for a namespace without endpoints: its events, log entries
+// and dead letters have aged out), and reports how many remain.
+func RemoveEmpty(ctx context.Context, js jetstream.JetStream, namespace string) (remaining int, err error) {
+	for _, name := range []string{events.StreamName(namespace), AttemptsStream(namespace), DeadLetterStream(namespace)} {
+		s, err := js.Stream(ctx, name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			continue
+		}
+		if err != nil {
+			return 0, fmt.Errorf("reading stream %s: %w", name, err)
+		}
+		if s.CachedInfo().State.Msgs > 0 {
+			remaining++
+			continue
+		}
+		if err := js.DeleteStream(ctx, name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return 0, fmt.Errorf("deleting empty stream %s: %w", name, err)
+		}
+	}
+	return remaining, nil
+}
+
+// AttemptsStream is the stream of one namespace's delivery log.
+func AttemptsStream(namespace string) string { return AttemptsStreamPrefix + namespace }
+
+// DeadLetterStream is the stream of one namespace's dead letters.
+func DeadLetterStream(namespace string) string { return DeadLetterStreamPrefix + namespace }
 
 // DeadLetterSubject is where an endpoint's dead letters go.
 func DeadLetterSubject(namespace, endpoint string) string {

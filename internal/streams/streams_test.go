@@ -12,33 +12,56 @@ func TestEveryStreamAndBucketHasABudgetAndTheRightDiscardPolicy(t *testing.T) {
 	l := DefaultLimits()
 	want := map[string]jetstream.DiscardPolicy{
 		// Refuse the publish: a producer can retry, a dropped event is lost.
-		events.StreamName: jetstream.DiscardNew,
+		events.StreamName("shop"): jetstream.DiscardNew,
 		// Refuse: the dispatcher keeps the event and retries the store.
-		DeadLetterStream: jetstream.DiscardNew,
+		DeadLetterStream("shop"): jetstream.DiscardNew,
 		// The audit trail thins out rather than stopping deliveries.
-		AttemptsStream: jetstream.DiscardOld,
+		AttemptsStream("shop"): jetstream.DiscardOld,
 	}
-	for _, c := range StreamConfigs(l) {
+	cfgs := NamespaceStreamConfigs(l, "shop")
+	if len(cfgs) != len(want) {
+		t.Fatalf("a namespace has %d streams, want %d", len(cfgs), len(want))
+	}
+	for _, c := range cfgs {
 		if c.MaxBytes <= 0 {
 			t.Errorf("stream %s has no byte budget", c.Name)
 		}
 		if c.Discard != want[c.Name] {
 			t.Errorf("stream %s discards %v, want %v", c.Name, c.Discard, want[c.Name])
 		}
+		if ns, ok := Namespace(c.Name); !ok || ns != "shop" || !Owned(c.Name) {
+			t.Errorf("Namespace(%s) = %q, %v; want shop", c.Name, ns, ok)
+		}
 	}
 	for _, c := range BucketConfigs(l) {
 		if c.MaxBytes <= 0 {
 			t.Errorf("bucket %s has no byte budget", c.Bucket)
 		}
+		if !Owned("KV_" + c.Bucket) {
+			t.Errorf("bucket %s is not Owned", c.Bucket)
+		}
 	}
-	if n := len(Budgets(l)); n != 5 {
-		t.Errorf("Budgets lists %d streams, want 5", n)
+}
+
+// A namespace's streams take only its own subjects: a stream is the
+// namespace's deduplication domain only if nothing else lands in it.
+func TestANamespacesStreamsTakeOnlyItsSubjects(t *testing.T) {
+	for _, c := range NamespaceStreamConfigs(DefaultLimits(), "shop") {
+		for _, s := range c.Subjects {
+			for _, own := range []string{events.NamespaceSubjects("shop"), AttemptsPrefix + ".shop.>", DeadLetterPrefix + ".shop.>"} {
+				if s == own {
+					goto next
+				}
+			}
+			t.Errorf("stream %s takes %s, which is not only namespace shop's", c.Name, s)
+		next:
+		}
 	}
 }
 
 func TestDeadLettersHaveTheirOwnDuplicateWindow(t *testing.T) {
-	for _, c := range StreamConfigs(DefaultLimits()) {
-		if c.Name == DeadLetterStream && c.Duplicates != DefaultLimits().DuplicateWindow {
+	for _, c := range NamespaceStreamConfigs(DefaultLimits(), "shop") {
+		if c.Name == DeadLetterStream("shop") && c.Duplicates != DefaultLimits().DuplicateWindow {
 			t.Fatalf("dead-letter duplicate window = %s, want %s", c.Duplicates, DefaultLimits().DuplicateWindow)
 		}
 	}
@@ -47,8 +70,8 @@ func TestDeadLettersHaveTheirOwnDuplicateWindow(t *testing.T) {
 func TestDuplicateWindowNeverOutlivesTheEvents(t *testing.T) {
 	l := DefaultLimits()
 	l.EventsMaxAge = l.DuplicateWindow / 2
-	for _, c := range StreamConfigs(l) {
-		if c.Name == events.StreamName && c.Duplicates > c.MaxAge {
+	for _, c := range NamespaceStreamConfigs(l, "shop") {
+		if c.Name == events.StreamName("shop") && c.Duplicates > c.MaxAge {
 			t.Fatalf("duplicate window %s is longer than the max age %s: JetStream refuses the stream", c.Duplicates, c.MaxAge)
 		}
 	}

@@ -67,8 +67,12 @@ func NATSWith(dir string, mutate func(*natsserver.Options)) (*natsserver.Server,
 		Port:      -1,
 		JetStream: true,
 		StoreDir:  dir,
-		NoLog:     true,
-		NoSigs:    true,
+		// JetStream reserves each stream's byte budget against this when
+		// the stream is created; specs make a namespace each, so the test
+		// server overcommits (writes are tiny) rather than run out.
+		JetStreamMaxStore: 1 << 40,
+		NoLog:             true,
+		NoSigs:            true,
 	}
 	mutate(opts)
 	s, err := natsserver.NewServer(opts)
@@ -81,4 +85,25 @@ func NATSWith(dir string, mutate func(*natsserver.Options)) (*natsserver.Server,
 		return nil, fmt.Errorf("nats server not ready within 10s")
 	}
 	return s, nil
+}
+
+// NATSConfig starts an in-process nats-server from configuration text, as
+// the nats-server binary would read it (accounts, authorization, auth
+// callout), listening on a random loopback port with JetStream storing in
+// dir.
+func NATSConfig(dir, conf string) (*natsserver.Server, error) {
+	path := filepath.Join(dir, "nats.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		return nil, fmt.Errorf("writing nats config: %w", err)
+	}
+	opts, err := natsserver.ProcessConfigFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading nats config: %w", err)
+	}
+	return NATSWith(dir, func(o *natsserver.Options) {
+		host, port, maxStore := o.Host, o.Port, o.JetStreamMaxStore
+		*o = *opts
+		o.Host, o.Port, o.JetStream, o.StoreDir, o.JetStreamMaxStore = host, port, true, filepath.Join(dir, "js"), maxStore
+		o.NoLog, o.NoSigs = true, true
+	})
 }

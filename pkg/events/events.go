@@ -33,8 +33,8 @@ import (
 
 // NATS names of the producer contract.
 const (
-	// StreamName is the stream that holds events.
-	StreamName = "HERALD_EVENTS"
+	// StreamPrefix starts the name of every namespace's events stream.
+	StreamPrefix = "HERALD_EVENTS_"
 	// SubjectPrefix is the first two tokens of every event subject.
 	SubjectPrefix = "herald.events"
 
@@ -69,6 +69,9 @@ var (
 	// ErrStreamFull is returned when the events stream has reached its
 	// byte budget: it refuses new events rather than drop stored ones.
 	ErrStreamFull = errors.New("the events stream is full (its byte budget is reached); nothing was stored, try again later")
+	// ErrNoStream is returned when the namespace has no events stream:
+	// Herald creates it with the namespace's first WebhookEndpoint.
+	ErrNoStream = errors.New("the namespace has no events stream (Herald creates it with the namespace's first WebhookEndpoint); nothing was stored")
 )
 
 var (
@@ -111,6 +114,12 @@ type Envelope struct {
 func Subject(namespace, eventType string) string {
 	return SubjectPrefix + "." + namespace + "." + eventType
 }
+
+// StreamName is the stream that holds one namespace's events. Each
+// namespace has its own, so JetStream's deduplication by Nats-Msg-Id, its
+// byte budget and its consumers are the namespace's alone: a producer of
+// another namespace can neither suppress nor crowd out its events.
+func StreamName(namespace string) string { return StreamPrefix + namespace }
 
 // NamespaceSubjects matches every event of one namespace.
 func NamespaceSubjects(namespace string) string {
@@ -185,7 +194,9 @@ func CheckID(id string) error {
 	return nil
 }
 
-// MsgID is the Nats-Msg-Id of an event: its id scoped by its namespace.
+// MsgID is the Nats-Msg-Id of an event. Deduplication is per stream, so
+// per namespace already; the namespace in it keeps ids readable in
+// mirrors and exports that mix namespaces.
 func MsgID(namespace, id string) string { return namespace + ":" + id }
 
 // Meta is what the dispatcher reads from a stored event's subject and

@@ -30,8 +30,10 @@ func jetStream(t *testing.T) jetstream.JetStream {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := streams.Ensure(context.Background(), js, streams.DefaultLimits()); err != nil {
-		t.Fatal(err)
+	for _, ns := range []string{"shop", "another-tenant"} {
+		if err := streams.EnsureNamespace(context.Background(), js, streams.DefaultLimits(), ns); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return js
 }
@@ -96,6 +98,38 @@ func TestPublishDeduplicatesByIDWithinANamespaceOnly(t *testing.T) {
 	}
 	if ack.Duplicate {
 		t.Fatal("the same id in another namespace is another event")
+	}
+}
+
+// A producer of one namespace cannot suppress another's event, whatever
+// message id it sends: each namespace's stream is its own deduplication
+// domain.
+func TestAnotherNamespacesMessageIDSuppressesNothing(t *testing.T) {
+	js := jetStream(t)
+	ctx := context.Background()
+	forged := &nats.Msg{Subject: events.Subject("another-tenant", "subscription.updated"), Data: []byte(`{}`),
+		Header: nats.Header{events.HeaderID: []string{events.MsgID("shop", "evt_1")}}}
+	if _, err := js.PublishMsg(ctx, forged); err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := events.NewPublisher(js)
+	ack, err := pub.Publish(ctx, valid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ack.Duplicate || ack.Stream != events.StreamName("shop") {
+		t.Fatalf("shop's evt_1 must be stored in shop's stream, not dropped as a duplicate of another namespace's message: %+v", ack)
+	}
+}
+
+func TestPublishToANamespaceWithoutAStreamSaysSo(t *testing.T) {
+	js := jetStream(t)
+	pub, _ := events.NewPublisher(js)
+	e := valid()
+	e.Namespace = "no-endpoints-here"
+	_, err := pub.Publish(context.Background(), e)
+	if !errors.Is(err, events.ErrNoStream) {
+		t.Fatalf("got %v, want ErrNoStream", err)
 	}
 }
 

@@ -50,6 +50,7 @@ func NewPublisher(js jetstream.JetStream, opts ...Option) (*Publisher, error) {
 // wrap ErrMissingID, ErrInvalidID, ErrInvalidType, ErrInvalidNamespace,
 // ErrInvalidKey, ErrInvalidVersion, ErrBodyNotJSON or ErrBodyTooLarge when
 // the event is at fault, ErrStreamFull when the stream is at its budget,
+// ErrNoStream when the namespace has no stream yet,
 // and the JetStream error otherwise.
 func (p *Publisher) Publish(ctx context.Context, e Event) (*jetstream.PubAck, error) {
 	body, headers, err := e.Encode(p.maxBody)
@@ -60,10 +61,13 @@ func (p *Publisher) Publish(ctx context.Context, e Event) (*jetstream.PubAck, er
 	for k, v := range headers {
 		msg.Header.Set(k, v)
 	}
-	ack, err := p.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(StreamName))
+	ack, err := p.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(StreamName(e.Namespace)))
 	if err != nil {
-		if isFull(err) {
+		switch {
+		case isFull(err):
 			err = fmt.Errorf("%w: %w", ErrStreamFull, err)
+		case errors.Is(err, jetstream.ErrNoStreamResponse):
+			err = fmt.Errorf("%w: %w", ErrNoStream, err)
 		}
 		return nil, fmt.Errorf("publishing event %q to %s: %w", e.ID, msg.Subject, err)
 	}
