@@ -1,0 +1,220 @@
+package natsauth
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
+	authnv1 "k8s.io/api/authentication/v1"
+	authzv1 "k8s.io/api/authorization/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apiserver/pkg/authentication/serviceaccount"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// DefaultAudience is the audience of the ServiceAccount tokens Herald's
+// NATS accepts. A token for another audience (the API server's own, say)
+// is refused, so a token stolen from elsewhere does not open NATS, and a
+// Herald token does not open the API server.
+const DefaultAudience = "nats.herald.dev"
+
+// DefaultMaxTTL caps an issued user JWT when the token has no expiry.
+const DefaultMaxTTL = time.Hour
+
+// DispatcherServiceAccount is the ServiceAccount the operator gives each
+// namespace's dispatcher; its tokens get RoleDispatcher.
+const DispatcherServiceAccount = "herald-dispatcher"
+
+// The RBAC check for producers and readers: a SubjectAccessReview in the
+// token's namespace. Producers are granted with a RoleBinding to the
+// shipped ClusterRole herald-producer; readers are whoever may get the
+// namespace's WebhookEndpoints.
+var (
+	producerAccess = authzv1.ResourceAttributes{Group: "webhooks.herald.dev", Resource: "events", Verb: "publish"}
+	readerAccess   = authzv1.ResourceAttributes{Group: "webhooks.herald.dev", Resource: "webhookendpoints", Verb: "get"}
+)
+
+// Callout answers the NATS server's authorization requests.
+type Callout struct {
+	// NC is the manager's own connection (an auth_users nkey).
+	NC *nats.Conn
+	// Issuer signs the user JWTs and the responses: the account key whose
+	// public half is the server's auth_callout issuer.
+	Issuer nkeys.KeyPair
+	// Account is the account users are placed in.
+	Account string
+	// Client creates TokenReviews and SubjectAccessReviews.
+	Client client.Client
+	// Audience tokens must carry; default DefaultAudience.
+	Audience string
+	// MaxTTL caps a user JWT's life; default DefaultMaxTTL.
+	MaxTTL time.Duration
+	Log    logr.Logger
+}
+
+// SubjectAuth is where the server sends authorization requests.
+const SubjectAuth = "$SYS.REQ.USER.AUTH"
+
+// Start serves requests until ctx ends. Every manager replica serves (a
+// queue group shares the load), so a leader change never stops clients
+// from connecting.
+func (c *Callout) Start(ctx context.Context) error {
+	if c.Audience == "" {
+		c.Audience = DefaultAudience
+	}
+	if c.MaxTTL <= 0 {
+		c.MaxTTL = DefaultMaxTTL
+	}
+	sub, err := c.NC.QueueSubscribe(SubjectAuth, "herald-callout", func(m *nats.Msg) { c.serve(ctx, m) })
+	if err != nil {
+		return fmt.Errorf("subscribing to %s: %w", SubjectAuth, err)
+	}
+	<-ctx.Done()
+	return sub.Unsubscribe()
+}
+
+// NeedLeaderElection is false: see Start.
+func (c *Callout) NeedLeaderElection() bool { return false }
+
+func (c *Callout) serve(ctx context.Context, m *nats.Msg) {
+	req, err := jwt.DecodeAuthorizationRequestClaims(string(m.Data))
+	if err != nil {
+		c.Log.Error(err, "undecodable authorization request")
+		return // the server times the request out and refuses the client
+	}
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	user, id, err := c.Authorize(rctx, req)
+	resp := jwt.NewAuthorizationResponseClaims(req.UserNkey)
+	resp.Audience = req.Server.ID
+	if err != nil {
+		// The client sees only "Authorization Violation"; the reason is
+		// ours to log, without the token.
+		c.Log.Info("NATS connection refused", "client", req.ClientInformation.Name, "host", req.ClientInformation.Host, "reason", err.Error())
+		resp.Error = "not authorized"
+	} else {
+		c.Log.V(1).Info("NATS connection authorized", "client", req.ClientInformation.Name, "identity", id)
+		resp.Jwt = user
+	}
+	out, err := resp.Encode(c.Issuer)
+	if err != nil {
+		c.Log.Error(err, "signing authorization response")
+		return
+	}
+	if err := m.Respond([]byte(out)); err != nil {
+		c.Log.Error(err, "answering authorization request")
+	}
+}
+
+// Identity is who a token turned out to be, for logs.
+type Identity struct {
+	Namespace, ServiceAccount string
+	Roles                     []Role
+}
+
+func (i Identity) String() string {
+	return fmt.Sprintf("%s/%s %v", i.Namespace, i.ServiceAccount, i.Roles)
+}
+
+// Authorize checks the request's token and returns the signed user JWT.
+func (c *Callout) Authorize(ctx context.Context, req *jwt.AuthorizationRequestClaims) (string, Identity, error) {
+	token := req.ConnectOptions.Token
+	if token == "" {
+		return "", Identity{}, errors.New("no ServiceAccount token")
+	}
+	tr := &authnv1.TokenReview{Spec: authnv1.TokenReviewSpec{Token: token, Audiences: []string{c.Audience}}}
+	if err := c.Client.Create(ctx, tr); err != nil {
+		return "", Identity{}, fmt.Errorf("reviewing the token: %w", err)
+	}
+	if !tr.Status.Authenticated {
+		return "", Identity{}, fmt.Errorf("token not authenticated: %s", tr.Status.Error)
+	}
+	if !slices.Contains(tr.Status.Audiences, c.Audience) {
+		return "", Identity{}, fmt.Errorf("token is not for audience %s", c.Audience)
+	}
+	ns, name, err := serviceaccount.SplitUsername(tr.Status.User.Username)
+	if err != nil {
+		return "", Identity{}, fmt.Errorf("only ServiceAccount tokens are accepted, not %q", tr.Status.User.Username)
+	}
+	id := Identity{Namespace: ns, ServiceAccount: name}
+	if name == DispatcherServiceAccount {
+		id.Roles = append(id.Roles, RoleDispatcher)
+	}
+	for _, check := range []struct {
+		role Role
+		attr authzv1.ResourceAttributes
+	}{{RoleProducer, producerAccess}, {RoleReader, readerAccess}} {
+		ok, err := c.allowed(ctx, tr.Status.User, ns, check.attr)
+		if err != nil {
+			return "", id, err
+		}
+		if ok {
+			id.Roles = append(id.Roles, check.role)
+		}
+	}
+	if len(id.Roles) == 0 {
+		return "", id, fmt.Errorf("ServiceAccount %s/%s may not use Herald's NATS: bind the ClusterRole herald-producer to it in its namespace", ns, name)
+	}
+	expires := time.Now().Add(c.MaxTTL)
+	if exp, ok := tokenExpiry(token); ok && exp.Before(expires) {
+		expires = exp
+	}
+	uc := jwt.NewUserClaims(req.UserNkey)
+	uc.Name = id.Namespace + "/" + id.ServiceAccount
+	uc.Audience = c.Account
+	// The user lives no longer than the token: at expiry the server
+	// closes the connection, and nats.go reconnects with the token that
+	// the kubelet has rotated into the file meanwhile.
+	uc.Expires = expires.Unix()
+	uc.Permissions = Permissions(ns, id.Roles...)
+	signed, err := uc.Encode(c.Issuer)
+	if err != nil {
+		return "", id, fmt.Errorf("signing user JWT: %w", err)
+	}
+	return signed, id, nil
+}
+
+func (c *Callout) allowed(ctx context.Context, u authnv1.UserInfo, ns string, attr authzv1.ResourceAttributes) (bool, error) {
+	attr.Namespace = ns
+	extra := map[string]authzv1.ExtraValue{}
+	for k, v := range u.Extra {
+		extra[k] = authzv1.ExtraValue(v)
+	}
+	sar := &authzv1.SubjectAccessReview{
+		ObjectMeta: metav1.ObjectMeta{},
+		Spec:       authzv1.SubjectAccessReviewSpec{User: u.Username, UID: u.UID, Groups: u.Groups, Extra: extra, ResourceAttributes: &attr},
+	}
+	if err := c.Client.Create(ctx, sar); err != nil {
+		return false, fmt.Errorf("checking %s %s for %s: %w", attr.Verb, attr.Resource, u.Username, err)
+	}
+	return sar.Status.Allowed, nil
+}
+
+// tokenExpiry reads the exp claim of a JWT the TokenReview has already
+// verified; nothing here is trusted before that.
+func tokenExpiry(token string) (time.Time, bool) {
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return time.Time{}, false
+	}
+	b, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return time.Time{}, false
+	}
+	var claims struct {
+		Exp int64 `json:"exp"`
+	}
+	if json.Unmarshal(b, &claims) != nil || claims.Exp == 0 {
+		return time.Time{}, false
+	}
+	return time.Unix(claims.Exp, 0), true
+}

@@ -1,0 +1,250 @@
+package natsauth_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"regexp"
+	"sync"
+	"time"
+
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+
+	v1 "github.com/herald-dev/herald/api/v1alpha1"
+	"github.com/herald-dev/herald/internal/dispatcher"
+	"github.com/herald-dev/herald/internal/egress"
+	"github.com/herald-dev/herald/internal/natsauth"
+	"github.com/herald-dev/herald/internal/streams"
+	"github.com/herald-dev/herald/pkg/events"
+	"github.com/herald-dev/herald/pkg/signing"
+)
+
+// receiver counts the webhooks it got, by event id, with their bodies.
+type receiver struct {
+	*httptest.Server
+	status int
+	mu     sync.Mutex
+	got    map[string][]byte
+}
+
+func newReceiver(status int) *receiver {
+	rc := &receiver{status: status, got: map[string][]byte{}}
+	rc.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var env struct {
+			ID   string          `json:"id"`
+			Data json.RawMessage `json:"data"`
+		}
+		_ = json.NewDecoder(r.Body).Decode(&env)
+		rc.mu.Lock()
+		rc.got[env.ID] = env.Data
+		rc.mu.Unlock()
+		w.WriteHeader(rc.status)
+	}))
+	DeferCleanup(rc.Close)
+	return rc
+}
+
+func (rc *receiver) received() map[string]string {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	out := map[string]string{}
+	for id, b := range rc.got {
+		out[id] = string(b)
+	}
+	return out
+}
+
+// runDispatcher runs a real dispatcher on c (a dispatcher token's
+// connection) for one endpoint "crm" of the tenant, and its consumer.
+func (t *tenant) runDispatcher(ctx context.Context, c *conn, url string, policy dispatcher.Policy) {
+	GinkgoHelper()
+	var spec v1.WebhookEndpointSpec
+	spec.EventTypes = []string{">"}
+	cfg, err := streams.ConsumerConfig(t.ns, "crm", &spec)
+	Expect(err).NotTo(HaveOccurred())
+	_, err = adminJS.CreateOrUpdateConsumer(ctx, events.StreamName(t.ns), cfg)
+	Expect(err).NotTo(HaveOccurred())
+	key, err := signing.ParseSecret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+	Expect(err).NotTo(HaveOccurred())
+	loopback := egress.New(egress.Config{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	dctx, cancel := context.WithCancel(context.Background())
+	d, err := dispatcher.New(dctx, c.js, dispatcher.WithLogger(discard()), dispatcher.WithEgressGuard(loopback),
+		dispatcher.WithHealthInterval(100*time.Millisecond))
+	Expect(err).NotTo(HaveOccurred())
+	d.Upsert(dispatcher.Endpoint{Namespace: t.ns, Name: "crm", URL: url, Keys: []signing.Key{key},
+		Timeout: 2 * time.Second, PerKey: true, MaxInFlight: 4, Policy: policy})
+	done := make(chan struct{})
+	go func() { defer close(done); _ = d.Run(dctx) }()
+	DeferCleanup(func() { cancel(); <-done })
+}
+
+func (c *conn) publish(ctx context.Context, ns, id string) error {
+	pub, err := events.NewPublisher(c.js)
+	if err != nil {
+		return err
+	}
+	_, err = pub.Publish(ctx, events.Event{ID: id, Namespace: ns, Type: "invoice.paid", Key: id, Data: []byte(fmt.Sprintf(`{"id":%q}`, id))})
+	return err
+}
+
+// refused runs an attempt and waits for the server's permissions
+// violation naming subject: NATS refuses it, it does not just fail.
+func (c *conn) refused(subject string, attempt func() error) {
+	GinkgoHelper()
+	for len(c.errs) > 0 {
+		<-c.errs
+	}
+	_ = attempt() // a refused request gets no reply: a timeout or no-responders
+	want := regexp.MustCompile(`(?i)permissions violation for (publish|subscription) to "` + regexp.QuoteMeta(subject) + `"`)
+	Eventually(c.errs).Should(Receive(WithTransform(func(e error) string { return e.Error() }, MatchRegexp(want.String()))),
+		"NATS must refuse %s", subject)
+}
+
+func (c *conn) request(subject string) func() error {
+	return func() error { _, err := c.nc.Request(subject, nil, 250*time.Millisecond); return err }
+}
+
+func (c *conn) subscribe(subject string) func() error {
+	return func() error {
+		if _, err := c.nc.Subscribe(subject, func(*nats.Msg) {}); err != nil {
+			return err
+		}
+		return c.nc.Flush()
+	}
+}
+
+func (c *conn) pub(subject string) func() error {
+	return func() error { return c.nc.Publish(subject, []byte(`{}`)) }
+}
+
+var _ = Describe("NATS identity per namespace", Ordered, func() {
+	var a, b *tenant
+	BeforeAll(func(ctx SpecContext) {
+		a = newTenant(ctx, "tenant-a")
+		b = newTenant(ctx, "tenant-b")
+	})
+
+	It("lets a namespace's dispatcher do its whole job with its own token: deliver, log, dead-letter, versions, health", func(ctx SpecContext) {
+		ok := newReceiver(http.StatusOK)
+		a.runDispatcher(ctx, a.connect(ctx, natsauth.DispatcherServiceAccount), ok.URL, dispatcher.DefaultPolicy())
+		producer := a.connect(ctx, "billing")
+		for i := range 5 {
+			Expect(producer.publish(ctx, a.ns, fmt.Sprintf("evt_a%d", i))).To(Succeed())
+		}
+		Eventually(ok.received).Should(HaveLen(5))
+		// Its delivery log, read back with a reader's rights (the
+		// dispatcher has them too).
+		reader := a.connect(ctx, natsauth.DispatcherServiceAccount)
+		Eventually(func(g Gomega) {
+			hist, err := dispatcher.History(ctx, reader.js, a.ns, "crm", "evt_a4")
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(hist).NotTo(BeEmpty())
+			g.Expect(hist[len(hist)-1].Outcome).To(Equal(dispatcher.OutcomeDelivered))
+		}).Should(Succeed())
+	})
+
+	It("lets the dispatcher dead-letter with its own token", func(ctx SpecContext) {
+		c := newTenant(ctx, "tenant-c")
+		failing := newReceiver(http.StatusBadRequest) // terminal: dead at once
+		c.runDispatcher(ctx, c.connect(ctx, natsauth.DispatcherServiceAccount), failing.URL, dispatcher.DefaultPolicy())
+		Expect(c.connect(ctx, "billing").publish(ctx, c.ns, "evt_dead")).To(Succeed())
+		Eventually(func(g Gomega) {
+			s, err := adminJS.Stream(ctx, streams.DeadLetterStream(c.ns))
+			g.Expect(err).NotTo(HaveOccurred())
+			info, err := s.Info(ctx)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(info.State.Msgs).To(BeNumerically("==", 1))
+		}).Should(Succeed())
+	})
+
+	It("refuses every credential of namespace A everything of namespace B, and B's deliveries stay complete and unaltered", func(ctx SpecContext) {
+		rcB := newReceiver(http.StatusOK)
+		b.runDispatcher(ctx, b.connect(ctx, natsauth.DispatcherServiceAccount), rcB.URL, dispatcher.DefaultPolicy())
+		producerB := b.connect(ctx, "billing")
+		want := map[string]string{}
+		publishB := func(id string) {
+			GinkgoHelper()
+			Expect(producerB.publish(ctx, b.ns, id)).To(Succeed())
+			want[id] = fmt.Sprintf(`{"id":%q}`, id)
+		}
+		publishB("evt_b_before")
+
+		evB, logB, deadB := events.StreamName(b.ns), streams.AttemptsStream(b.ns), streams.DeadLetterStream(b.ns)
+		consumerB := streams.ConsumerName(b.ns, "crm")
+		for _, sa := range []string{natsauth.DispatcherServiceAccount, "billing"} {
+			By("as " + a.ns + "/" + sa)
+			c := a.connect(ctx, sa)
+			// Read B's events, dead letters, delivery log and records.
+			for _, s := range []string{"herald.events." + b.ns + ".>", "herald.dlq." + b.ns + ".>", "herald.attempts." + b.ns + ".>",
+				"$KV.herald-versions." + b.ns + ".>", "$KV.herald-health." + b.ns + ".>", "_INBOX.>", natsauth.Inbox(b.ns) + ".>", ">"} {
+				c.refused(s, c.subscribe(s))
+			}
+			// Publish into B's events, log and dead letters; write B's
+			// version and health keys.
+			for _, s := range []string{events.Subject(b.ns, "invoice.paid"), streams.AttemptSubject(b.ns, "crm", "evt_b_before"),
+				streams.DeadLetterSubject(b.ns, "crm"), "$KV.herald-versions." + b.ns + ".crm.k", "$KV.herald-health." + b.ns + ".crm"} {
+				c.refused(s, c.pub(s))
+			}
+			// B's consumer: read it, delete it, pull from it; B's streams:
+			// read, purge, delete; the buckets: purge. And listing.
+			for _, s := range []string{
+				"$JS.API.CONSUMER.INFO." + evB + "." + consumerB, "$JS.API.CONSUMER.DELETE." + evB + "." + consumerB,
+				"$JS.API.CONSUMER.MSG.NEXT." + evB + "." + consumerB, "$JS.API.CONSUMER.LIST." + evB,
+				"$JS.API.STREAM.INFO." + evB, "$JS.API.STREAM.PURGE." + evB, "$JS.API.STREAM.DELETE." + evB,
+				"$JS.API.DIRECT.GET." + logB, "$JS.API.STREAM.MSG.GET." + logB, "$JS.API.DIRECT.GET." + deadB,
+				"$JS.API.DIRECT.GET.KV_herald-versions.$KV.herald-versions." + b.ns + ".crm.k",
+				"$JS.API.STREAM.PURGE.KV_herald-versions", "$JS.API.STREAM.PURGE.KV_herald-health",
+				"$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST", "$JS.API.INFO",
+				"$JS.API.CONSUMER.CREATE." + evB, "$JS.API.CONSUMER.CREATE." + evB + ".x.herald.events." + b.ns + ".>",
+			} {
+				c.refused(s, c.request(s))
+			}
+			publishB("evt_b_during_" + sa)
+		}
+
+		By("publishing A's events with B's message ids")
+		producerA := a.connect(ctx, "billing")
+		forged := &nats.Msg{Subject: events.Subject(a.ns, "invoice.paid"), Data: []byte(`{"forged":true}`),
+			Header: nats.Header{events.HeaderID: []string{events.MsgID(b.ns, "evt_b_after")}}}
+		_, err := producerA.js.PublishMsg(ctx, forged)
+		Expect(err).NotTo(HaveOccurred(), "A may publish its own events, whatever id it picks")
+		publishB("evt_b_after")
+
+		Eventually(rcB.received).Should(Equal(want))
+		Consistently(rcB.received, 2*time.Second).Should(Equal(want))
+	})
+
+	It("refuses a ServiceAccount without Herald rights, a token for another audience, and no token", func(ctx SpecContext) {
+		_, err := a.dial(a.token(ctx, "nobody", natsauth.DefaultAudience, 10*time.Minute))
+		Expect(err).To(MatchError(ContainSubstring("Authorization Violation")))
+		_, err = a.dial(a.token(ctx, "billing", "https://kubernetes.default.svc", 10*time.Minute))
+		Expect(err).To(MatchError(ContainSubstring("Authorization Violation")))
+		_, err = a.dial("")
+		Expect(err).To(HaveOccurred())
+	})
+
+	It("issues a user that lives no longer than its token, with the namespace's permissions only", func(ctx SpecContext) {
+		token := a.token(ctx, natsauth.DispatcherServiceAccount, natsauth.DefaultAudience, 10*time.Minute)
+		req := jwt.NewAuthorizationRequestClaims("server")
+		req.UserNkey = "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4"
+		req.ConnectOptions.Token = token
+		signed, id, err := callout.Authorize(ctx, req)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(id.Namespace).To(Equal(a.ns))
+		uc, err := jwt.DecodeUserClaims(signed)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(uc.Audience).To(Equal(natsauth.DefaultAccount))
+		Expect(time.Unix(uc.Expires, 0)).To(BeTemporally("<=", time.Now().Add(10*time.Minute+time.Second)))
+		Expect(time.Unix(uc.Expires, 0)).To(BeTemporally(">", time.Now()))
+		Expect(uc.Permissions).To(Equal(natsauth.Permissions(a.ns, natsauth.RoleDispatcher)))
+	})
+})
+
+var _ jetstream.JetStream // the suite's admin handle
