@@ -36,6 +36,28 @@ import (
 // Deployment, its ServiceAccount, Role and RoleBinding.
 const DispatcherName = "herald-dispatcher"
 
+// DefaultNATSAudience is the audience of the ServiceAccount tokens the
+// dispatchers present to NATS, which the auth callout requires: a token
+// for the Kubernetes API (or anything else) is no NATS identity.
+const DefaultNATSAudience = "nats.herald.dev"
+
+// DefaultNATSCAConfigMap names the ConfigMap, in each tenant namespace,
+// holding the CA bundle the dispatcher verifies NATS with.
+const DefaultNATSCAConfigMap = "herald-nats-ca"
+
+// Where the dispatcher container finds its NATS token and CA bundle.
+const (
+	natsTokenVolume = "nats-token"
+	natsTokenDir    = "/var/run/secrets/herald.dev/nats"
+	natsTokenKey    = "token"
+	natsCAVolume    = "nats-ca"
+	natsCADir       = "/etc/herald/nats-ca"
+	natsCAKey       = "ca.crt"
+	// The kubelet renews a projected token at 80% of its lifetime and the
+	// dispatcher re-reads it at every reconnect.
+	natsTokenExpirationSeconds = 3600
+)
+
 // Labels on the dispatcher objects. The manager's cache only holds objects
 // with managedByLabel=managedByValue, so it never caches every Deployment
 // or Role of the cluster.
@@ -65,6 +87,7 @@ func CacheByObject() map[client.Object]cache.ByObject {
 		&corev1.ServiceAccount{}: {Label: sel},
 		&rbacv1.Role{}:           {Label: sel},
 		&rbacv1.RoleBinding{}:    {Label: sel},
+		&corev1.ConfigMap{}:      {Label: sel},
 	}
 }
 
@@ -78,6 +101,36 @@ type DispatcherConfig struct {
 	// EgressAllow and EgressDeny become the dispatcher's --egress-allow
 	// and --egress-deny (see internal/egress).
 	EgressAllow, EgressDeny []netip.Prefix
+	// NATSTokenAuth gives each dispatcher a projected ServiceAccount token
+	// with audience NATSAudience (default DefaultNATSAudience) as its NATS
+	// identity, for the auth callout to map to its namespace.
+	NATSTokenAuth bool
+	NATSAudience  string
+	// NATSCA, a PEM CA bundle, is copied into a ConfigMap named
+	// NATSCAConfigMap (default DefaultNATSCAConfigMap) in every tenant
+	// namespace, for the dispatcher to verify NATS with; a ConfigMap,
+	// not a Secret, since a CA is public. NATSServerName is the name the
+	// server's certificate is verified against, when it differs from
+	// NATSURL's host. Either makes the dispatcher require TLS.
+	NATSCA          []byte
+	NATSCAConfigMap string
+	NATSServerName  string
+}
+
+// natsAudience is the audience the NATS token is issued for.
+func (c DispatcherConfig) natsAudience() string {
+	if c.NATSAudience == "" {
+		return DefaultNATSAudience
+	}
+	return c.NATSAudience
+}
+
+// natsCAConfigMap names the tenant namespace's CA ConfigMap.
+func (c DispatcherConfig) natsCAConfigMap() string {
+	if c.NATSCAConfigMap == "" {
+		return DefaultNATSCAConfigMap
+	}
+	return c.NATSCAConfigMap
 }
 
 // DefaultDispatcherResources suit a namespace with a few busy endpoints.
@@ -101,6 +154,7 @@ type DispatcherDeploymentReconciler struct {
 // the Role's rules because it holds them itself (see the endpoint rules).
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",resources=serviceaccounts,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=roles;rolebindings,verbs=get;list;watch;create;update;patch;delete
 
 // SetupWithManager registers the controller.
@@ -117,12 +171,16 @@ func (r *DispatcherDeploymentReconciler) SetupWithManager(mgr ctrl.Manager) erro
 		Watches(&corev1.ServiceAccount{}, toNamespace, own).
 		Watches(&rbacv1.Role{}, toNamespace, own).
 		Watches(&rbacv1.RoleBinding{}, toNamespace, own).
+		Watches(&corev1.ConfigMap{}, toNamespace, builder.WithPredicates(isHeraldObject(r.Config.natsCAConfigMap()))).
 		Complete(r)
 }
 
-func isDispatcherObject() predicate.Predicate {
+func isDispatcherObject() predicate.Predicate { return isHeraldObject(DispatcherName) }
+
+// isHeraldObject matches the objects named name that Herald manages.
+func isHeraldObject(name string) predicate.Predicate {
 	return predicate.NewPredicateFuncs(func(o client.Object) bool {
-		return o.GetName() == DispatcherName && o.GetLabels()[managedByLabel] == managedByValue
+		return o.GetName() == name && o.GetLabels()[managedByLabel] == managedByValue
 	})
 }
 
@@ -158,19 +216,28 @@ func (r *DispatcherDeploymentReconciler) Reconcile(ctx context.Context, req ctrl
 	slices.SortFunc(live, func(a, b v1.WebhookEndpoint) int { return strings.Compare(a.Name, b.Name) })
 
 	owners := ownerRefs(live)
-	objs := []struct {
+	type object struct {
 		kind string
 		ac   runtime.ApplyConfiguration
-	}{
+	}
+	objs := []object{
 		{"ServiceAccount", dispatcherServiceAccount(ns, owners)},
 		{"Role", dispatcherRole(ns, owners, secretNames(live))},
 		{"RoleBinding", dispatcherRoleBinding(ns, owners)},
-		{"Deployment", dispatcherDeployment(ns, owners, r.Config)},
 	}
+	if len(r.Config.NATSCA) > 0 {
+		// Before the Deployment, so its pod does not wait for the volume.
+		objs = append(objs, object{"ConfigMap", dispatcherNATSCA(ns, owners, r.Config)})
+	}
+	objs = append(objs, object{"Deployment", dispatcherDeployment(ns, owners, r.Config)})
 	for _, o := range objs {
 		if err := r.Apply(ctx, o.ac, client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
 			return ctrl.Result{}, fmt.Errorf("applying dispatcher %s in %s: %w", o.kind, ns, err)
 		}
+	}
+	if len(r.Config.NATSCA) == 0 {
+		// After the Deployment, which no longer mounts it.
+		return ctrl.Result{}, r.deleteNATSCA(ctx, ns)
 	}
 	return ctrl.Result{}, nil
 }
@@ -191,7 +258,35 @@ func (r *DispatcherDeploymentReconciler) deleteAll(ctx context.Context, ns strin
 			errs = append(errs, fmt.Errorf("deleting dispatcher %T in %s: %w", o, ns, err))
 		}
 	}
+	errs = append(errs, r.deleteNATSCA(ctx, ns))
 	return errors.Join(errs...)
+}
+
+// deleteNATSCA removes the namespace's NATS CA ConfigMap: with the last
+// endpoint, or when the manager no longer has a CA. It asks the cache
+// first, so a cluster without TLS costs no delete call per pass, and a
+// ConfigMap of that name that Herald does not manage (the cache holds
+// only Herald's) is left alone.
+func (r *DispatcherDeploymentReconciler) deleteNATSCA(ctx context.Context, ns string) error {
+	var cm corev1.ConfigMap
+	err := r.Get(ctx, types.NamespacedName{Namespace: ns, Name: r.Config.natsCAConfigMap()}, &cm)
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err == nil && cm.Labels[managedByLabel] == managedByValue {
+		err = r.Delete(ctx, &cm)
+	}
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("deleting the NATS CA ConfigMap in %s: %w", ns, err)
+	}
+	return nil
+}
+
+// dispatcherNATSCA is the manager's NATS CA bundle, copied into the tenant
+// namespace: a pod can mount only ConfigMaps of its own namespace.
+func dispatcherNATSCA(ns string, owners []*metaac.OwnerReferenceApplyConfiguration, cfg DispatcherConfig) *coreac.ConfigMapApplyConfiguration {
+	return coreac.ConfigMap(cfg.natsCAConfigMap(), ns).WithLabels(dispatcherLabels()).WithOwnerReferences(owners...).
+		WithData(map[string]string{natsCAKey: string(cfg.NATSCA)})
 }
 
 // ownerRefs makes every live endpoint an owner (not a controller), so the
@@ -239,15 +334,25 @@ func dispatcherRoleBinding(ns string, owners []*metaac.OwnerReferenceApplyConfig
 		WithSubjects(rbacac.Subject().WithKind(rbacv1.ServiceAccountKind).WithName(DispatcherName).WithNamespace(ns))
 }
 
-// dispatcherDeployment is one replica with the Recreate strategy: two
-// dispatchers of one namespace would split a key's events across
-// processes and break per-key order during a rollout.
+// dispatcherArgs is the dispatcher container's command line.
 func dispatcherArgs(ns string, cfg DispatcherConfig) []string {
 	args := []string{"dispatcher",
 		"--namespace=" + ns,
-		"--nats-url=" + cfg.NATSURL,
+		"--nats-url=" + cfg.NATSURL}
+	// Paths only: the token and the CA reach the pod as volumes, never as
+	// arguments anyone who can read the Deployment sees.
+	if cfg.NATSTokenAuth {
+		args = append(args, "--nats-token-file="+natsTokenDir+"/"+natsTokenKey)
+	}
+	if len(cfg.NATSCA) > 0 {
+		args = append(args, "--nats-ca-file="+natsCADir+"/"+natsCAKey)
+	}
+	if cfg.NATSServerName != "" {
+		args = append(args, "--nats-server-name="+cfg.NATSServerName)
+	}
+	args = append(args,
 		fmt.Sprintf("--metrics-bind-address=:%d", DispatcherMetricsPort),
-		fmt.Sprintf("--health-probe-bind-address=:%d", DispatcherHealthPort)}
+		fmt.Sprintf("--health-probe-bind-address=:%d", DispatcherHealthPort))
 	if len(cfg.EgressAllow) > 0 {
 		args = append(args, "--egress-allow="+joinPrefixes(cfg.EgressAllow))
 	}
@@ -265,6 +370,34 @@ func joinPrefixes(ps []netip.Prefix) string {
 	return strings.Join(s, ",")
 }
 
+// natsVolumes are the NATS token and CA bundle of the pod, as configured,
+// and where the container mounts them.
+func natsVolumes(cfg DispatcherConfig) ([]*coreac.VolumeApplyConfiguration, []*coreac.VolumeMountApplyConfiguration) {
+	var vols []*coreac.VolumeApplyConfiguration
+	var mounts []*coreac.VolumeMountApplyConfiguration
+	if cfg.NATSTokenAuth {
+		// Not the pod's API token: one for NATS's audience only, so NATS
+		// (or whoever sees it there) cannot replay it at the API server.
+		vols = append(vols, coreac.Volume().WithName(natsTokenVolume).
+			WithProjected(coreac.ProjectedVolumeSource().WithSources(
+				coreac.VolumeProjection().WithServiceAccountToken(coreac.ServiceAccountTokenProjection().
+					WithAudience(cfg.natsAudience()).WithExpirationSeconds(natsTokenExpirationSeconds).WithPath(natsTokenKey)))))
+		mounts = append(mounts, coreac.VolumeMount().WithName(natsTokenVolume).WithMountPath(natsTokenDir).WithReadOnly(true))
+	}
+	if len(cfg.NATSCA) > 0 {
+		// No subPath: the kubelet then updates the file when the bundle
+		// changes, and nats.go reads it again at every connect.
+		vols = append(vols, coreac.Volume().WithName(natsCAVolume).
+			WithConfigMap(coreac.ConfigMapVolumeSource().WithName(cfg.natsCAConfigMap()).
+				WithItems(coreac.KeyToPath().WithKey(natsCAKey).WithPath(natsCAKey))))
+		mounts = append(mounts, coreac.VolumeMount().WithName(natsCAVolume).WithMountPath(natsCADir).WithReadOnly(true))
+	}
+	return vols, mounts
+}
+
+// dispatcherDeployment is one replica with the Recreate strategy: two
+// dispatchers of one namespace would split a key's events across
+// processes and break per-key order during a rollout.
 func dispatcherDeployment(ns string, owners []*metaac.OwnerReferenceApplyConfiguration, cfg DispatcherConfig) *appsac.DeploymentApplyConfiguration {
 	res := DefaultDispatcherResources()
 	if cfg.Resources != nil {
@@ -279,6 +412,7 @@ func dispatcherDeployment(ns string, owners []*metaac.OwnerReferenceApplyConfigu
 			WithPeriodSeconds(10).WithTimeoutSeconds(2).WithFailureThreshold(3)
 	}
 	sel := map[string]string{nameLabel: DispatcherName, componentLabel: "dispatcher"}
+	vols, mounts := natsVolumes(cfg)
 	return appsac.Deployment(DispatcherName, ns).WithLabels(dispatcherLabels()).WithOwnerReferences(owners...).
 		WithSpec(appsac.DeploymentSpec().
 			WithReplicas(1).
@@ -291,6 +425,7 @@ func dispatcherDeployment(ns string, owners []*metaac.OwnerReferenceApplyConfigu
 					WithServiceAccountName(DispatcherName).
 					// Longer than the dispatcher's 30s drain.
 					WithTerminationGracePeriodSeconds(45).
+					WithVolumes(vols...).
 					WithSecurityContext(coreac.PodSecurityContext().
 						WithRunAsNonRoot(true).WithRunAsUser(65532).WithRunAsGroup(65532).
 						WithSeccompProfile(coreac.SeccompProfile().WithType(corev1.SeccompProfileTypeRuntimeDefault))).
@@ -299,6 +434,7 @@ func dispatcherDeployment(ns string, owners []*metaac.OwnerReferenceApplyConfigu
 						WithImage(cfg.Image).
 						WithImagePullPolicy(pull).
 						WithArgs(dispatcherArgs(ns, cfg)...).
+						WithVolumeMounts(mounts...).
 						WithPorts(
 							coreac.ContainerPort().WithName("metrics").WithContainerPort(DispatcherMetricsPort).WithProtocol(corev1.ProtocolTCP),
 							coreac.ContainerPort().WithName("health").WithContainerPort(DispatcherHealthPort).WithProtocol(corev1.ProtocolTCP)).

@@ -15,6 +15,10 @@ import (
 	v1 "github.com/herald-dev/herald/api/v1alpha1"
 )
 
+// testNATSCA is the suite's NATS CA bundle (see suite_test.go). The
+// operator copies it, never parses it, so it need not be a real one.
+const testNATSCA = "-----BEGIN CERTIFICATE-----\nMIIBtestCA\n-----END CERTIFICATE-----\n"
+
 var _ = Describe("Dispatcher Deployment controller", func() {
 	It("runs a restricted dispatcher per namespace and removes it with the last endpoint", func() {
 		ns := newNamespace("dispatcher")
@@ -39,7 +43,35 @@ var _ = Describe("Dispatcher Deployment controller", func() {
 		c := pod.Containers[0]
 		Expect(c.Image).To(Equal("herald:test"))
 		Expect(c.Args).To(Equal([]string{"dispatcher", "--namespace=" + ns, "--nats-url=nats://nats.herald-system:4222",
+			"--nats-token-file=/var/run/secrets/herald.dev/nats/token", "--nats-ca-file=/etc/herald/nats-ca/ca.crt",
+			"--nats-server-name=nats.herald-system.svc",
 			"--metrics-bind-address=:8080", "--health-probe-bind-address=:8081"}))
+		for _, a := range c.Args {
+			Expect(a).NotTo(ContainSubstring("BEGIN"), "the CA travels as a volume, not an argument")
+		}
+		Expect(c.Env).To(BeEmpty())
+
+		By("mounting a NATS token for NATS's audience only, and the CA")
+		Expect(pod.Volumes).To(ConsistOf(
+			corev1.Volume{Name: "nats-token", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+				Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
+					Audience: "nats.herald.dev", ExpirationSeconds: ptr.To[int64](3600), Path: "token"}}},
+				DefaultMode: ptr.To[int32](0o644)}}},
+			corev1.Volume{Name: "nats-ca", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+				LocalObjectReference: corev1.LocalObjectReference{Name: "herald-nats-ca"},
+				Items:                []corev1.KeyToPath{{Key: "ca.crt", Path: "ca.crt"}},
+				DefaultMode:          ptr.To[int32](0o644)}}},
+		))
+		Expect(c.VolumeMounts).To(ConsistOf(
+			corev1.VolumeMount{Name: "nats-token", MountPath: "/var/run/secrets/herald.dev/nats", ReadOnly: true},
+			corev1.VolumeMount{Name: "nats-ca", MountPath: "/etc/herald/nats-ca", ReadOnly: true},
+		))
+		caKey := types.NamespacedName{Namespace: ns, Name: "herald-nats-ca"}
+		var ca corev1.ConfigMap
+		Expect(k8sClient.Get(ctx, caKey, &ca)).To(Succeed())
+		Expect(ca.Data).To(Equal(map[string]string{"ca.crt": testNATSCA}))
+		Expect(ca.Labels).To(Equal(d.Labels))
+		Expect(ca.OwnerReferences).To(ConsistOf(HaveField("Name", "billing")))
 		Expect(c.SecurityContext.AllowPrivilegeEscalation).To(Equal(ptr.To(false)))
 		Expect(c.SecurityContext.ReadOnlyRootFilesystem).To(Equal(ptr.To(true)))
 		Expect(c.SecurityContext.RunAsNonRoot).To(Equal(ptr.To(true)))
@@ -83,9 +115,14 @@ var _ = Describe("Dispatcher Deployment controller", func() {
 			return role.Rules[1].ResourceNames
 		}, eventually, poll).Should(Equal([]string{"billing-signing", "crm-auth-v2", "crm-signing"}))
 
-		By("repairing a deleted Role")
+		By("repairing a deleted Role and CA ConfigMap")
 		Expect(k8sClient.Delete(ctx, &role)).To(Succeed())
 		Eventually(func() error { return k8sClient.Get(ctx, key, &rbacv1.Role{}) }, eventually, poll).Should(Succeed())
+		Expect(k8sClient.Delete(ctx, &ca)).To(Succeed())
+		Eventually(func(g Gomega) map[string]string {
+			g.Expect(k8sClient.Get(ctx, caKey, &ca)).To(Succeed())
+			return ca.Data
+		}, eventually, poll).Should(Equal(map[string]string{"ca.crt": testNATSCA}))
 
 		By("keeping everything while one endpoint remains")
 		deleteAndWaitGone(getEndpoint(Default, ns, "billing"))
@@ -104,5 +141,7 @@ var _ = Describe("Dispatcher Deployment controller", func() {
 			Eventually(func() bool { return apierrors.IsNotFound(k8sClient.Get(ctx, key, o)) }, eventually, poll).
 				Should(BeTrue(), "%T should be gone", o)
 		}
+		Eventually(func() bool { return apierrors.IsNotFound(k8sClient.Get(ctx, caKey, &corev1.ConfigMap{})) }, eventually, poll).
+			Should(BeTrue(), "the CA ConfigMap should be gone")
 	})
 })

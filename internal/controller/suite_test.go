@@ -121,7 +121,8 @@ var _ = BeforeSuite(func() {
 	// checked; the endpoints' Ready condition follows the in-process mode.
 	Expect((&DispatcherDeploymentReconciler{
 		Client: mgr.GetClient(),
-		Config: DispatcherConfig{Image: "herald:test", NATSURL: "nats://nats.herald-system:4222"},
+		Config: DispatcherConfig{Image: "herald:test", NATSURL: "nats://nats.herald-system:4222",
+			NATSTokenAuth: true, NATSCA: []byte(testNATSCA), NATSServerName: "nats.herald-system.svc"},
 	}).SetupWithManager(mgr)).To(Succeed())
 	// A recording fake stands in for the dispatcher, so these specs do not
 	// depend on deliveries (delivery_test.go runs the real one).
