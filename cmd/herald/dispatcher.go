@@ -41,7 +41,7 @@ func runDispatcher(ctx context.Context, args []string) error {
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 	log := ctrl.Log.WithName("dispatcher").WithValues("namespace", *namespace)
 
-	nc, js, err := conn.connect("herald-dispatcher-" + *namespace)
+	nc, js, err := conn.connect("herald-dispatcher-"+*namespace, *namespace)
 	if err != nil {
 		return err
 	}

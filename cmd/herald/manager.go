@@ -29,7 +29,7 @@ func init() {
 }
 
 type managerFlags struct {
-	natsURL, natsCreds         string
+	nats                       natsConn
 	streamReplicas             int
 	maxBodyBytes               int
 	limits                     streams.Limits
@@ -38,6 +38,7 @@ type managerFlags struct {
 	dispatch                   string
 	dispatcherImage            string
 	dispatcherNATSURL          string
+	dispatcherNATSTokenAuth    bool
 	watchNamespaces            string
 	leaderElect                bool
 	metricsAddr, probeAddr     string
@@ -50,8 +51,9 @@ type managerFlags struct {
 func runManager(ctx context.Context, args []string) error {
 	var f managerFlags
 	fs := flag.NewFlagSet("herald manager", flag.ContinueOnError)
-	fs.StringVar(&f.natsURL, "nats-url", "nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
-	fs.StringVar(&f.natsCreds, "nats-creds", "", "NATS credentials file (optional)")
+	fs.StringVar(&f.nats.url, "nats-url", "nats://127.0.0.1:4222", "NATS server URL(s), comma-separated, without credentials")
+	fs.StringVar(&f.nats.creds, "nats-creds", "", "NATS credentials file (optional)")
+	natsAuthFlags(fs, &f.nats)
 	fs.IntVar(&f.streamReplicas, "stream-replicas", 1, "replicas of Herald's streams and buckets: 1 for one server, 3 for a production cluster")
 	fs.IntVar(&f.maxBodyBytes, "max-body-bytes", streams.DefaultLimits().MaxBodyBytes, "largest event envelope the events stream accepts")
 	d := streams.DefaultLimits()
@@ -77,6 +79,7 @@ func runManager(ctx context.Context, args []string) error {
 	f.dispatcherResources = def
 	fs.StringVar(&f.dispatcherImagePullPolicy, "dispatcher-image-pull-policy", string(corev1.PullIfNotPresent), "image pull policy of the dispatcher pods")
 	fs.StringVar(&f.dispatcherNATSURL, "dispatcher-nats-url", "", "NATS URL the dispatcher pods use (default: --nats-url)")
+	fs.BoolVar(&f.dispatcherNATSTokenAuth, "dispatcher-nats-token-auth", false, "give each dispatcher pod a projected ServiceAccount token (audience "+controller.DefaultNATSAudience+") as its NATS identity, for NATS's auth callout")
 	f.egress = egressFlags(fs)
 	fs.StringVar(&f.watchNamespaces, "watch-namespaces", "", "comma-separated namespaces to reconcile; empty means all")
 	fs.BoolVar(&f.leaderElect, "leader-elect", false, "elect a leader so only one replica reconciles and dispatches")
@@ -102,13 +105,13 @@ func runManager(ctx context.Context, args []string) error {
 		return fmt.Errorf("--dispatch must be in-process or deployment, not %q", f.dispatch)
 	}
 	if f.dispatcherNATSURL == "" {
-		f.dispatcherNATSURL = f.natsURL
+		f.dispatcherNATSURL = f.nats.url
 	}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 	log := ctrl.Log.WithName("manager")
 	namespaces := splitList(f.watchNamespaces)
 
-	nc, js, err := connectNATS(f.natsURL, f.natsCreds, "herald-manager")
+	nc, js, err := connectNATS(f.nats, "herald-manager", "")
 	if err != nil {
 		return err
 	}
@@ -167,7 +170,7 @@ func runManager(ctx context.Context, args []string) error {
 	if err := setupControllers(ctx, mgr, js, mode, f, namespaces); err != nil {
 		return err
 	}
-	log.Info("starting manager", "dispatch", mode, "watchNamespaces", namespaces, "natsURL", redactURLs(f.natsURL))
+	log.Info("starting manager", "dispatch", mode, "watchNamespaces", namespaces, "natsURL", redactURLs(f.nats.url))
 	return mgr.Start(ctx)
 }
 
@@ -202,11 +205,18 @@ func setupControllers(ctx context.Context, mgr ctrl.Manager, js jetstream.JetStr
 	}
 	switch mode {
 	case controller.DispatchDeployment:
+		// The dispatchers verify NATS with this manager's CA bundle, read
+		// once: a new bundle reaches them with a restart of the manager.
+		ca, err := f.nats.caBundle()
+		if err != nil {
+			return err
+		}
 		if err := (&controller.DispatcherDeploymentReconciler{
 			Client: mgr.GetClient(),
 			Config: controller.DispatcherConfig{Image: f.dispatcherImage, NATSURL: f.dispatcherNATSURL,
 				ImagePullPolicy: corev1.PullPolicy(f.dispatcherImagePullPolicy), Resources: &f.dispatcherResources,
-				EgressAllow: f.egress.Allow, EgressDeny: f.egress.Deny},
+				EgressAllow: f.egress.Allow, EgressDeny: f.egress.Deny,
+				NATSTokenAuth: f.dispatcherNATSTokenAuth, NATSCA: ca, NATSServerName: f.nats.serverName},
 		}).SetupWithManager(mgr); err != nil {
 			return fmt.Errorf("setting up dispatcher deployment controller: %w", err)
 		}

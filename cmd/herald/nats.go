@@ -1,11 +1,13 @@
 package main
 
 import (
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"net/http"
 	neturl "net/url"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -24,23 +26,187 @@ import (
 // connection for good.
 var errNATSClosed = errors.New("NATS connection closed for good")
 
-// natsConn is where a subcommand finds NATS, from its --nats-url and
-// --nats-creds flags.
-type natsConn struct{ url, creds string }
+// natsConn is where a subcommand finds NATS and who it is there, from its
+// --nats-* flags. Every credential is a file path: a token, seed or key in
+// a flag value or a URL would show in the process list, in the Deployment
+// the operator writes and in logs.
+type natsConn struct {
+	url, creds string
+	// tokenFile holds an auth token (a ServiceAccount token the auth
+	// callout validates); nkeyFile an nkey user seed (the manager's).
+	tokenFile, nkeyFile string
+	// Any of these requires TLS.
+	caFile, certFile, keyFile, serverName string
+}
 
 func natsFlags(fs *flag.FlagSet) *natsConn {
 	c := &natsConn{}
-	fs.StringVar(&c.url, "nats-url", envOr("NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated (env NATS_URL)")
+	fs.StringVar(&c.url, "nats-url", envOr("NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated, without credentials (env NATS_URL)")
 	fs.StringVar(&c.creds, "nats-creds", "", "NATS credentials file (optional)")
+	natsAuthFlags(fs, c)
 	return c
 }
 
-func (c *natsConn) connect(name string) (*nats.Conn, jetstream.JetStream, error) {
-	return connectNATS(c.url, c.creds, name)
+// natsAuthFlags adds the identity and TLS flags. The manager calls it
+// beside its own --nats-url and --nats-creds.
+func natsAuthFlags(fs *flag.FlagSet, c *natsConn) {
+	const needsTLS = "; setting it requires TLS"
+	fs.StringVar(&c.tokenFile, "nats-token-file", os.Getenv("NATS_TOKEN_FILE"),
+		"file holding the NATS auth token, such as a projected ServiceAccount token; re-read at every connect and reconnect (env NATS_TOKEN_FILE)")
+	fs.StringVar(&c.nkeyFile, "nats-nkey-file", os.Getenv("NATS_NKEY_FILE"),
+		"file holding an nkey user seed to authenticate with, the manager's identity under auth callout (env NATS_NKEY_FILE)")
+	fs.StringVar(&c.caFile, "nats-ca-file", os.Getenv("NATS_CA_FILE"),
+		"PEM CA bundle that verifies the NATS server's certificate"+needsTLS+" (env NATS_CA_FILE)")
+	fs.StringVar(&c.certFile, "nats-cert-file", os.Getenv("NATS_CERT_FILE"),
+		"PEM client certificate for TLS to NATS, with --nats-key-file"+needsTLS+" (env NATS_CERT_FILE)")
+	fs.StringVar(&c.keyFile, "nats-key-file", os.Getenv("NATS_KEY_FILE"),
+		"PEM private key of --nats-cert-file"+needsTLS+" (env NATS_KEY_FILE)")
+	fs.StringVar(&c.serverName, "nats-server-name", os.Getenv("NATS_SERVER_NAME"),
+		"name the NATS server's certificate is verified against, when it differs from the URL's host"+needsTLS+" (env NATS_SERVER_NAME)")
+}
+
+// connect connects as a client acting for namespace ("" for the manager,
+// which uses the default inbox).
+func (c *natsConn) connect(name, namespace string) (*nats.Conn, jetstream.JetStream, error) {
+	return connectNATS(*c, name, namespace)
+}
+
+// tlsRequired: any TLS flag means the client must not talk to NATS in
+// plain text, rather than quietly ignoring the flag against a server
+// without TLS.
+func (c natsConn) tlsRequired() bool {
+	return c.caFile != "" || c.certFile != "" || c.keyFile != "" || c.serverName != ""
+}
+
+// caBundle is the PEM of --nats-ca-file, nil without one: the manager
+// copies it into the tenant namespaces for the dispatchers.
+func (c natsConn) caBundle() ([]byte, error) {
+	if c.caFile == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(c.caFile)
+	if err != nil {
+		return nil, fmt.Errorf("reading --nats-ca-file: %w", err)
+	}
+	return b, nil
+}
+
+// natsInbox is the inbox prefix a namespace's clients may subscribe to
+// under auth callout.
+func natsInbox(namespace string) string {
+	return "_HERALD_INBOX." + namespace // natsauth.Inbox once that package lands
+}
+
+// natsOptions turns the flags into nats.go options: who the client is and
+// how it secures the connection. It checks what can be checked before
+// connecting, so a mistake fails at start with a clear error rather than
+// as endless reconnects.
+func natsOptions(c natsConn, namespace string) ([]nats.Option, error) {
+	if err := refuseURLCredentials(c.url); err != nil {
+		return nil, err
+	}
+	var opts []nats.Option
+	ids := 0
+	for _, f := range []string{c.tokenFile, c.nkeyFile, c.creds} {
+		if f != "" {
+			ids++
+		}
+	}
+	if ids > 1 {
+		return nil, errors.New("give at most one of --nats-token-file, --nats-nkey-file and --nats-creds: each is a whole identity")
+	}
+	if c.creds != "" {
+		opts = append(opts, nats.UserCredentials(c.creds))
+	}
+	if c.nkeyFile != "" {
+		o, err := nats.NkeyOptionFromSeed(c.nkeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("reading the nkey seed in --nats-nkey-file %s: %w", c.nkeyFile, err)
+		}
+		opts = append(opts, o)
+	}
+	if c.tokenFile != "" {
+		if namespace == "" {
+			return nil, errors.New("a token identity needs a namespace: the auth callout lets it use only its namespace's inbox")
+		}
+		if _, err := readToken(c.tokenFile); err != nil {
+			return nil, err
+		}
+		opts = append(opts, nats.TokenHandler(tokenFromFile(c.tokenFile)), nats.CustomInboxPrefix(natsInbox(namespace)))
+	}
+	if (c.certFile == "") != (c.keyFile == "") {
+		return nil, errors.New("--nats-cert-file and --nats-key-file go together: give both or neither")
+	}
+	if c.tlsRequired() {
+		// Secure replaces Options.TLSConfig, so it comes first; RootCAs
+		// and ClientCert keep theirs (a CA pool and a certificate, read
+		// at every connect) apart and nats.go puts them into a copy of
+		// this config per connection, next to the ServerName.
+		opts = append(opts, nats.Secure(&tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.serverName}))
+		if c.caFile != "" {
+			opts = append(opts, nats.RootCAs(c.caFile))
+		}
+		if c.certFile != "" {
+			opts = append(opts, nats.ClientCert(c.certFile, c.keyFile))
+		}
+	}
+	return opts, nil
+}
+
+// refuseURLCredentials fails when a URL carries a user, password or token:
+// they would reach the process list, the operator's Deployments and, in
+// nats.go's errors, logs.
+func refuseURLCredentials(urls string) error {
+	for i, p := range strings.Split(urls, ",") {
+		raw := strings.TrimSpace(p)
+		if !strings.Contains(raw, "://") {
+			raw = "nats://" + raw // as nats.go reads a bare host:port
+		}
+		u, err := neturl.Parse(raw)
+		if err != nil {
+			// Not wrapped: url.Error repeats the URL, secret and all.
+			return fmt.Errorf("--nats-url entry %d is not a valid URL", i+1)
+		}
+		if u.User != nil {
+			return fmt.Errorf("--nats-url %s has credentials in it; give them as a file with --nats-token-file, --nats-nkey-file or --nats-creds instead", redactURLs(p))
+		}
+	}
+	return nil
+}
+
+// readToken reads a token file, trimmed. Errors name the file, never
+// what is in it.
+func readToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("reading --nats-token-file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("--nats-token-file %s is empty", path)
+	}
+	return tok, nil
+}
+
+// tokenFromFile reads the token at every connect and reconnect: the
+// kubelet rewrites a projected ServiceAccount token in place before it
+// expires, and a token read once would stop working within the hour. A
+// failed read sends no token; the server refuses that and nats.go retries.
+func tokenFromFile(path string) nats.AuthTokenHandler {
+	return func() string {
+		tok, err := readToken(path)
+		if err != nil {
+			ctrl.Log.WithName("nats").Error(err, "connecting without a NATS token", "file", path)
+			return ""
+		}
+		return tok
+	}
 }
 
 // connectNATS connects with reconnects forever: the operator and the
-// dispatcher outlive NATS restarts, and start before NATS is up.
+// dispatcher outlive NATS restarts, and start before NATS is up. namespace
+// is the one the client acts for ("" for the manager). extra options come
+// after Herald's; only tests give them.
 //
 // nats.go still closes a connection for good on some server errors (-ERR
 // 'Maximum Control Line Exceeded' after a too long subject or header line,
@@ -52,8 +218,12 @@ func (c *natsConn) connect(name string) (*nats.Conn, jetstream.JetStream, error)
 // context with errNATSClosed, so herald exits 1 and the kubelet starts the
 // container again with a new connection. Our own Close runs no handler
 // (NoCallbacksAfterClientClose), so a clean shutdown is not a failure.
-func connectNATS(url, creds, name string) (*nats.Conn, jetstream.JetStream, error) {
-	servers := redactURLs(url)
+func connectNATS(c natsConn, name, namespace string, extra ...nats.Option) (*nats.Conn, jetstream.JetStream, error) {
+	servers := redactURLs(c.url)
+	auth, err := natsOptions(c, namespace)
+	if err != nil {
+		return nil, nil, err
+	}
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.RetryOnFailedConnect(true),
@@ -62,10 +232,8 @@ func connectNATS(url, creds, name string) (*nats.Conn, jetstream.JetStream, erro
 		nats.NoCallbacksAfterClientClose(),
 		nats.ClosedHandler(func(nc *nats.Conn) { natsClosed(nc, name, servers) }),
 	}
-	if creds != "" {
-		opts = append(opts, nats.UserCredentials(creds))
-	}
-	nc, err := nats.Connect(url, opts...)
+	opts = append(append(opts, auth...), extra...)
+	nc, err := nats.Connect(c.url, opts...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("connecting to NATS at %s: %w", servers, err)
 	}

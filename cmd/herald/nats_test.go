@@ -2,16 +2,29 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
+	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr/funcr"
+	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 
@@ -46,7 +59,8 @@ func (c *checks) liveness() error {
 // process must then fail its liveness check and its root context must end
 // with a cause, so herald exits non-zero and the kubelet restarts it.
 func TestNATSClosedByServer(t *testing.T) {
-	srv, err := testenv.NATS(t.TempDir())
+	const token = "s3cret-token"
+	srv, err := testenv.NATSWith(t.TempDir(), func(o *natsserver.Options) { o.Authorization = token })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,10 +68,9 @@ func TestNATSClosedByServer(t *testing.T) {
 
 	logs := captureLogs(t)
 	ctx := rootContext(t)
-	// A server without auth takes any user and password; they must not
-	// reach the log or the exit error.
-	u := strings.Replace(srv.ClientURL(), "nats://", "nats://herald:s3cret@", 1)
-	nc, _, err := connectNATS(u, "", "herald-test")
+	// The token must not reach the log or the exit error.
+	tokenFile := writeFile(t, t.TempDir(), "token", token)
+	nc, _, err := connectNATS(natsConn{url: srv.ClientURL(), tokenFile: tokenFile}, "herald-test", "tenant-a")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,8 +107,8 @@ func TestNATSClosedByServer(t *testing.T) {
 		t.Errorf("closure not logged with its error; log:\n%s", logged)
 	}
 	for _, s := range []string{logged, cause.Error()} {
-		if strings.Contains(s, "s3cret") || strings.Contains(s, "herald:") {
-			t.Errorf("URL user information leaked: %s", s)
+		if strings.Contains(s, token) {
+			t.Errorf("NATS token leaked: %s", s)
 		}
 	}
 	if err := c.readyz["nats"](&http.Request{}); err == nil {
@@ -127,7 +140,7 @@ func TestNATSClosedByUs(t *testing.T) {
 	t.Cleanup(srv.Shutdown)
 
 	ctx := rootContext(t)
-	nc, _, err := connectNATS(srv.ClientURL(), "", "herald-test")
+	nc, _, err := connectNATS(natsConn{url: srv.ClientURL()}, "herald-test", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,17 +172,24 @@ func (b *logBuffer) String() string {
 	return b.buf.String()
 }
 
-// captureLogs points ctrl.Log at a buffer. controller-runtime's logger is
-// set once per process, so only one test calls this.
+var (
+	testLogs     = &logBuffer{}
+	testLogsOnce sync.Once
+)
+
+// captureLogs points ctrl.Log at a buffer, the same for every test:
+// controller-runtime's logger is set once per process. A test looks for
+// its own lines in it, and a secret must appear in none.
 func captureLogs(t *testing.T) *logBuffer {
 	t.Helper()
-	b := &logBuffer{}
-	ctrl.SetLogger(funcr.New(func(prefix, args string) {
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		fmt.Fprintf(&b.buf, "%s %s\n", prefix, args)
-	}, funcr.Options{}))
-	return b
+	testLogsOnce.Do(func() {
+		ctrl.SetLogger(funcr.New(func(prefix, args string) {
+			testLogs.mu.Lock()
+			defer testLogs.mu.Unlock()
+			fmt.Fprintf(&testLogs.buf, "%s %s\n", prefix, args)
+		}, funcr.Options{}))
+	})
+	return testLogs
 }
 
 // rootContext makes the context herald's main would, with abort wired to
@@ -208,5 +228,367 @@ func TestExitError(t *testing.T) {
 	}
 	if err := exitError(ctx, context.Canceled); !errors.Is(err, boom) {
 		t.Fatalf("exitError(context.Canceled) after abort = %v, want boom", err)
+	}
+}
+
+// writeFile writes content to dir/name the way the kubelet updates a
+// projected volume: whole, through a rename, so a reader never sees half
+// of it.
+func writeFile(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	path := filepath.Join(dir, name)
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// testCA issues the certificates of the TLS tests.
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	pem  []byte
+}
+
+func newTestCA(t *testing.T) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "herald test CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+}
+
+func (ca *testCA) pool() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(ca.cert)
+	return p
+}
+
+// issue makes a leaf certificate for the given names, a server's or
+// (usage x509.ExtKeyUsageClientAuth) a client's, as PEM.
+func (ca *testCA) issue(t *testing.T, usage x509.ExtKeyUsage, dns []string, ips ...net.IP) (certPEM, keyPEM []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: "herald test"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
+		DNSNames:     dns,
+		IPAddresses:  ips,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
+}
+
+// tlsNATS starts a NATS server that requires TLS with the given
+// certificate, and client certificates from clientCAs when not nil.
+func tlsNATS(t *testing.T, certPEM, keyPEM []byte, clientCAs *x509.CertPool) *natsserver.Server {
+	t.Helper()
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+	if clientCAs != nil {
+		cfg.ClientCAs, cfg.ClientAuth = clientCAs, tls.RequireAndVerifyClientCert
+	}
+	srv, err := testenv.NATSWith(t.TempDir(), func(o *natsserver.Options) {
+		o.TLSConfig, o.TLSVerify = cfg, clientCAs != nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	return srv
+}
+
+// connectOnce is connectNATS with a single attempt, so a connection the
+// server or the client refuses comes back as an error.
+func connectOnce(t *testing.T, c natsConn) error {
+	t.Helper()
+	nc, _, err := connectNATS(c, "herald-test", "", nats.RetryOnFailedConnect(false), nats.NoReconnect())
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	if !nc.IsConnected() {
+		return fmt.Errorf("not connected: %v", nc.Status())
+	}
+	return nil
+}
+
+// TestNATSTLS: --nats-ca-file verifies the server, --nats-server-name
+// names it when the URL holds an address its certificate does not, and a
+// client certificate combines with both.
+func TestNATSTLS(t *testing.T) {
+	rootContext(t)
+	dir := t.TempDir()
+	ca := newTestCA(t)
+	caFile := writeFile(t, dir, "ca.crt", string(ca.pem))
+	const name = "nats.herald.test"
+
+	certPEM, keyPEM := ca.issue(t, x509.ExtKeyUsageServerAuth, []string{name}, net.ParseIP("127.0.0.1"))
+	both := tlsNATS(t, certPEM, keyPEM, nil)
+	if err := connectOnce(t, natsConn{url: both.ClientURL(), caFile: caFile}); err != nil {
+		t.Errorf("with --nats-ca-file: %v", err)
+	}
+	var unknown x509.UnknownAuthorityError
+	if err := connectOnce(t, natsConn{url: both.ClientURL()}); !errors.As(err, &unknown) {
+		t.Errorf("without --nats-ca-file: %v, want an unknown authority", err)
+	}
+
+	// Dialled at 127.0.0.1, which its certificate does not name.
+	certPEM, keyPEM = ca.issue(t, x509.ExtKeyUsageServerAuth, []string{name})
+	dnsOnly := tlsNATS(t, certPEM, keyPEM, nil)
+	var wrongHost x509.HostnameError
+	if err := connectOnce(t, natsConn{url: dnsOnly.ClientURL(), caFile: caFile}); !errors.As(err, &wrongHost) {
+		t.Errorf("a DNS-only certificate at an address: %v, want a hostname error", err)
+	}
+	if err := connectOnce(t, natsConn{url: dnsOnly.ClientURL(), caFile: caFile, serverName: name}); err != nil {
+		t.Errorf("with --nats-server-name=%s: %v", name, err)
+	}
+
+	mtls := tlsNATS(t, certPEM, keyPEM, ca.pool())
+	certPEM, keyPEM = ca.issue(t, x509.ExtKeyUsageClientAuth, []string{"herald-manager"})
+	certFile, keyFile := writeFile(t, dir, "tls.crt", string(certPEM)), writeFile(t, dir, "tls.key", string(keyPEM))
+	full := natsConn{url: mtls.ClientURL(), caFile: caFile, serverName: name, certFile: certFile, keyFile: keyFile}
+	if err := connectOnce(t, full); err != nil {
+		t.Errorf("with a client certificate, the CA and the server name: %v", err)
+	}
+	noCert := full
+	noCert.certFile, noCert.keyFile = "", ""
+	if err := connectOnce(t, noCert); err == nil {
+		t.Error("a server that requires client certificates took a client without one")
+	}
+}
+
+// TestNATSTLSRequired: any TLS flag refuses a server without TLS rather
+// than talk to it in plain text.
+func TestNATSTLSRequired(t *testing.T) {
+	rootContext(t)
+	srv, err := testenv.NATS(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	if err := connectOnce(t, natsConn{url: srv.ClientURL(), serverName: "nats.herald.test"}); !errors.Is(err, nats.ErrSecureConnWanted) {
+		t.Errorf("--nats-server-name against a plain server: %v, want %v", err, nats.ErrSecureConnWanted)
+	}
+}
+
+// TestNATSTokenFileReread: the token is read from its file at every
+// connect, so a token the kubelet rotated in place works at the next
+// reconnect. The second server takes only the rotated token.
+func TestNATSTokenFileReread(t *testing.T) {
+	rootContext(t)
+	logs := captureLogs(t)
+	srv1, err := testenv.NATSWith(t.TempDir(), func(o *natsserver.Options) { o.Authorization = "tok1" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv1.Shutdown)
+	port := srv1.Addr().(*net.TCPAddr).Port
+	dir := t.TempDir()
+	tokenFile := writeFile(t, dir, "token", "tok1\n") // the trailing newline is not part of it
+
+	reconnected, refused := make(chan struct{}, 1), make(chan struct{}, 1)
+	signal := func(c chan struct{}) {
+		select {
+		case c <- struct{}{}:
+		default:
+		}
+	}
+	nc, _, err := connectNATS(natsConn{url: srv1.ClientURL(), tokenFile: tokenFile}, "herald-test", "tenant-a",
+		nats.ReconnectHandler(func(*nats.Conn) { signal(reconnected) }),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			if errors.Is(err, nats.ErrAuthorization) {
+				signal(refused)
+			}
+		}),
+		// The wrong token may be refused more than once before the file
+		// changes; giving up after two refusals is not under test here.
+		nats.IgnoreAuthErrorAbort())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	if !nc.IsConnected() {
+		t.Fatalf("not connected with the token from the file: %v", nc.LastError())
+	}
+	if got, want := nc.NewInbox(), natsInbox("tenant-a")+"."; !strings.HasPrefix(got, want) {
+		t.Errorf("inbox %s, want one under %s", got, want)
+	}
+
+	writeFile(t, dir, "token", "wrong")
+	srv1.Shutdown()
+	srv2, err := testenv.NATSWith(t.TempDir(), func(o *natsserver.Options) { o.Port, o.Authorization = port, "tok2" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv2.Shutdown)
+	select {
+	case <-refused:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the wrong token was never refused (status %v, last error %v)", nc.Status(), nc.LastError())
+	}
+	writeFile(t, dir, "token", "tok2\n")
+	select {
+	case <-reconnected:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("no reconnect with the rotated token (status %v, last error %v)", nc.Status(), nc.LastError())
+	}
+	if nc.ConnectedUrl() != srv2.ClientURL() {
+		t.Errorf("connected to %s, want %s", nc.ConnectedUrl(), srv2.ClientURL())
+	}
+	for _, tok := range []string{"tok1", "tok2", "wrong"} {
+		if strings.Contains(logs.String(), tok) {
+			t.Errorf("token %q in the log:\n%s", tok, logs.String())
+		}
+	}
+}
+
+// TestNATSTokenUnreadable: a token that cannot be read is no token. The
+// log names the file, never a token.
+func TestNATSTokenUnreadable(t *testing.T) {
+	logs := captureLogs(t)
+	dir := t.TempDir()
+	path := writeFile(t, dir, "token", "  s3cret-token\n")
+	read := tokenFromFile(path)
+	if got := read(); got != "s3cret-token" {
+		t.Errorf("token %q, want it trimmed", got)
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(); got != "" {
+		t.Errorf("token %q from a removed file", got)
+	}
+	logged := logs.String()
+	if !strings.Contains(logged, "connecting without a NATS token") || !strings.Contains(logged, path) {
+		t.Errorf("the failed read is not logged with its file; log:\n%s", logged)
+	}
+	if strings.Contains(logged, "s3cret-token") {
+		t.Errorf("token in the log:\n%s", logged)
+	}
+}
+
+// TestNATSNkeyFile: the manager's identity is an nkey seed from a file.
+func TestNATSNkeyFile(t *testing.T) {
+	rootContext(t)
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := kp.PublicKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed, err := kp.Seed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := testenv.NATSWith(t.TempDir(), func(o *natsserver.Options) { o.Nkeys = []*natsserver.NkeyUser{{Nkey: pub}} })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	seedFile := writeFile(t, t.TempDir(), "seed", string(seed))
+	if err := connectOnce(t, natsConn{url: srv.ClientURL(), nkeyFile: seedFile}); err != nil {
+		t.Errorf("with --nats-nkey-file: %v", err)
+	}
+	if err := connectOnce(t, natsConn{url: srv.ClientURL()}); !errors.Is(err, nats.ErrAuthorization) {
+		t.Errorf("without it: %v, want %v", err, nats.ErrAuthorization)
+	}
+}
+
+// TestNATSURLCredentialsRefused: credentials belong in files; a URL with
+// them is refused, and the error does not repeat them.
+func TestNATSURLCredentialsRefused(t *testing.T) {
+	for url, want := range map[string]string{
+		"nats://herald:s3cret@127.0.0.1:4222":           "--nats-url nats://127.0.0.1:4222 has credentials in it",
+		"nats://127.0.0.1:4222, tls://s3cret@nats:4222": "--nats-url tls://nats:4222 has credentials in it",
+		"herald:s3cret@127.0.0.1:4222":                  "--nats-token-file, --nats-nkey-file or --nats-creds instead",
+		"nats://u:s3cret%zz@host:4222":                  "--nats-url entry 1 is not a valid URL",
+	} {
+		_, _, err := connectNATS(natsConn{url: url}, "herald-test", "")
+		if err == nil {
+			t.Errorf("%s: connected", url)
+			continue
+		}
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: error %q, want it to say %q", url, err, want)
+		}
+		if strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("%s: the error repeats the secret: %v", url, err)
+		}
+	}
+}
+
+// TestNATSOptionsRefused: flag combinations that cannot work fail before
+// any connection attempt.
+func TestNATSOptionsRefused(t *testing.T) {
+	dir := t.TempDir()
+	token := writeFile(t, dir, "token", "tok")
+	for _, tc := range []struct {
+		name      string
+		c         natsConn
+		namespace string
+		want      string
+	}{
+		{"token without a namespace", natsConn{tokenFile: token}, "", "a token identity needs a namespace"},
+		{"two identities", natsConn{tokenFile: token, creds: filepath.Join(dir, "creds")}, "a", "at most one of"},
+		{"a certificate without its key", natsConn{certFile: filepath.Join(dir, "tls.crt")}, "", "give both or neither"},
+		{"a key without its certificate", natsConn{keyFile: filepath.Join(dir, "tls.key")}, "", "give both or neither"},
+		{"a missing token file", natsConn{tokenFile: filepath.Join(dir, "none")}, "a", "reading --nats-token-file"},
+		{"an empty token file", natsConn{tokenFile: writeFile(t, dir, "empty", "\n")}, "a", "is empty"},
+		{"a missing seed", natsConn{nkeyFile: filepath.Join(dir, "none")}, "", "--nats-nkey-file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.c.url = "nats://127.0.0.1:4222"
+			_, err := natsOptions(tc.c, tc.namespace)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want one saying %q", err, tc.want)
+			}
+		})
 	}
 }

@@ -47,7 +47,7 @@ func runSend(ctx context.Context, args []string) error {
 	if *id == "" {
 		*id = newEventID()
 	}
-	nc, js, err := conn.connect("herald-send")
+	nc, js, err := conn.connect("herald-send", *ns)
 	if err != nil {
 		return err
 	}

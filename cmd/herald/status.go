@@ -65,7 +65,7 @@ func runStatus(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	nc, js, err := q.conn.connect("herald-status")
+	nc, js, err := q.conn.connect("herald-status", q.namespace)
 	if err != nil {
 		return err
 	}
