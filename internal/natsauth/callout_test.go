@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"regexp"
 	"sync"
 	"time"
 
@@ -21,6 +20,7 @@ import (
 	"github.com/herald-dev/herald/internal/dispatcher"
 	"github.com/herald-dev/herald/internal/egress"
 	"github.com/herald-dev/herald/internal/natsauth"
+	"github.com/herald-dev/herald/internal/natsauth/natsauthtest"
 	"github.com/herald-dev/herald/internal/streams"
 	"github.com/herald-dev/herald/pkg/events"
 	"github.com/herald-dev/herald/pkg/signing"
@@ -94,34 +94,16 @@ func (c *conn) publish(ctx context.Context, ns, id string) error {
 	return err
 }
 
-// refused runs an attempt and waits for the server's permissions
-// violation naming subject: NATS refuses it, it does not just fail.
-func (c *conn) refused(subject string, attempt func() error) {
+// refused makes an attempt and waits for the server's permissions
+// violation naming its subject: NATS refuses it, it does not just fail.
+func (c *conn) refused(a natsauthtest.Attack) {
 	GinkgoHelper()
 	for len(c.errs) > 0 {
 		<-c.errs
 	}
-	_ = attempt() // a refused request gets no reply: a timeout or no-responders
-	want := regexp.MustCompile(`(?i)permissions violation for (publish|subscription) to "` + regexp.QuoteMeta(subject) + `"`)
-	Eventually(c.errs).Should(Receive(WithTransform(func(e error) string { return e.Error() }, MatchRegexp(want.String()))),
-		"NATS must refuse %s", subject)
-}
-
-func (c *conn) request(subject string) func() error {
-	return func() error { _, err := c.nc.Request(subject, nil, 250*time.Millisecond); return err }
-}
-
-func (c *conn) subscribe(subject string) func() error {
-	return func() error {
-		if _, err := c.nc.Subscribe(subject, func(*nats.Msg) {}); err != nil {
-			return err
-		}
-		return c.nc.Flush()
-	}
-}
-
-func (c *conn) pub(subject string) func() error {
-	return func() error { return c.nc.Publish(subject, []byte(`{}`)) }
+	_ = a.Try(c.nc) // a refused request gets no reply: a timeout
+	Eventually(c.errs).Should(Receive(WithTransform(func(e error) string { return e.Error() }, MatchRegexp(natsauthtest.Violation(a.Subject)))),
+		"NATS must refuse %s %s", a.Kind, a.Subject)
 }
 
 var _ = Describe("NATS identity per namespace", Ordered, func() {
@@ -176,35 +158,11 @@ var _ = Describe("NATS identity per namespace", Ordered, func() {
 		}
 		publishB("evt_b_before")
 
-		evB, logB, deadB := events.StreamName(b.ns), streams.AttemptsStream(b.ns), streams.DeadLetterStream(b.ns)
-		consumerB := streams.ConsumerName(b.ns, "crm")
 		for _, sa := range []string{natsauth.DispatcherServiceAccount, "billing"} {
 			By("as " + a.ns + "/" + sa)
 			c := a.connect(ctx, sa)
-			// Read B's events, dead letters, delivery log and records.
-			for _, s := range []string{"herald.events." + b.ns + ".>", "herald.dlq." + b.ns + ".>", "herald.attempts." + b.ns + ".>",
-				"$KV.herald-versions." + b.ns + ".>", "$KV.herald-health." + b.ns + ".>", "_INBOX.>", natsauth.Inbox(b.ns) + ".>", ">"} {
-				c.refused(s, c.subscribe(s))
-			}
-			// Publish into B's events, log and dead letters; write B's
-			// version and health keys.
-			for _, s := range []string{events.Subject(b.ns, "invoice.paid"), streams.AttemptSubject(b.ns, "crm", "evt_b_before"),
-				streams.DeadLetterSubject(b.ns, "crm"), "$KV.herald-versions." + b.ns + ".crm.k", "$KV.herald-health." + b.ns + ".crm"} {
-				c.refused(s, c.pub(s))
-			}
-			// B's consumer: read it, delete it, pull from it; B's streams:
-			// read, purge, delete; the buckets: purge. And listing.
-			for _, s := range []string{
-				"$JS.API.CONSUMER.INFO." + evB + "." + consumerB, "$JS.API.CONSUMER.DELETE." + evB + "." + consumerB,
-				"$JS.API.CONSUMER.MSG.NEXT." + evB + "." + consumerB, "$JS.API.CONSUMER.LIST." + evB,
-				"$JS.API.STREAM.INFO." + evB, "$JS.API.STREAM.PURGE." + evB, "$JS.API.STREAM.DELETE." + evB,
-				"$JS.API.DIRECT.GET." + logB, "$JS.API.STREAM.MSG.GET." + logB, "$JS.API.DIRECT.GET." + deadB,
-				"$JS.API.DIRECT.GET.KV_herald-versions.$KV.herald-versions." + b.ns + ".crm.k",
-				"$JS.API.STREAM.PURGE.KV_herald-versions", "$JS.API.STREAM.PURGE.KV_herald-health",
-				"$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST", "$JS.API.INFO",
-				"$JS.API.CONSUMER.CREATE." + evB, "$JS.API.CONSUMER.CREATE." + evB + ".x.herald.events." + b.ns + ".>",
-			} {
-				c.refused(s, c.request(s))
+			for _, attack := range natsauthtest.Against(b.ns, "crm") {
+				c.refused(attack)
 			}
 			publishB("evt_b_during_" + sa)
 		}
