@@ -1,14 +1,17 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -21,6 +24,7 @@ import (
 	"github.com/herald-dev/herald/internal/controller"
 	"github.com/herald-dev/herald/internal/dispatcher"
 	"github.com/herald-dev/herald/internal/egress"
+	"github.com/herald-dev/herald/internal/natsauth"
 	"github.com/herald-dev/herald/internal/streams"
 )
 
@@ -39,6 +43,9 @@ type managerFlags struct {
 	dispatcherImage            string
 	dispatcherNATSURL          string
 	dispatcherNATSTokenAuth    bool
+	calloutIssuerFile          string
+	calloutAccount             string
+	natsAudience               string
 	watchNamespaces            string
 	leaderElect                bool
 	metricsAddr, probeAddr     string
@@ -79,14 +86,17 @@ func runManager(ctx context.Context, args []string) error {
 	f.dispatcherResources = def
 	fs.StringVar(&f.dispatcherImagePullPolicy, "dispatcher-image-pull-policy", string(corev1.PullIfNotPresent), "image pull policy of the dispatcher pods")
 	fs.StringVar(&f.dispatcherNATSURL, "dispatcher-nats-url", "", "NATS URL the dispatcher pods use (default: --nats-url)")
-	fs.BoolVar(&f.dispatcherNATSTokenAuth, "dispatcher-nats-token-auth", false, "give each dispatcher pod a projected ServiceAccount token (audience "+controller.DefaultNATSAudience+") as its NATS identity, for NATS's auth callout")
+	fs.BoolVar(&f.dispatcherNATSTokenAuth, "dispatcher-nats-token-auth", true, "give each dispatcher pod a projected ServiceAccount token (audience --nats-audience) as its NATS identity, which NATS's auth callout checks; a NATS without auth ignores it")
+	fs.StringVar(&f.calloutIssuerFile, "nats-callout-issuer-file", os.Getenv("NATS_CALLOUT_ISSUER_FILE"), "file holding the account nkey seed whose public key is nats-server's auth_callout issuer (herald nats-keys writes it); serves NATS's auth callout, giving each ServiceAccount token its namespace's rights (env NATS_CALLOUT_ISSUER_FILE)")
+	fs.StringVar(&f.calloutAccount, "nats-callout-account", natsauth.DefaultAccount, "the NATS account the callout places Herald's clients in")
+	fs.StringVar(&f.natsAudience, "nats-audience", natsauth.DefaultAudience, "audience of the ServiceAccount tokens NATS accepts (and the dispatchers' projected tokens carry)")
 	f.egress = egressFlags(fs)
 	fs.StringVar(&f.watchNamespaces, "watch-namespaces", "", "comma-separated namespaces to reconcile; empty means all")
 	fs.BoolVar(&f.leaderElect, "leader-elect", false, "elect a leader so only one replica reconciles and dispatches")
 	fs.StringVar(&f.metricsAddr, "metrics-bind-address", "0", "metrics address (:8443 for https, :8080 for http, 0 to disable)")
 	fs.BoolVar(&f.metricsSecure, "metrics-secure", true, "serve metrics over https behind Kubernetes authn/authz")
 	fs.StringVar(&f.probeAddr, "health-probe-bind-address", ":8081", "health and readiness probe address")
-	fs.DurationVar(&f.ensureInterval, "ensure-interval", 5*time.Minute, "how often streams and buckets are brought back to their configured limits")
+	fs.DurationVar(&f.ensureInterval, "ensure-interval", 5*time.Minute, "how often streams and buckets are brought back to their configured limits, and the empty streams of namespaces without endpoints removed")
 	fs.DurationVar(&f.resyncInterval, "resync-interval", controller.DefaultResyncInterval, "periodic pass per endpoint (consumer drift, backlog, lag)")
 	fs.DurationVar(&f.writeEvery, "status-write-interval", controller.DefaultMinStatusWriteInterval, "least time between two status writes of one endpoint that change no condition")
 	zapOpts := zap.Options{}
@@ -159,22 +169,30 @@ func runManager(ctx context.Context, args []string) error {
 	if err := addChecks(mgr, nc); err != nil {
 		return err
 	}
-	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
-		return ensureStreamsEvery(ctx, log, js, limits, f.ensureInterval)
-	})); err != nil {
+	if f.calloutIssuerFile != "" {
+		issuer, err := readIssuer(f.calloutIssuerFile)
+		if err != nil {
+			return err
+		}
+		if err := mgr.Add(&natsauth.Callout{NC: nc, Issuer: issuer, Account: f.calloutAccount, Client: mgr.GetClient(),
+			Audience: f.natsAudience, Log: ctrl.Log.WithName("nats-callout")}); err != nil {
+			return fmt.Errorf("adding NATS auth callout: %w", err)
+		}
+	}
+	if err := mgr.Add(&controller.NamespaceStreams{Client: mgr.GetClient(), JS: js, Limits: limits, Every: f.ensureInterval}); err != nil {
 		return fmt.Errorf("adding stream ensurer: %w", err)
 	}
-	if err := mgr.Add(&controller.StorageMetrics{JS: js, Limits: limits}); err != nil {
+	if err := mgr.Add(&controller.StorageMetrics{JS: js}); err != nil {
 		return fmt.Errorf("adding storage metrics: %w", err)
 	}
-	if err := setupControllers(ctx, mgr, js, mode, f, namespaces); err != nil {
+	if err := setupControllers(ctx, mgr, js, mode, f, limits, namespaces); err != nil {
 		return err
 	}
 	log.Info("starting manager", "dispatch", mode, "watchNamespaces", namespaces, "natsURL", redactURLs(f.nats.url))
 	return mgr.Start(ctx)
 }
 
-func setupControllers(ctx context.Context, mgr ctrl.Manager, js jetstream.JetStream, mode controller.DispatchMode, f managerFlags, namespaces []string) error {
+func setupControllers(ctx context.Context, mgr ctrl.Manager, js jetstream.JetStream, mode controller.DispatchMode, f managerFlags, limits streams.Limits, namespaces []string) error {
 	if err := controller.SetupIndexes(ctx, mgr); err != nil {
 		return err
 	}
@@ -197,6 +215,8 @@ func setupControllers(ctx context.Context, mgr ctrl.Manager, js jetstream.JetStr
 		// Endpoints at an address the dispatchers would refuse are
 		// Stalled (URLRefused) before any attempt.
 		Egress: guard,
+		// A namespace's first endpoint creates its streams.
+		Streams: limits,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up webhookendpoint controller: %w", err)
 	}
@@ -216,7 +236,7 @@ func setupControllers(ctx context.Context, mgr ctrl.Manager, js jetstream.JetStr
 			Config: controller.DispatcherConfig{Image: f.dispatcherImage, NATSURL: f.dispatcherNATSURL,
 				ImagePullPolicy: corev1.PullPolicy(f.dispatcherImagePullPolicy), Resources: &f.dispatcherResources,
 				EgressAllow: f.egress.Allow, EgressDeny: f.egress.Deny,
-				NATSTokenAuth: f.dispatcherNATSTokenAuth, NATSCA: ca, NATSServerName: f.nats.serverName},
+				NATSTokenAuth: f.dispatcherNATSTokenAuth, NATSAudience: f.natsAudience, NATSCA: ca, NATSServerName: f.nats.serverName},
 		}).SetupWithManager(mgr); err != nil {
 			return fmt.Errorf("setting up dispatcher deployment controller: %w", err)
 		}
@@ -251,25 +271,6 @@ func ensureStreams(ctx context.Context, log logr.Logger, js jetstream.JetStream,
 		case <-ctx.Done():
 			return fmt.Errorf("ensuring NATS streams: %w", ctx.Err())
 		case <-time.After(5 * time.Second):
-		}
-	}
-}
-
-// ensureStreamsEvery repairs drift of the streams' limits, and recreates
-// them after a NATS that lost its storage.
-func ensureStreamsEvery(ctx context.Context, log logr.Logger, js jetstream.JetStream, l streams.Limits, every time.Duration) error {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			if err := streams.Ensure(cctx, js, l); err != nil {
-				log.Error(err, "ensuring NATS streams and buckets")
-			}
-			cancel()
 		}
 	}
 }
@@ -325,4 +326,21 @@ func (b bytesFlag) Set(s string) error {
 	}
 	*b.p = v.Value()
 	return nil
+}
+
+// readIssuer reads the callout's signing key; the error names the file,
+// never its content.
+func readIssuer(path string) (nkeys.KeyPair, error) {
+	seed, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading the NATS callout issuer seed: %w", err)
+	}
+	kp, err := nkeys.FromSeed(bytes.TrimSpace(seed))
+	if err != nil {
+		return nil, fmt.Errorf("the NATS callout issuer seed in %s is not an nkey seed (herald nats-keys writes one)", path)
+	}
+	if pub, _ := kp.PublicKey(); !nkeys.IsValidPublicAccountKey(pub) {
+		return nil, fmt.Errorf("the NATS callout issuer seed in %s is not an account seed", path)
+	}
+	return kp, nil
 }

@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 
 	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
+	"github.com/herald-dev/herald/internal/natsauth"
 )
 
 // errNATSClosed is the cause a process ends with when nats.go closed its
@@ -91,12 +92,6 @@ func (c natsConn) caBundle() ([]byte, error) {
 	return b, nil
 }
 
-// natsInbox is the inbox prefix a namespace's clients may subscribe to
-// under auth callout.
-func natsInbox(namespace string) string {
-	return "_HERALD_INBOX." + namespace // natsauth.Inbox once that package lands
-}
-
 // natsOptions turns the flags into nats.go options: who the client is and
 // how it secures the connection. It checks what can be checked before
 // connecting, so a mistake fails at start with a clear error rather than
@@ -132,7 +127,7 @@ func natsOptions(c natsConn, namespace string) ([]nats.Option, error) {
 		if _, err := readToken(c.tokenFile); err != nil {
 			return nil, err
 		}
-		opts = append(opts, nats.TokenHandler(tokenFromFile(c.tokenFile)), nats.CustomInboxPrefix(natsInbox(namespace)))
+		opts = append(opts, nats.TokenHandler(tokenFromFile(c.tokenFile)), nats.CustomInboxPrefix(natsauth.Inbox(namespace)))
 	}
 	if (c.certFile == "") != (c.keyFile == "") {
 		return nil, errors.New("--nats-cert-file and --nats-key-file go together: give both or neither")

@@ -28,6 +28,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 
+	"github.com/herald-dev/herald/internal/natsauth"
 	"github.com/herald-dev/herald/internal/testenv"
 )
 
@@ -455,7 +456,7 @@ func TestNATSTokenFileReread(t *testing.T) {
 	if !nc.IsConnected() {
 		t.Fatalf("not connected with the token from the file: %v", nc.LastError())
 	}
-	if got, want := nc.NewInbox(), natsInbox("tenant-a")+"."; !strings.HasPrefix(got, want) {
+	if got, want := nc.NewInbox(), natsauth.Inbox("tenant-a")+"."; !strings.HasPrefix(got, want) {
 		t.Errorf("inbox %s, want one under %s", got, want)
 	}
 

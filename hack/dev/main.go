@@ -21,9 +21,16 @@ import (
 	"strings"
 	"syscall"
 
+	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
+
+	"github.com/herald-dev/herald/internal/natsauth"
 )
 
 func main() {
@@ -92,9 +99,20 @@ func run(ctx context.Context, bin string, natsPort int, receiverAddr string) err
 	if err := os.RemoveAll(jsDir); err != nil {
 		return err
 	}
+	// NATS with the auth a cluster gets: the manager's nkey, and the
+	// manager's auth callout for every ServiceAccount token.
+	natsConf, keysDir, err := writeNATSConfig(devDir, natsPort, jsDir)
+	if err != nil {
+		return err
+	}
+	heraldToken := filepath.Join(devDir, "herald-token")
+	if err := writeHeraldToken(ctx, env, heraldToken); err != nil {
+		return err
+	}
 	procs := []*exec.Cmd{
-		command("nats", filepath.Join(bin, "nats-server"), "-a", "127.0.0.1", "-p", fmt.Sprint(natsPort), "-js", "-sd", jsDir),
+		command("nats", filepath.Join(bin, "nats-server"), "-c", natsConf),
 		command("manager", filepath.Join(bin, "herald"), "manager", "--dispatch=in-process", "--nats-url="+natsURL,
+			"--nats-nkey-file="+filepath.Join(keysDir, "manager.nk"), "--nats-callout-issuer-file="+filepath.Join(keysDir, "issuer.nk"),
 			"--metrics-bind-address=127.0.0.1:8080", "--metrics-secure=false", "--health-probe-bind-address=127.0.0.1:8081",
 			// The demo receiver is on loopback, which the egress guard
 			// refuses unless opened.
@@ -126,15 +144,18 @@ Herald is running: API server (kubeconfig %[1]s), NATS at %[2]s, demo receiver a
 Next, in another terminal:
 
   kubectl --kubeconfig %[1]s apply -f config/samples/
-  bin/herald send --nats-url %[2]s --type subscription.updated --key sub_123 --version 1 --data '{"plan":"pro"}'
+  bin/herald send --nats-url %[2]s --nats-token-file %[5]s --type subscription.updated --key sub_123 --version 1 --data '{"plan":"pro"}'
   kubectl --kubeconfig %[1]s get webhookendpoints -A
+
+%[5]s is a token of the ServiceAccount default/herald-dev, which may
+publish and read in namespace default; NATS lets nothing else in.
 
 Break the CRM receiver on purpose and watch it retry (the control token is in %[4]s):
 
   curl -X PUT -H "Authorization: Bearer $(cat %[4]s)" 'http://%[3]s/_herald/behaviour?path=/crm&status=500'
 
 Ctrl-C stops everything.
-`, kcPath, natsURL, receiverAddr, tokenPath)
+`, kcPath, natsURL, receiverAddr, tokenPath, heraldToken)
 
 	errc := make(chan error, len(procs))
 	for _, p := range procs {
@@ -149,6 +170,76 @@ Ctrl-C stops everything.
 		}
 		return err
 	}
+}
+
+// writeNATSConfig writes a nats-server configuration for dev: loopback,
+// JetStream in jsDir, and Herald's auth from new keys (herald nats-keys
+// makes the same files for a cluster).
+func writeNATSConfig(devDir string, port int, jsDir string) (conf, keysDir string, err error) {
+	keysDir = filepath.Join(devDir, "nats")
+	if err := os.MkdirAll(keysDir, 0o700); err != nil {
+		return "", "", err
+	}
+	keys, err := natsauth.NewKeys()
+	if err != nil {
+		return "", "", err
+	}
+	for name, seed := range map[string][]byte{"manager.nk": keys.ManagerSeed, "issuer.nk": keys.IssuerSeed} {
+		if err := os.WriteFile(filepath.Join(keysDir, name), seed, 0o600); err != nil {
+			return "", "", err
+		}
+	}
+	auth, err := keys.ServerConfig(natsauth.DefaultAccount)
+	if err != nil {
+		return "", "", err
+	}
+	conf = filepath.Join(keysDir, "nats.conf")
+	text := fmt.Sprintf("listen: \"127.0.0.1:%d\"\njetstream { store_dir: %q }\n%s", port, jsDir, auth)
+	return conf, keysDir, os.WriteFile(conf, []byte(text), 0o600)
+}
+
+// writeHeraldToken creates the ServiceAccount default/herald-dev, lets it
+// publish (the shipped herald-producer ClusterRole) and read endpoints
+// (webhooks-viewer-role) in default, and writes a day-long token for NATS's
+// audience to path: what `herald send` and `herald status` present.
+func writeHeraldToken(ctx context.Context, env *envtest.Environment, path string) error {
+	c, err := client.New(env.Config, client.Options{})
+	if err != nil {
+		return err
+	}
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "herald-dev", Namespace: "default"}}
+	if err := c.Create(ctx, sa); err != nil {
+		return fmt.Errorf("creating ServiceAccount default/herald-dev: %w", err)
+	}
+	for _, file := range []string{"producer_role.yaml", "webhooks_viewer_role.yaml"} {
+		b, err := os.ReadFile(filepath.Join("config", "rbac", file))
+		if err != nil {
+			return err
+		}
+		var role rbacv1.ClusterRole
+		if err := yaml.Unmarshal(b, &role); err != nil {
+			return fmt.Errorf("reading %s: %w", file, err)
+		}
+		if err := c.Create(ctx, &role); err != nil {
+			return fmt.Errorf("creating ClusterRole %s: %w", role.Name, err)
+		}
+		rb := &rbacv1.RoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Name: "herald-dev-" + role.Name, Namespace: "default"},
+			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name},
+			Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: sa.Name, Namespace: sa.Namespace}},
+		}
+		if err := c.Create(ctx, rb); err != nil {
+			return fmt.Errorf("binding ClusterRole %s: %w", role.Name, err)
+		}
+	}
+	tr := &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{
+		Audiences: []string{natsauth.DefaultAudience}, ExpirationSeconds: ptr.To(int64(24 * 3600)),
+	}}
+	if err := c.SubResource("token").Create(ctx, sa, tr); err != nil {
+		return fmt.Errorf("requesting a token for default/herald-dev: %w", err)
+	}
+	_ = os.Remove(path)
+	return os.WriteFile(path, []byte(tr.Status.Token), 0o600)
 }
 
 // writeToken writes a new random bearer token for the demo receiver's

@@ -7,6 +7,10 @@ import (
 	"testing"
 )
 
+import (
+	"github.com/herald-dev/herald/internal/natsauth"
+)
+
 func TestDispatcherArgsCarryEgressRanges(t *testing.T) {
 	base := []string{"dispatcher", "--namespace=a", "--nats-url=nats://n:4222", "--metrics-bind-address=:8080", "--health-probe-bind-address=:8081"}
 	if got := dispatcherArgs("a", DispatcherConfig{NATSURL: "nats://n:4222"}); !slices.Equal(got, base) {
@@ -64,7 +68,7 @@ func TestDispatcherNATSVolumes(t *testing.T) {
 		cfg              DispatcherConfig
 		audience, cmName string
 	}{
-		{DispatcherConfig{NATSTokenAuth: true, NATSCA: []byte("ca")}, DefaultNATSAudience, DefaultNATSCAConfigMap},
+		{DispatcherConfig{NATSTokenAuth: true, NATSCA: []byte("ca")}, natsauth.DefaultAudience, DefaultNATSCAConfigMap},
 		{DispatcherConfig{NATSTokenAuth: true, NATSCA: []byte("ca"), NATSAudience: "nats.example", NATSCAConfigMap: "nats-ca"}, "nats.example", "nats-ca"},
 	} {
 		vols, mounts := natsVolumes(tc.cfg)

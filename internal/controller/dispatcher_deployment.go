@@ -30,16 +30,13 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	v1 "github.com/herald-dev/herald/api/v1alpha1"
+	"github.com/herald-dev/herald/internal/natsauth"
 )
 
 // DispatcherName names every per-namespace dispatcher object: the
-// Deployment, its ServiceAccount, Role and RoleBinding.
-const DispatcherName = "herald-dispatcher"
-
-// DefaultNATSAudience is the audience of the ServiceAccount tokens the
-// dispatchers present to NATS, which the auth callout requires: a token
-// for the Kubernetes API (or anything else) is no NATS identity.
-const DefaultNATSAudience = "nats.herald.dev"
+// Deployment, its ServiceAccount, Role and RoleBinding. NATS's auth
+// callout knows the ServiceAccount by this name.
+const DispatcherName = natsauth.DispatcherServiceAccount
 
 // DefaultNATSCAConfigMap names the ConfigMap, in each tenant namespace,
 // holding the CA bundle the dispatcher verifies NATS with.
@@ -102,7 +99,7 @@ type DispatcherConfig struct {
 	// and --egress-deny (see internal/egress).
 	EgressAllow, EgressDeny []netip.Prefix
 	// NATSTokenAuth gives each dispatcher a projected ServiceAccount token
-	// with audience NATSAudience (default DefaultNATSAudience) as its NATS
+	// with audience NATSAudience (default natsauth.DefaultAudience) as its NATS
 	// identity, for the auth callout to map to its namespace.
 	NATSTokenAuth bool
 	NATSAudience  string
@@ -120,7 +117,7 @@ type DispatcherConfig struct {
 // natsAudience is the audience the NATS token is issued for.
 func (c DispatcherConfig) natsAudience() string {
 	if c.NATSAudience == "" {
-		return DefaultNATSAudience
+		return natsauth.DefaultAudience
 	}
 	return c.NATSAudience
 }

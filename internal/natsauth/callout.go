@@ -43,6 +43,10 @@ var (
 	readerAccess   = authzv1.ResourceAttributes{Group: "webhooks.herald.dev", Resource: "webhookendpoints", Verb: "get"}
 )
 
+// The callout's RBAC: it reviews tokens and asks RBAC about producers.
+// +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
+// +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
+
 // Callout answers the NATS server's authorization requests.
 type Callout struct {
 	// NC is the manager's own connection (an auth_users nkey).
