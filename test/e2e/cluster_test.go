@@ -91,7 +91,8 @@ spec:
         securityContext: {runAsUser: 0}
         image: %s
         imagePullPolicy: IfNotPresent
-        args: ["--jetstream", "--store_dir=/data", "--port=4222", "--http_port=8222"]
+        # TLS, JetStream and Herald's auth callout (nats_test.go).
+        args: ["-c", "/etc/nats/nats.conf"]
         ports:
         - {containerPort: 4222}
         - {containerPort: 8222}
@@ -100,9 +101,17 @@ spec:
           periodSeconds: 2
         volumeMounts:
         - {name: data, mountPath: /data}
+        - {name: config, mountPath: /etc/nats, readOnly: true}
       volumes:
       - name: data
         hostPath: {path: %q, type: DirectoryOrCreate}
+      - name: config
+        secret:
+          secretName: nats-config
+          items:
+          - {key: nats.conf, path: nats.conf}
+          - {key: tls.crt, path: tls/tls.crt}
+          - {key: tls.key, path: tls/tls.key}
 `, envOr("E2E_NATS_IMAGE", "nats:e2e"), natsDataDir)
 }
 
@@ -150,6 +159,10 @@ func installHerald() {
 			// pod and Service ranges (hack/cluster/lib.sh) to the egress
 			// guard, which refuses private ranges by default.
 			args = append(args, "--egress-allow="+podCIDR+","+serviceCIDR)
+			// NATS's certificate is from the cluster's CA, which every
+			// pod's ServiceAccount mount carries; the manager passes it on
+			// to the dispatchers.
+			args = append(args, "--nats-ca-file=/var/run/secrets/kubernetes.io/serviceaccount/ca.crt", "--nats-server-name="+natsServerName)
 			c["args"] = args
 			b, err := yaml.Marshal(obj)
 			Expect(err).NotTo(HaveOccurred())

@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/herald-dev/herald/api/v1alpha1"
+	"github.com/herald-dev/herald/internal/streams"
 	"github.com/herald-dev/herald/pkg/events"
 )
 
@@ -37,6 +38,8 @@ var (
 	js   jetstream.JetStream
 	pub  *events.Publisher
 	fwds []*forward
+	// natsAddr is the port-forward to NATS's Service.
+	natsAddr string
 
 	// Every spec's tenants: namespaces with a receiver, a signing secret
 	// and a fast retry policy.
@@ -71,7 +74,9 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	k8s, err = client.New(cfg, client.Options{Scheme: scheme})
 	Expect(err).NotTo(HaveOccurred())
 
-	By("installing NATS with JetStream, its store on a volume")
+	By("installing NATS with JetStream, TLS from the cluster's CA and Herald's auth callout, its store on a volume")
+	makeNATSSecrets()
+	apply(natsSecretsManifest())
 	apply(natsManifest())
 	kubectl("-n", "nats", "rollout", "status", "deployment/nats", "--timeout=3m")
 
@@ -81,14 +86,17 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 
 	By("reaching NATS through a port-forward")
 	f := startForward("nats", "svc/nats", 4222)
-	nc, err = nats.Connect("nats://"+f.addr, nats.Name("herald-e2e"), nats.MaxReconnects(-1),
-		nats.ReconnectWait(250*time.Millisecond), nats.Timeout(5*time.Second))
+	natsAddr = f.addr
+	// The suite reads and publishes across namespaces as the manager does.
+	nc, err = nats.Connect("nats://"+f.addr, append(natsOptions(), nats.Name("herald-e2e"), nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond), nats.Timeout(5*time.Second))...)
 	Expect(err).NotTo(HaveOccurred())
 	js, err = jetstream.New(nc)
 	Expect(err).NotTo(HaveOccurred())
-	// The manager creates the streams; publishing waits for it.
+	// The manager creates the buckets; publishing waits for it (each
+	// namespace's streams come with its first endpoint).
 	Eventually(func(ctx context.Context) error {
-		_, err := js.Stream(ctx, events.StreamName)
+		_, err := js.KeyValue(ctx, streams.HealthBucket)
 		return err
 	}).WithContext(ctx).Should(Succeed())
 	pub, err = events.NewPublisher(js)

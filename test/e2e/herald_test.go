@@ -85,7 +85,7 @@ var _ = Describe("Herald in a cluster", Ordered, ContinueOnFailure, func() {
 		}
 
 		By("the dead letter keeps the event with its history")
-		dlq, err := js.Stream(context.Background(), streams.DeadLetterStream)
+		dlq, err := js.Stream(context.Background(), streams.DeadLetterStream(a.ns))
 		Expect(err).NotTo(HaveOccurred())
 		msg, err := dlq.GetLastMsgForSubject(context.Background(), streams.DeadLetterSubject(a.ns, "failing"))
 		Expect(err).NotTo(HaveOccurred())
@@ -241,11 +241,11 @@ var _ = Describe("Herald in a cluster", Ordered, ContinueOnFailure, func() {
 	Describe("garbage collection", func() {
 		It("removes an endpoint's consumer with the endpoint", func() {
 			name := streams.ConsumerName(a.ns, "happy")
-			_, err := js.Consumer(context.Background(), events.StreamName, name)
+			_, err := js.Consumer(context.Background(), events.StreamName(a.ns), name)
 			Expect(err).NotTo(HaveOccurred())
 			a.delete("happy")
 			Eventually(func() error {
-				_, err := js.Consumer(context.Background(), events.StreamName, name)
+				_, err := js.Consumer(context.Background(), events.StreamName(a.ns), name)
 				return err
 			}).Should(MatchError(jetstream.ErrConsumerNotFound))
 		})

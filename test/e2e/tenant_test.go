@@ -303,7 +303,7 @@ func publish(ns, typ, id, key string, version int64) {
 func eventState(ns, endpoint, id string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	states, err := dispatcher.EventStatus(ctx, js, id, "", "")
+	states, err := dispatcher.EventStatus(ctx, js, id, ns, "")
 	if err != nil {
 		return "", err
 	}

@@ -1,0 +1,174 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+
+	"github.com/herald-dev/herald/internal/natsauth"
+)
+
+// NATS in the e2e cluster runs as in production: auth callout served by
+// the manager (its nkey the one static credential) and TLS with a
+// certificate from the cluster's CA, which every pod already trusts
+// (the ServiceAccount mount's ca.crt).
+const natsServerName = "nats.nats.svc"
+
+// natsSecrets is what the suite makes once: the keys, the server's
+// certificate, and the CA pool its own clients verify NATS with.
+type natsSecrets struct {
+	keys            natsauth.Keys
+	certPEM, keyPEM []byte
+	caPool          *x509.CertPool
+	managerSeedPath string
+}
+
+var natsSec natsSecrets
+
+// makeNATSSecrets signs NATS's certificate with the cluster's CA (the
+// PKI of hack/cluster, or E2E_CLUSTER_PKI) and makes Herald's keys.
+func makeNATSSecrets() {
+	GinkgoHelper()
+	pki := envOr("E2E_CLUSTER_PKI", filepath.Join(repoRoot, "bin", "cluster", "state", "pki"))
+	caPEM, err := os.ReadFile(filepath.Join(pki, "ca.crt"))
+	Expect(err).NotTo(HaveOccurred(), "the cluster's CA (set E2E_CLUSTER_PKI for a cluster not made by make cluster-up)")
+	caKeyPEM, err := os.ReadFile(filepath.Join(pki, "ca.key"))
+	Expect(err).NotTo(HaveOccurred())
+	caPair, err := tls.X509KeyPair(caPEM, caKeyPEM)
+	Expect(err).NotTo(HaveOccurred())
+	ca, err := x509.ParseCertificate(caPair.Certificate[0])
+	Expect(err).NotTo(HaveOccurred())
+
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	Expect(err).NotTo(HaveOccurred())
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: natsServerName},
+		DNSNames:     []string{natsServerName, "nats.nats.svc.cluster.local", "nats.nats", "nats"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(7 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caPair.PrivateKey)
+	Expect(err).NotTo(HaveOccurred())
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	Expect(err).NotTo(HaveOccurred())
+	natsSec.certPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	natsSec.keyPEM = pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
+	natsSec.caPool = x509.NewCertPool()
+	Expect(natsSec.caPool.AppendCertsFromPEM(caPEM)).To(BeTrue())
+
+	natsSec.keys, err = natsauth.NewKeys()
+	Expect(err).NotTo(HaveOccurred())
+	dir := GinkgoT().TempDir()
+	natsSec.managerSeedPath = filepath.Join(dir, "manager.nk")
+	Expect(os.WriteFile(natsSec.managerSeedPath, natsSec.keys.ManagerSeed, 0o600)).To(Succeed())
+}
+
+// natsConfig is the server's configuration: TLS, JetStream, and the auth
+// block Herald ships (natsauth.Keys.ServerConfig, as herald nats-keys
+// writes it).
+func natsConfig() string {
+	GinkgoHelper()
+	auth, err := natsSec.keys.ServerConfig(natsauth.DefaultAccount)
+	Expect(err).NotTo(HaveOccurred())
+	return fmt.Sprintf(`port: 4222
+http_port: 8222
+tls {
+  cert_file: "/etc/nats/tls/tls.crt"
+  key_file: "/etc/nats/tls/tls.key"
+}
+jetstream {
+  store_dir: "/data"
+  # Each namespace's streams reserve their budgets; the test node's disk
+  # is shared, so the server may promise more than it has.
+  max_file_store: 1T
+}
+%s`, auth)
+}
+
+// natsSecretsManifest holds the server's configuration and certificate,
+// and the manager's keys Secret, which the installed manager mounts.
+func natsSecretsManifest() string {
+	GinkgoHelper()
+	indent := func(b []byte) string {
+		return "    " + strings.ReplaceAll(strings.TrimRight(string(b), "\n"), "\n", "\n    ")
+	}
+	return fmt.Sprintf(`apiVersion: v1
+kind: Namespace
+metadata:
+  name: nats
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: nats-config
+  namespace: nats
+stringData:
+  nats.conf: |
+%s
+  tls.crt: |
+%s
+  tls.key: |
+%s
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: herald-system
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: herald-nats-keys
+  namespace: herald-system
+stringData:
+  manager.nk: %q
+  issuer.nk: %q
+`, indent([]byte(natsConfig())), indent(natsSec.certPEM), indent(natsSec.keyPEM), natsSec.keys.ManagerSeed, natsSec.keys.IssuerSeed)
+}
+
+// natsOptions connect the suite as the manager does: its nkey, TLS
+// verified against the cluster's CA for NATS's Service name (the suite
+// dials a port-forward on 127.0.0.1).
+func natsOptions() []nats.Option {
+	GinkgoHelper()
+	nkey, err := nats.NkeyOptionFromSeed(natsSec.managerSeedPath)
+	Expect(err).NotTo(HaveOccurred())
+	return []nats.Option{nkey, nats.Secure(&tls.Config{ServerName: natsServerName, RootCAs: natsSec.caPool, MinVersion: tls.VersionTLS12})}
+}
+
+// tenantConn connects with a ServiceAccount token, as a tenant's pod
+// does: TLS, the token, the namespace's inbox.
+func tenantConn(ns, token string, errs chan error) (*nats.Conn, error) {
+	return nats.Connect("nats://"+natsAddr, nats.Token(token), nats.CustomInboxPrefix(natsauth.Inbox(ns)),
+		nats.Secure(&tls.Config{ServerName: natsServerName, RootCAs: natsSec.caPool, MinVersion: tls.VersionTLS12}),
+		nats.MaxReconnects(0), nats.Timeout(5*time.Second),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			select {
+			case errs <- err:
+			default:
+			}
+		}))
+}
+
+// jetstreamOn opens JetStream on a tenant's connection.
+func jetstreamOn(c *nats.Conn) (jetstream.JetStream, error) { return jetstream.New(c) }
