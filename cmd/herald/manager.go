@@ -5,7 +5,9 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	neturl "net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -43,6 +45,7 @@ type managerFlags struct {
 	dispatcherImage            string
 	dispatcherNATSURL          string
 	dispatcherNATSTokenAuth    bool
+	dispatcherNetworkPolicy    bool
 	calloutIssuerFile          string
 	calloutAccount             string
 	natsAudience               string
@@ -87,6 +90,7 @@ func runManager(ctx context.Context, args []string) error {
 	fs.StringVar(&f.dispatcherImagePullPolicy, "dispatcher-image-pull-policy", string(corev1.PullIfNotPresent), "image pull policy of the dispatcher pods")
 	fs.StringVar(&f.dispatcherNATSURL, "dispatcher-nats-url", "", "NATS URL the dispatcher pods use (default: --nats-url)")
 	fs.BoolVar(&f.dispatcherNATSTokenAuth, "dispatcher-nats-token-auth", true, "give each dispatcher pod a projected ServiceAccount token (audience --nats-audience) as its NATS identity, which NATS's auth callout checks; a NATS without auth ignores it")
+	fs.BoolVar(&f.dispatcherNetworkPolicy, "dispatcher-network-policy", true, "give the dispatcher pods a NetworkPolicy (DNS, NATS, the API server, the internet; no private ranges but --egress-allow) as a second layer behind the egress guard; it needs a CNI that enforces policies")
 	fs.StringVar(&f.calloutIssuerFile, "nats-callout-issuer-file", os.Getenv("NATS_CALLOUT_ISSUER_FILE"), "file holding the account nkey seed whose public key is nats-server's auth_callout issuer (herald nats-keys writes it); serves NATS's auth callout, giving each ServiceAccount token its namespace's rights (env NATS_CALLOUT_ISSUER_FILE)")
 	fs.StringVar(&f.calloutAccount, "nats-callout-account", natsauth.DefaultAccount, "the NATS account the callout places Herald's clients in")
 	fs.StringVar(&f.natsAudience, "nats-audience", natsauth.DefaultAudience, "audience of the ServiceAccount tokens NATS accepts (and the dispatchers' projected tokens carry)")
@@ -231,12 +235,14 @@ func setupControllers(ctx context.Context, mgr ctrl.Manager, js jetstream.JetStr
 		if err != nil {
 			return err
 		}
+		natsNS, natsPort := natsServiceOf(f.dispatcherNATSURL)
 		if err := (&controller.DispatcherDeploymentReconciler{
 			Client: mgr.GetClient(),
 			Config: controller.DispatcherConfig{Image: f.dispatcherImage, NATSURL: f.dispatcherNATSURL,
 				ImagePullPolicy: corev1.PullPolicy(f.dispatcherImagePullPolicy), Resources: &f.dispatcherResources,
 				EgressAllow: f.egress.Allow, EgressDeny: f.egress.Deny,
-				NATSTokenAuth: f.dispatcherNATSTokenAuth, NATSAudience: f.natsAudience, NATSCA: ca, NATSServerName: f.nats.serverName},
+				NATSTokenAuth: f.dispatcherNATSTokenAuth, NATSAudience: f.natsAudience, NATSCA: ca, NATSServerName: f.nats.serverName,
+				NetworkPolicy: f.dispatcherNetworkPolicy, NATSNamespace: natsNS, NATSPort: natsPort},
 		}).SetupWithManager(mgr); err != nil {
 			return fmt.Errorf("setting up dispatcher deployment controller: %w", err)
 		}
@@ -343,4 +349,26 @@ func readIssuer(path string) (nkeys.KeyPair, error) {
 		return nil, fmt.Errorf("the NATS callout issuer seed in %s is not an account seed", path)
 	}
 	return kp, nil
+}
+
+// natsServiceOf reads the namespace and port of NATS's Service from the
+// dispatchers' NATS URL (nats://<service>.<namespace>.svc...:<port>), for
+// their NetworkPolicy; "" (any namespace) when the host says nothing.
+func natsServiceOf(urls string) (namespace string, port int32) {
+	first, _, _ := strings.Cut(urls, ",")
+	if !strings.Contains(first, "://") {
+		first = "nats://" + first
+	}
+	u, err := neturl.Parse(strings.TrimSpace(first))
+	if err != nil {
+		return "", 0
+	}
+	if p, err := strconv.ParseInt(u.Port(), 10, 32); err == nil {
+		port = int32(p)
+	}
+	labels := strings.Split(u.Hostname(), ".")
+	if len(labels) == 2 || (len(labels) > 2 && labels[2] == "svc") {
+		namespace = labels[1]
+	}
+	return namespace, port
 }

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -39,6 +41,19 @@ type arrival struct {
 	Version int64     `json:"version,omitempty"`
 	Status  int       `json:"status"` // what the receiver answered
 	Time    time.Time `json:"time"`   // when the request arrived
+	// Authorization is "sha256:<hex>" of the request's Authorization
+	// header, when it had one: enough to check that an auth header from
+	// a Secret arrived, without the receiver repeating the secret.
+	Authorization string `json:"authorization,omitempty"`
+}
+
+// digest is how the receiver shows a header value it must not repeat.
+func digest(v string) string {
+	if v == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(v))
+	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
 // maxArrivals bounds the arrivals kept in memory.
@@ -238,7 +253,8 @@ func newReceiver(cfg receiverConfig) http.Handler {
 			b = behaviour{Status: cfg.status, Delay: cfg.delay}
 		}
 		if len(order) < maxArrivals {
-			order = append(order, arrival{Path: r.URL.Path, ID: env.ID, Key: env.Key, Version: env.Version, Status: b.Status, Time: time.Now()})
+			order = append(order, arrival{Path: r.URL.Path, ID: env.ID, Key: env.Key, Version: env.Version, Status: b.Status, Time: time.Now(),
+				Authorization: digest(r.Header.Get("Authorization"))})
 		}
 		mu.Unlock()
 		log.Printf("%s <- %s %s key=%s version=%d (%s) answering %d after %s", r.URL.Path, env.ID, env.Type, env.Key, env.Version, verdict, b.Status, b.Delay)

@@ -154,3 +154,20 @@ func TestReceiverSecrets(t *testing.T) {
 		t.Errorf("unsigned webhook: %d, want 401", code)
 	}
 }
+
+// TestReceiverShowsAuthorizationOnlyAsADigest: the arrivals prove an auth
+// header arrived without repeating it.
+func TestReceiverShowsAuthorizationOnlyAsADigest(t *testing.T) {
+	srv := httptest.NewServer(newReceiver(receiverConfig{token: testToken, status: 200}))
+	t.Cleanup(srv.Close)
+	if code, _ := do(t, srv, http.MethodPost, "/crm", "receiver-secret-value"); code != http.StatusOK {
+		t.Fatalf("webhook: %d", code)
+	}
+	_, body := do(t, srv, http.MethodGet, "/_herald/arrivals?path=/crm", testToken)
+	if strings.Contains(body, "receiver-secret-value") {
+		t.Fatalf("arrivals repeat the Authorization header: %s", body)
+	}
+	if want := digest("Bearer receiver-secret-value"); !strings.Contains(body, want) {
+		t.Fatalf("arrivals %s lack %s", body, want)
+	}
+}

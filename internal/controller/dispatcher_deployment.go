@@ -10,6 +10,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -80,11 +81,12 @@ func dispatcherLabels() map[string]string {
 func CacheByObject() map[client.Object]cache.ByObject {
 	sel := labels.SelectorFromSet(labels.Set{managedByLabel: managedByValue})
 	return map[client.Object]cache.ByObject{
-		&appsv1.Deployment{}:     {Label: sel},
-		&corev1.ServiceAccount{}: {Label: sel},
-		&rbacv1.Role{}:           {Label: sel},
-		&rbacv1.RoleBinding{}:    {Label: sel},
-		&corev1.ConfigMap{}:      {Label: sel},
+		&appsv1.Deployment{}:          {Label: sel},
+		&corev1.ServiceAccount{}:      {Label: sel},
+		&rbacv1.Role{}:                {Label: sel},
+		&rbacv1.RoleBinding{}:         {Label: sel},
+		&corev1.ConfigMap{}:           {Label: sel},
+		&networkingv1.NetworkPolicy{}: {Label: sel},
 	}
 }
 
@@ -112,6 +114,13 @@ type DispatcherConfig struct {
 	NATSCA          []byte
 	NATSCAConfigMap string
 	NATSServerName  string
+	// NetworkPolicy gives the dispatcher pods a NetworkPolicy as a second
+	// layer behind the egress guard: DNS, NATS (in NATSNamespace, on
+	// NATSPort), the API server and the internet, no private ranges. It
+	// needs a CNI that enforces policies.
+	NetworkPolicy bool
+	NATSNamespace string
+	NATSPort      int32
 }
 
 // natsAudience is the audience the NATS token is issued for.
@@ -152,6 +161,7 @@ type DispatcherDeploymentReconciler struct {
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",resources=serviceaccounts,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=roles;rolebindings,verbs=get;list;watch;create;update;patch;delete
 
 // SetupWithManager registers the controller.
@@ -168,6 +178,7 @@ func (r *DispatcherDeploymentReconciler) SetupWithManager(mgr ctrl.Manager) erro
 		Watches(&corev1.ServiceAccount{}, toNamespace, own).
 		Watches(&rbacv1.Role{}, toNamespace, own).
 		Watches(&rbacv1.RoleBinding{}, toNamespace, own).
+		Watches(&networkingv1.NetworkPolicy{}, toNamespace, own).
 		Watches(&corev1.ConfigMap{}, toNamespace, builder.WithPredicates(isHeraldObject(r.Config.natsCAConfigMap()))).
 		Complete(r)
 }
@@ -226,10 +237,21 @@ func (r *DispatcherDeploymentReconciler) Reconcile(ctx context.Context, req ctrl
 		// Before the Deployment, so its pod does not wait for the volume.
 		objs = append(objs, object{"ConfigMap", dispatcherNATSCA(ns, owners, r.Config)})
 	}
+	if r.Config.NetworkPolicy {
+		objs = append(objs, object{"NetworkPolicy", dispatcherNetworkPolicy(ns, owners, networkPolicyConfig{
+			NATSNamespace: r.Config.NATSNamespace, NATSPort: r.Config.NATSPort,
+			EgressAllow: r.Config.EgressAllow, EgressDeny: r.Config.EgressDeny,
+		})})
+	}
 	objs = append(objs, object{"Deployment", dispatcherDeployment(ns, owners, r.Config)})
 	for _, o := range objs {
 		if err := r.Apply(ctx, o.ac, client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
 			return ctrl.Result{}, fmt.Errorf("applying dispatcher %s in %s: %w", o.kind, ns, err)
+		}
+	}
+	if !r.Config.NetworkPolicy {
+		if err := r.deleteNetworkPolicy(ctx, ns); err != nil {
+			return ctrl.Result{}, err
 		}
 	}
 	if len(r.Config.NATSCA) == 0 {
@@ -255,8 +277,25 @@ func (r *DispatcherDeploymentReconciler) deleteAll(ctx context.Context, ns strin
 			errs = append(errs, fmt.Errorf("deleting dispatcher %T in %s: %w", o, ns, err))
 		}
 	}
-	errs = append(errs, r.deleteNATSCA(ctx, ns))
+	errs = append(errs, r.deleteNATSCA(ctx, ns), r.deleteNetworkPolicy(ctx, ns))
 	return errors.Join(errs...)
+}
+
+// deleteNetworkPolicy removes the dispatchers' NetworkPolicy of a
+// namespace, if Herald made one (the cache holds only Herald's).
+func (r *DispatcherDeploymentReconciler) deleteNetworkPolicy(ctx context.Context, ns string) error {
+	var np networkingv1.NetworkPolicy
+	err := r.Get(ctx, types.NamespacedName{Namespace: ns, Name: DispatcherName}, &np)
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reading dispatcher NetworkPolicy in %s: %w", ns, err)
+	}
+	if err := r.Delete(ctx, &np); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("deleting dispatcher NetworkPolicy in %s: %w", ns, err)
+	}
+	return nil
 }
 
 // deleteNATSCA removes the namespace's NATS CA ConfigMap: with the last

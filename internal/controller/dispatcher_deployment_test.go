@@ -5,6 +5,7 @@ import (
 	. "github.com/onsi/gomega"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -72,6 +73,11 @@ var _ = Describe("Dispatcher Deployment controller", func() {
 		Expect(ca.Data).To(Equal(map[string]string{"ca.crt": testNATSCA}))
 		Expect(ca.Labels).To(Equal(d.Labels))
 		Expect(ca.OwnerReferences).To(ConsistOf(HaveField("Name", "billing")))
+		var np networkingv1.NetworkPolicy
+		Expect(k8sClient.Get(ctx, key, &np)).To(Succeed(), "the dispatchers' NetworkPolicy")
+		Expect(np.Spec.PodSelector.MatchLabels).To(Equal(d.Spec.Selector.MatchLabels))
+		Expect(np.Spec.PolicyTypes).To(Equal([]networkingv1.PolicyType{networkingv1.PolicyTypeEgress}))
+		Expect(np.OwnerReferences).To(ConsistOf(HaveField("Name", "billing")))
 		Expect(c.SecurityContext.AllowPrivilegeEscalation).To(Equal(ptr.To(false)))
 		Expect(c.SecurityContext.ReadOnlyRootFilesystem).To(Equal(ptr.To(true)))
 		Expect(c.SecurityContext.RunAsNonRoot).To(Equal(ptr.To(true)))
@@ -137,7 +143,7 @@ var _ = Describe("Dispatcher Deployment controller", func() {
 
 		By("removing everything with the last endpoint")
 		deleteAndWaitGone(getEndpoint(Default, ns, "crm"))
-		for _, o := range []client.Object{&appsv1.Deployment{}, &corev1.ServiceAccount{}, &rbacv1.Role{}, &rbacv1.RoleBinding{}} {
+		for _, o := range []client.Object{&appsv1.Deployment{}, &corev1.ServiceAccount{}, &rbacv1.Role{}, &rbacv1.RoleBinding{}, &networkingv1.NetworkPolicy{}} {
 			Eventually(func() bool { return apierrors.IsNotFound(k8sClient.Get(ctx, key, o)) }, eventually, poll).
 				Should(BeTrue(), "%T should be gone", o)
 		}

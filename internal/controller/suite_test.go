@@ -122,7 +122,8 @@ var _ = BeforeSuite(func() {
 	Expect((&DispatcherDeploymentReconciler{
 		Client: mgr.GetClient(),
 		Config: DispatcherConfig{Image: "herald:test", NATSURL: "nats://nats.herald-system:4222",
-			NATSTokenAuth: true, NATSCA: []byte(testNATSCA), NATSServerName: "nats.herald-system.svc"},
+			NATSTokenAuth: true, NATSCA: []byte(testNATSCA), NATSServerName: "nats.herald-system.svc",
+			NetworkPolicy: true, NATSNamespace: "herald-system"},
 	}).SetupWithManager(mgr)).To(Succeed())
 	// A recording fake stands in for the dispatcher, so these specs do not
 	// depend on deliveries (delivery_test.go runs the real one).

@@ -247,6 +247,8 @@ type arrival struct {
 	Version int64     `json:"version"`
 	Status  int       `json:"status"`
 	Time    time.Time `json:"time"`
+	// Authorization is sha256:<hex> of the request's Authorization header.
+	Authorization string `json:"authorization"`
 }
 
 // arrivals lists what reached path, in arrival order.
