@@ -52,8 +52,9 @@ const (
 	// key and what is wrong, never the value.
 	ReasonHeaderSecretInvalid = "HeaderSecretInvalid"
 	// ReasonURLRefused: spec.url's host is an IP address the egress guard
-	// refuses (Stalled, Ready=False); the message names the address and
-	// the --egress-allow value that would open it.
+	// refuses, or a name that resolves only to such addresses (Stalled,
+	// Ready=False); the message names the address and the --egress-allow
+	// value that would open it.
 	ReasonURLRefused = "URLRefused"
 	// ReasonEventTypesRefused: an eventTypes pattern the consumer
 	// derivation refuses (Stalled).
