@@ -183,7 +183,7 @@ func runManager(ctx context.Context, args []string) error {
 			return fmt.Errorf("adding NATS auth callout: %w", err)
 		}
 	}
-	if err := mgr.Add(&controller.NamespaceStreams{Client: mgr.GetClient(), JS: js, Limits: limits, Every: f.ensureInterval}); err != nil {
+	if err := mgr.Add(&controller.NamespaceStreams{Client: mgr.GetAPIReader(), JS: js, Limits: limits, Every: f.ensureInterval, Namespaces: namespaces}); err != nil {
 		return fmt.Errorf("adding stream ensurer: %w", err)
 	}
 	if err := mgr.Add(&controller.StorageMetrics{JS: js}); err != nil {

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -20,11 +21,18 @@ import (
 // endpoint reconciler creates a namespace's streams at once for its first
 // endpoint; this pass is the slow repair behind it.
 type NamespaceStreams struct {
+	// Client lists the endpoints; the manager gives it the API server
+	// itself (uncached), so a pass never works from a list older than a
+	// new endpoint's streams.
 	Client client.Reader
 	JS     jetstream.JetStream
 	Limits streams.Limits
 	// Every is how often the pass runs.
 	Every time.Duration
+	// Namespaces, when set, are the only ones whose idle streams this
+	// manager removes (--watch-namespaces): another Herald on the same
+	// NATS may own the rest.
+	Namespaces []string
 }
 
 // Start runs the pass every s.Every until ctx ends.
@@ -63,9 +71,10 @@ func (s *NamespaceStreams) Pass(ctx context.Context) error {
 		keep(err)
 		return first
 	}
+	mine := func(ns string) bool { return len(s.Namespaces) == 0 || slices.Contains(s.Namespaces, ns) }
 	used := map[string]bool{}
 	for _, ep := range eps.Items {
-		if !used[ep.Namespace] {
+		if mine(ep.Namespace) && !used[ep.Namespace] {
 			used[ep.Namespace] = true
 			if err := streams.EnsureNamespace(ctx, s.JS, s.Limits, ep.Namespace); err != nil {
 				keep(err)
@@ -75,7 +84,7 @@ func (s *NamespaceStreams) Pass(ctx context.Context) error {
 	idle := map[string]bool{}
 	names := s.JS.StreamNames(ctx)
 	for name := range names.Name() {
-		if ns, ok := streams.Namespace(name); ok && !used[ns] {
+		if ns, ok := streams.Namespace(name); ok && !used[ns] && mine(ns) {
 			idle[ns] = true
 		}
 	}

@@ -30,8 +30,14 @@ const maxRefusedListed = 8
 // net.Resolver.LookupNetIP(ctx, "ip", host) does.
 type HostLookup func(ctx context.Context, host string) ([]netip.Addr, error)
 
-// defaultLookup is the system resolver: the cluster's DNS in a pod.
+// defaultLookup is the system resolver: the cluster's DNS in a pod. A
+// name with a dot is asked as absolute: with the pod's ndots:5, the
+// resolver would try the manager's own search domains first, and answer
+// for a name in herald-system rather than the one the tenant wrote.
 func defaultLookup(ctx context.Context, host string) ([]netip.Addr, error) {
+	if strings.Contains(host, ".") && !strings.HasSuffix(host, ".") {
+		host += "."
+	}
 	return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 }
 

@@ -8,7 +8,9 @@ import (
 
 // DefaultAccount is the NATS account every Herald client lives in. One
 // account keeps JetStream's streams in one place; namespaces are kept
-// apart by each user's permissions, not by accounts.
+// apart by each user's permissions. That leaves reply subjects, which
+// NATS does not check (docs/operations.md, the known gap): accounts per
+// namespace would close it.
 const DefaultAccount = "HERALD"
 
 // Keys are the two secrets a Herald NATS has: the manager's user seed

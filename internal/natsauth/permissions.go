@@ -75,6 +75,9 @@ func Permissions(namespace string, roles ...Role) jwt.Permissions {
 				// Pull, then ack, nak or extend: the ack subjects are the
 				// stream's (the consumer is named in the next token).
 				api("CONSUMER.MSG.NEXT."+evts+".*"), "$JS.ACK."+evts+".>",
+				// The newer ack format puts a domain and an account
+				// hash before the stream.
+				"$JS.ACK.*.*."+evts+".>",
 				streams.AttemptsPrefix+"."+namespace+".>",
 				streams.DeadLetterPrefix+"."+namespace+".>",
 				api("STREAM.INFO."+versions), directKeys(streams.VersionsBucket),

@@ -186,11 +186,42 @@ func BucketConfigs(l Limits) []jetstream.KeyValueConfig {
 // l when they drifted. Namespaces' streams are EnsureNamespace's.
 func Ensure(ctx context.Context, js jetstream.JetStream, l Limits) error {
 	for _, cfg := range BucketConfigs(l) {
-		if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
+		if _, err := js.CreateOrUpdateStream(ctx, BucketStreamConfig(cfg)); err != nil {
 			return fmt.Errorf("ensuring key-value bucket %s: %w", cfg.Bucket, err)
 		}
 	}
 	return nil
+}
+
+// BucketStreamConfig is the stream a bucket is stored in: what nats.go
+// makes of cfg, but without rollups. The buckets are shared by every
+// namespace, and a rollup (a Nats-Rollup header on a publish to one's own
+// key) would purge every namespace's keys; Herald never purges a key
+// through the bucket (the operator purges the stream by subject), so
+// nothing needs them.
+func BucketStreamConfig(cfg jetstream.KeyValueConfig) jetstream.StreamConfig {
+	dup := 2 * time.Minute
+	if cfg.TTL > 0 && cfg.TTL < dup {
+		dup = cfg.TTL
+	}
+	return jetstream.StreamConfig{
+		Name:              "KV_" + cfg.Bucket,
+		Description:       cfg.Description,
+		Subjects:          []string{"$KV." + cfg.Bucket + ".>"},
+		MaxMsgsPerSubject: 1,
+		MaxBytes:          cfg.MaxBytes,
+		MaxAge:            cfg.TTL,
+		MaxMsgSize:        -1,
+		MaxMsgs:           -1,
+		MaxConsumers:      -1,
+		Storage:           cfg.Storage,
+		Replicas:          max(cfg.Replicas, 1),
+		AllowRollup:       false,
+		DenyDelete:        true,
+		AllowDirect:       true,
+		Duplicates:        dup,
+		Discard:           jetstream.DiscardNew,
+	}
 }
 
 // EnsureNamespace creates one namespace's streams, or brings their limits
@@ -216,7 +247,9 @@ func RemoveEmpty(ctx context.Context, js jetstream.JetStream, namespace string) 
 		if err != nil {
 			return 0, fmt.Errorf("reading stream %s: %w", name, err)
 		}
-		if s.CachedInfo().State.Msgs > 0 {
+		// A consumer means an endpoint whose reconcile created it after
+		// the caller listed endpoints: never delete under it.
+		if st := s.CachedInfo().State; st.Msgs > 0 || st.Consumers > 0 {
 			remaining++
 			continue
 		}

@@ -118,12 +118,24 @@ spec:
 // installHerald renders dist/install.yaml the way the README says and
 // applies it with the settings a one-node NATS needs: the image under test
 // (for the dispatchers too) and streams with one replica.
-// The e2e cluster's pod subnet and Service range (hack/cluster/lib.sh:
-// POD_CIDR, SERVICE_CIDR).
+// The e2e cluster's pod subnet (hack/cluster/lib.sh: POD_CIDR), and the
+// ClusterIPs the tenants' receiver Services get, two addresses of
+// SERVICE_CIDR (10.215.0.0/24): the install opens the pod range and these
+// two only, so the rest of the Service range (NATS, the API server's
+// ClusterIP) stays refused, as in production.
 const (
 	podCIDR     = "10.214.0.0/24"
-	serviceCIDR = "10.215.0.0/24"
+	receiverIPs = "10.215.0.250/31"
+	egressAllow = podCIDR + "," + receiverIPs
 )
+
+// receiverIP is the ClusterIP of a tenant's receiver Service.
+func receiverIP(ns string) string {
+	if ns == tenantB.ns {
+		return "10.215.0.251"
+	}
+	return "10.215.0.250"
+}
 
 func installHerald() {
 	GinkgoHelper()
@@ -155,10 +167,10 @@ func installHerald() {
 				}
 				args = append(args, s)
 			}
-			// The receivers are pods behind Services: open the cluster's
-			// pod and Service ranges (hack/cluster/lib.sh) to the egress
-			// guard, which refuses private ranges by default.
-			args = append(args, "--egress-allow="+podCIDR+","+serviceCIDR)
+			// The receivers are pods behind Services: open the pod range
+			// and the receivers' ClusterIPs to the egress guard, which
+			// refuses private ranges by default.
+			args = append(args, "--egress-allow="+egressAllow)
 			// NATS's certificate is from the cluster's CA, which every
 			// pod's ServiceAccount mount carries; the manager passes it on
 			// to the dispatchers.

@@ -29,21 +29,21 @@ import (
 const egressLabel = "e2e.herald.dev/spec=egress"
 
 // The egress guard in the suite's install, which opens the cluster's pod
-// and Service ranges (installHerald) and refuses everything else inward.
-// That install lets a tenant reach NATS and the API server's ClusterIP
-// (both in the Service range), so they are not refused cases here; the API
-// server's own address (the node's) and the node's ports are.
+// range and the receivers' two ClusterIPs (installHerald) and refuses
+// everything else inward: NATS's Service, the API server's ClusterIP and
+// its own address, the node's ports.
 var _ = Describe("Egress guard in a cluster", Ordered, func() {
 	a := tenantA
 	var (
-		nodeIP   netip.Addr
-		nodePort int32          // the receiver, through a NodePort on the node's address
-		apiAddr  netip.AddrPort // the API server's own address, not its ClusterIP
-		suite    *egress.Guard  // the install's guard, to check each case's premise
+		nodeIP                  netip.Addr
+		nodePort                int32          // the receiver, through a NodePort on the node's address
+		apiAddr                 netip.AddrPort // the API server's own address, not its ClusterIP
+		apiService, natsService netip.Addr     // ClusterIPs: the API server's, NATS's
+		suite                   *egress.Guard  // the install's guard, to check each case's premise
 	)
 
 	BeforeAll(func(ctx SpecContext) {
-		allowed, err := egress.ParsePrefixes(podCIDR + "," + serviceCIDR)
+		allowed, err := egress.ParsePrefixes(egressAllow)
 		Expect(err).NotTo(HaveOccurred())
 		suite = egress.New(egress.Config{Allow: allowed})
 
@@ -68,6 +68,15 @@ var _ = Describe("Egress guard in a cluster", Ordered, func() {
 		apiIP, err := netip.ParseAddr(s.Endpoints[0].Addresses[0])
 		Expect(err).NotTo(HaveOccurred())
 		apiAddr = netip.AddrPortFrom(apiIP, uint16(*s.Ports[0].Port))
+		for _, svc := range []struct {
+			ns, name string
+			addr     *netip.Addr
+		}{{"default", "kubernetes", &apiService}, {"nats", "nats", &natsService}} {
+			var s corev1.Service
+			Expect(k8s.Get(ctx, types.NamespacedName{Namespace: svc.ns, Name: svc.name}, &s)).To(Succeed())
+			*svc.addr, err = netip.ParseAddr(s.Spec.ClusterIP)
+			Expect(err).NotTo(HaveOccurred(), "ClusterIP of %s/%s", svc.ns, svc.name)
+		}
 
 		By("reaching the tenant's receiver three more ways: a NodePort, a name for the node, and a name for its pod")
 		apply(fmt.Sprintf(`apiVersion: v1
@@ -154,6 +163,9 @@ ports:
 				addr: regexp.MustCompile(`127\.0\.0\.1`)},
 			{name: "egress-metadata", url: "http://169.254.169.254/latest/meta-data/", addr: regexp.MustCompile(`169\.254\.169\.254`)},
 			{name: "egress-apiserver", url: "https://" + apiAddr.String() + "/", addr: regexp.MustCompile(regexp.QuoteMeta(apiAddr.Addr().String()))},
+			{name: "egress-apiservice", url: "https://" + apiService.String() + "/", addr: regexp.MustCompile(regexp.QuoteMeta(apiService.String()))},
+			// NATS's Service, by the name tenants' pods know it.
+			{name: "egress-nats", url: "http://nats.nats.svc.cluster.local:4222/", addr: regexp.MustCompile(regexp.QuoteMeta(natsService.String()) + ` \(a private range\)`), hostname: true},
 			{name: "egress-nodeport", url: fmt.Sprintf("http://%s/egress-nodeport", hostPort(nodeIP, nodePort)),
 				addr: regexp.MustCompile(regexp.QuoteMeta(nodeIP.String())), reaches: true},
 			// Resolved by the manager's /etc/hosts, and by the dispatcher's.
@@ -163,7 +175,7 @@ ports:
 			{name: "egress-inward", url: fmt.Sprintf("http://egress-inward.%s.svc.cluster.local:%d/egress-inward", a.ns, nodePort),
 				addr: regexp.MustCompile(regexp.QuoteMeta(nodeIP.String()) + ` \(a private range\)`), hostname: true, reaches: true},
 		}
-		for _, addr := range []netip.Addr{loopback, netip.MustParseAddr("169.254.169.254"), apiAddr.Addr(), nodeIP} {
+		for _, addr := range []netip.Addr{loopback, netip.MustParseAddr("169.254.169.254"), apiAddr.Addr(), nodeIP, apiService, natsService} {
 			Expect(suite.Check(addr)).To(MatchError(egress.ErrRefused), "the spec needs %s outside the install's --egress-allow", addr)
 		}
 

@@ -89,6 +89,7 @@ metadata:
   name: receiver
   namespace: %[1]s
 spec:
+  clusterIP: %[5]s
   selector: {app: receiver}
   ports:
   - {name: http, port: 8080, targetPort: 8080}
@@ -128,7 +129,7 @@ spec:
           allowPrivilegeEscalation: false
           readOnlyRootFilesystem: true
           capabilities: {drop: ["ALL"]}
-`, t.ns, secret, image, t.token))
+`, t.ns, secret, image, t.token, receiverIP(t.ns)))
 	kubectl("-n", t.ns, "rollout", "status", "deployment/receiver", "--timeout=3m")
 	t.receiver = startForward(t.ns, "svc/receiver", 8080)
 }
