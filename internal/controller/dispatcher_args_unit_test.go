@@ -5,9 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
-)
 
-import (
 	"github.com/herald-dev/herald/internal/natsauth"
 )
 

@@ -119,11 +119,14 @@ func newTenant(ctx context.Context, ns string) *tenant {
 	return &tenant{ns: ns}
 }
 
+// tokenTTL is how long the suite's tokens live.
+const tokenTTL = 10 * time.Minute
+
 // token is a ServiceAccount token as the kubelet projects it.
-func (t *tenant) token(ctx context.Context, sa, audience string, ttl time.Duration) string {
+func (t *tenant) token(ctx context.Context, sa, audience string) string {
 	GinkgoHelper()
 	tr, err := cs.CoreV1().ServiceAccounts(t.ns).CreateToken(ctx, sa, &authnv1.TokenRequest{
-		Spec: authnv1.TokenRequestSpec{Audiences: []string{audience}, ExpirationSeconds: ptr.To(int64(ttl.Seconds()))},
+		Spec: authnv1.TokenRequestSpec{Audiences: []string{audience}, ExpirationSeconds: ptr.To(int64(tokenTTL.Seconds()))},
 	}, metav1.CreateOptions{})
 	Expect(err).NotTo(HaveOccurred())
 	return tr.Status.Token
@@ -139,7 +142,7 @@ type conn struct {
 
 func (t *tenant) connect(ctx context.Context, sa string) *conn {
 	GinkgoHelper()
-	c, err := t.dial(t.token(ctx, sa, natsauth.DefaultAudience, 10*time.Minute))
+	c, err := t.dial(t.token(ctx, sa, natsauth.DefaultAudience))
 	Expect(err).NotTo(HaveOccurred())
 	return c
 }

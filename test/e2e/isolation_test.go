@@ -65,9 +65,7 @@ subjects: [{kind: ServiceAccount, name: billing, namespace: %[1]s}]
 				return err
 			}).Should(Succeed(), "%s/%s connects with its token", a.ns, sa)
 			for _, attack := range natsauthtest.Against(b.ns, "victim") {
-				for len(errs) > 0 {
-					<-errs
-				}
+				natsauthtest.Drain(errs)
 				_ = attack.Try(c)
 				Eventually(errs).Should(Receive(WithTransform(func(e error) string { return e.Error() },
 					MatchRegexp(natsauthtest.Violation(attack.Subject)))), "NATS must refuse %s %s", attack.Kind, attack.Subject)

@@ -76,6 +76,19 @@ func (a Attack) Try(nc *nats.Conn) error {
 	}
 }
 
+// Drain empties errs, so that the next violation read is the next
+// attempt's.
+func Drain(errs chan error) {
+	for {
+		select {
+		case err := <-errs:
+			_ = err // an earlier attempt's violation, already checked
+		default:
+			return
+		}
+	}
+}
+
 // Violation matches the error NATS reports for a refused attempt on
 // subject, as a regular expression for the specs.
 func Violation(subject string) string {
