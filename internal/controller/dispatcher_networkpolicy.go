@@ -85,10 +85,11 @@ func dispatcherNetworkPolicy(ns string, owners []*metaac.OwnerReferenceApplyConf
 	}
 
 	rules := []*networkingac.NetworkPolicyEgressRuleApplyConfiguration{
-		// The cluster's DNS, in whichever namespace it runs.
+		// The cluster's DNS, in kube-system: a tenant's own pod labelled
+		// k8s-app=kube-dns elsewhere is no DNS server.
 		networkingac.NetworkPolicyEgressRule().
 			WithTo(networkingac.NetworkPolicyPeer().
-				WithNamespaceSelector(metaac.LabelSelector()).
+				WithNamespaceSelector(metaac.LabelSelector().WithMatchLabels(map[string]string{"kubernetes.io/metadata.name": "kube-system"})).
 				WithPodSelector(metaac.LabelSelector().WithMatchLabels(map[string]string{"k8s-app": "kube-dns"}))).
 			WithPorts(port(udp, 53), port(tcp, 53)),
 		// NATS: the events, the health and version records.

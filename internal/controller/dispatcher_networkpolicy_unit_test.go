@@ -70,7 +70,7 @@ podSelector:
   matchLabels: {app.kubernetes.io/name: herald-dispatcher, app.kubernetes.io/component: dispatcher}
 policyTypes: [Egress]
 egress:
-- to: [{namespaceSelector: {}, podSelector: {matchLabels: {k8s-app: kube-dns}}}]
+- to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}}, podSelector: {matchLabels: {k8s-app: kube-dns}}}]
   ports: [{protocol: UDP, port: 53}, {protocol: TCP, port: 53}]
 - to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: nats}}}]
   ports: [{protocol: TCP, port: 4223}]
@@ -99,7 +99,7 @@ podSelector:
   matchLabels: {app.kubernetes.io/name: herald-dispatcher, app.kubernetes.io/component: dispatcher}
 policyTypes: [Egress]
 egress:
-- to: [{namespaceSelector: {}, podSelector: {matchLabels: {k8s-app: kube-dns}}}]
+- to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}}, podSelector: {matchLabels: {k8s-app: kube-dns}}}]
   ports: [{protocol: UDP, port: 53}, {protocol: TCP, port: 53}]
 - to: [{namespaceSelector: {}}]
   ports: [{protocol: TCP, port: 4222}]
