@@ -2,16 +2,10 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -248,77 +242,26 @@ func writeFile(t *testing.T, dir, name, content string) string {
 	return path
 }
 
-// testCA issues the certificates of the TLS tests.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
-}
+// testCA issues the certificates of the TLS tests (testenv.CA, failing
+// the test on error).
+type testCA struct{ *testenv.CA }
 
-func newTestCA(t *testing.T) *testCA {
+func newTestCA(t *testing.T) testCA {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := testenv.NewCA()
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "herald test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+	return testCA{ca}
 }
 
-func (ca *testCA) pool() *x509.CertPool {
-	p := x509.NewCertPool()
-	p.AddCert(ca.cert)
-	return p
-}
-
-// issue makes a leaf certificate for the given names, a server's or
-// (usage x509.ExtKeyUsageClientAuth) a client's, as PEM.
-func (ca *testCA) issue(t *testing.T, usage x509.ExtKeyUsage, dns []string, ips ...net.IP) (certPEM, keyPEM []byte) {
+func (ca testCA) issue(t *testing.T, usage x509.ExtKeyUsage, dns []string, ips ...net.IP) (certPEM, keyPEM []byte) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	certPEM, keyPEM, err := ca.Issue(usage, time.Hour, dns, ips...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: "herald test"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-		DNSNames:     dns,
-		IPAddresses:  ips,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
+	return certPEM, keyPEM
 }
 
 // tlsNATS starts a NATS server that requires TLS with the given
@@ -365,7 +308,7 @@ func TestNATSTLS(t *testing.T) {
 	rootContext(t)
 	dir := t.TempDir()
 	ca := newTestCA(t)
-	caFile := writeFile(t, dir, "ca.crt", string(ca.pem))
+	caFile := writeFile(t, dir, "ca.crt", string(ca.PEM))
 	const name = "nats.herald.test"
 
 	certPEM, keyPEM := ca.issue(t, x509.ExtKeyUsageServerAuth, []string{name}, net.ParseIP("127.0.0.1"))
@@ -389,7 +332,7 @@ func TestNATSTLS(t *testing.T) {
 		t.Errorf("with --nats-server-name=%s: %v", name, err)
 	}
 
-	mtls := tlsNATS(t, certPEM, keyPEM, ca.pool())
+	mtls := tlsNATS(t, certPEM, keyPEM, ca.Pool())
 	certPEM, keyPEM = ca.issue(t, x509.ExtKeyUsageClientAuth, []string{"herald-manager"})
 	certFile, keyFile := writeFile(t, dir, "tls.crt", string(certPEM)), writeFile(t, dir, "tls.key", string(keyPEM))
 	full := natsConn{url: mtls.ClientURL(), caFile: caFile, serverName: name, certFile: certFile, keyFile: keyFile}

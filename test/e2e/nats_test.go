@@ -3,15 +3,9 @@
 package e2e
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,6 +17,7 @@ import (
 	. "github.com/onsi/gomega"
 
 	"github.com/herald-dev/herald/internal/natsauth"
+	"github.com/herald-dev/herald/internal/testenv"
 )
 
 // NATS in the e2e cluster runs as in production: auth callout served by
@@ -51,30 +46,12 @@ func makeNATSSecrets() {
 	Expect(err).NotTo(HaveOccurred(), "the cluster's CA (set E2E_CLUSTER_PKI for a cluster not made by make cluster-up)")
 	caKeyPEM, err := os.ReadFile(filepath.Join(pki, "ca.key"))
 	Expect(err).NotTo(HaveOccurred())
-	caPair, err := tls.X509KeyPair(caPEM, caKeyPEM)
+	ca, err := testenv.LoadCA(caPEM, caKeyPEM)
 	Expect(err).NotTo(HaveOccurred())
-	ca, err := x509.ParseCertificate(caPair.Certificate[0])
+	natsSec.certPEM, natsSec.keyPEM, err = ca.Issue(x509.ExtKeyUsageServerAuth, 7*24*time.Hour,
+		[]string{natsServerName, "nats.nats.svc.cluster.local", "nats.nats", "nats"})
 	Expect(err).NotTo(HaveOccurred())
-
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	Expect(err).NotTo(HaveOccurred())
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: natsServerName},
-		DNSNames:     []string{natsServerName, "nats.nats.svc.cluster.local", "nats.nats", "nats"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(7 * 24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caPair.PrivateKey)
-	Expect(err).NotTo(HaveOccurred())
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	Expect(err).NotTo(HaveOccurred())
-	natsSec.certPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	natsSec.keyPEM = pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
-	natsSec.caPool = x509.NewCertPool()
-	Expect(natsSec.caPool.AppendCertsFromPEM(caPEM)).To(BeTrue())
+	natsSec.caPool = ca.Pool()
 
 	natsSec.keys, err = natsauth.NewKeys()
 	Expect(err).NotTo(HaveOccurred())
