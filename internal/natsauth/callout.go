@@ -13,7 +13,6 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nkeys"
 	authnv1 "k8s.io/api/authentication/v1"
 	authzv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -49,13 +48,12 @@ var (
 
 // Callout answers the NATS server's authorization requests.
 type Callout struct {
-	// NC is the manager's own connection (an auth_users nkey).
+	// NC is the manager's own connection (the callout's auth user).
 	NC *nats.Conn
-	// Issuer signs the user JWTs and the responses: the account key whose
-	// public half is the server's auth_callout issuer.
-	Issuer nkeys.KeyPair
-	// Account is the account users are placed in.
-	Account string
+	// Accounts pushes the namespace accounts users are placed in, and
+	// holds the keys: Herald's account signs the answers, each
+	// namespace's account its users.
+	Accounts *Accounts
 	// Client creates TokenReviews and SubjectAccessReviews.
 	Client client.Client
 	// Audience tokens must carry; default DefaultAudience.
@@ -125,7 +123,7 @@ func (c *Callout) serve(ctx context.Context, m *nats.Msg) {
 		c.Log.V(1).Info("NATS connection authorized", "client", req.ClientInformation.Name, "identity", id)
 		resp.Jwt = user
 	}
-	out, err := resp.Encode(c.Issuer)
+	out, err := resp.Encode(c.Accounts.Keys.Issuer())
 	if err != nil {
 		c.Log.Error(err, "signing authorization response")
 		return
@@ -193,15 +191,23 @@ func (c *Callout) Authorize(ctx context.Context, req *jwt.AuthorizationRequestCl
 	if exp, ok := tokenExpiry(token); ok && exp.Before(expires) {
 		expires = exp
 	}
+	// The user belongs to its namespace's account, which must be on the
+	// server before the answer names it.
+	if err := c.Accounts.Push(ctx, ns); err != nil {
+		return "", id, err
+	}
+	account, err := c.Accounts.Keys.NamespaceKey(ns)
+	if err != nil {
+		return "", id, err
+	}
 	uc := jwt.NewUserClaims(req.UserNkey)
 	uc.Name = id.Namespace + "/" + id.ServiceAccount
-	uc.Audience = c.Account
 	// The user lives no longer than the token: at expiry the server
 	// closes the connection, and nats.go reconnects with the token that
 	// the kubelet has rotated into the file meanwhile.
 	uc.Expires = expires.Unix()
 	uc.Permissions = Permissions(ns, id.Roles...)
-	signed, err := uc.Encode(c.Issuer)
+	signed, err := uc.Encode(account)
 	if err != nil {
 		return "", id, fmt.Errorf("signing user JWT: %w", err)
 	}

@@ -189,25 +189,44 @@ var _ = Describe("NATS identity per namespace", Ordered, func() {
 		Expect(err).NotTo(HaveOccurred(), "B's health record survives")
 	})
 
-	// Known gap (docs/design.md): NATS checks a publish's subject against
-	// the user's permissions, never its reply subject, and JetStream
-	// answers (API responses, publish acks, pulled messages) to the reply
-	// subject inside the account. With every namespace in one account, A
-	// can make JetStream write into B's streams and keys. The fix is an
-	// account per namespace; this spec is what it must pass.
-	PIt("refuses A's requests whose reply subject is B's", func(ctx SpecContext) {
-		producerA := a.connect(ctx, "billing")
-		before, err := adminJS.Stream(ctx, events.StreamName(b.ns))
+	// NATS checks a publish's subject against the user's permissions,
+	// never its reply subject, and JetStream answers (API responses,
+	// publish acks, pulled messages) to the reply subject. Each namespace
+	// is an account of its own, so the answer lands in A's account,
+	// where B's subjects lead nowhere.
+	It("keeps JetStream's answers to A inside A, whatever reply subject A names", func(ctx SpecContext) {
+		msgsOf := func(stream string) func(Gomega) uint64 {
+			return func(g Gomega) uint64 {
+				s, err := adminJS.Stream(ctx, stream)
+				g.Expect(err).NotTo(HaveOccurred())
+				return s.CachedInfo().State.Msgs
+			}
+		}
+		health, err := adminJS.KeyValue(ctx, streams.HealthBucket)
 		Expect(err).NotTo(HaveOccurred())
-		n := before.CachedInfo().State.Msgs
+		healthKey := streams.EndpointKey(b.ns, "crm")
+		revision := func() uint64 {
+			e, err := health.Get(ctx, healthKey)
+			if err != nil {
+				return 0
+			}
+			return e.Revision()
+		}
+		eventsB, before := msgsOf(events.StreamName(b.ns)), revision()
+		n := eventsB(Default)
+
+		By("a publish ack addressed to B's events")
+		producerA := a.connect(ctx, "billing")
 		msg := &nats.Msg{Subject: events.Subject(a.ns, "invoice.paid"), Reply: events.Subject(b.ns, "invoice.paid"), Data: []byte(`{}`),
 			Header: nats.Header{events.HeaderID: []string{"reply-attack"}}}
 		Expect(producerA.nc.PublishMsg(msg)).To(Succeed())
-		Consistently(func(g Gomega) {
-			s, err := adminJS.Stream(ctx, events.StreamName(b.ns))
-			g.Expect(err).NotTo(HaveOccurred())
-			g.Expect(s.CachedInfo().State.Msgs).To(Equal(n), "A's publish ack landed in B's events")
-		}, 2*time.Second).Should(Succeed())
+		By("a JetStream API answer addressed to B's health key")
+		dispatcherA := a.connect(ctx, natsauth.DispatcherServiceAccount)
+		Expect(dispatcherA.nc.PublishRequest("$JS.API.STREAM.INFO."+events.StreamName(a.ns), "$KV."+streams.HealthBucket+"."+healthKey, nil)).To(Succeed())
+		Expect(dispatcherA.nc.Flush()).To(Succeed())
+
+		Consistently(eventsB, 2*time.Second).Should(Equal(n), "A's publish ack landed in B's events")
+		Expect(revision()).To(Equal(before), "a JetStream answer to A overwrote B's health record")
 	})
 
 	It("refuses a ServiceAccount without Herald rights, a token for another audience, and no token", func(ctx SpecContext) {
@@ -229,7 +248,9 @@ var _ = Describe("NATS identity per namespace", Ordered, func() {
 		Expect(id.Namespace).To(Equal(a.ns))
 		uc, err := jwt.DecodeUserClaims(signed)
 		Expect(err).NotTo(HaveOccurred())
-		Expect(uc.Audience).To(Equal(natsauth.DefaultAccount))
+		ns, err := keys.NamespaceKey(a.ns)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(uc.Issuer).To(Equal(must(ns.PublicKey())), "a user of A's own account")
 		Expect(time.Unix(uc.Expires, 0)).To(BeTemporally("<=", time.Now().Add(tokenTTL+time.Second)))
 		Expect(time.Unix(uc.Expires, 0)).To(BeTemporally(">", time.Now()))
 		Expect(uc.Permissions).To(Equal(natsauth.Permissions(a.ns, natsauth.RoleDispatcher)))
@@ -237,3 +258,9 @@ var _ = Describe("NATS identity per namespace", Ordered, func() {
 })
 
 var _ jetstream.JetStream // the suite's admin handle
+
+func must[T any](v T, err error) T {
+	GinkgoHelper()
+	Expect(err).NotTo(HaveOccurred())
+	return v
+}

@@ -10,7 +10,6 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nkeys"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	authnv1 "k8s.io/api/authentication/v1"
@@ -37,7 +36,7 @@ var (
 	natsURL string
 	keys    natsauth.Keys
 	callout *natsauth.Callout
-	// admin is the manager's connection: its nkey bypasses the callout.
+	// admin is the manager's connection: the callout's auth user.
 	admin   *nats.Conn
 	adminJS jetstream.JetStream
 )
@@ -61,27 +60,26 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 
 	keys, err = natsauth.NewKeys()
 	Expect(err).NotTo(HaveOccurred())
-	conf, err := keys.ServerConfig(natsauth.DefaultAccount)
-	Expect(err).NotTo(HaveOccurred())
 	dir := GinkgoT().TempDir()
+	conf, err := keys.ServerConfig(filepath.Join(dir, "accounts"))
+	Expect(err).NotTo(HaveOccurred())
 	srv, err := testenv.NATSConfig(dir, conf)
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(srv.Shutdown)
 	natsURL = srv.ClientURL()
 
-	seed := filepath.Join(dir, "manager.nk")
-	Expect(os.WriteFile(seed, keys.ManagerSeed, 0o600)).To(Succeed())
-	opt, err := nats.NkeyOptionFromSeed(seed)
-	Expect(err).NotTo(HaveOccurred())
-	admin, err = nats.Connect(natsURL, opt)
+	admin, err = nats.Connect(natsURL, keys.ManagerOption())
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(admin.Close)
 	adminJS, err = jetstream.New(admin)
 	Expect(err).NotTo(HaveOccurred())
-
-	issuer, err := nkeys.FromSeed(keys.IssuerSeed)
+	sysOpt, err := keys.SystemOption()
 	Expect(err).NotTo(HaveOccurred())
-	callout = &natsauth.Callout{NC: admin, Issuer: issuer, Account: natsauth.DefaultAccount, Client: k8s,
+	sys, err := nats.Connect(natsURL, sysOpt)
+	Expect(err).NotTo(HaveOccurred())
+	DeferCleanup(sys.Close)
+
+	callout = &natsauth.Callout{NC: admin, Accounts: &natsauth.Accounts{Keys: keys, SYS: sys}, Client: k8s,
 		Log: zap.New(zap.WriteTo(GinkgoWriter), zap.UseDevMode(true))}
 	cctx, cancel := context.WithCancel(context.Background())
 	DeferCleanup(cancel)
