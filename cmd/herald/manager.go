@@ -1,8 +1,8 @@
 package main
 
 import (
-	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	neturl "net/url"
@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nkeys"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -46,8 +46,7 @@ type managerFlags struct {
 	dispatcherNATSURL          string
 	dispatcherNATSTokenAuth    bool
 	dispatcherNetworkPolicy    bool
-	calloutIssuerFile          string
-	calloutAccount             string
+	natsKeysDir                string
 	natsAudience               string
 	watchNamespaces            string
 	leaderElect                bool
@@ -91,8 +90,7 @@ func runManager(ctx context.Context, args []string) error {
 	fs.StringVar(&f.dispatcherNATSURL, "dispatcher-nats-url", "", "NATS URL the dispatcher pods use (default: --nats-url)")
 	fs.BoolVar(&f.dispatcherNATSTokenAuth, "dispatcher-nats-token-auth", true, "give each dispatcher pod a projected ServiceAccount token (audience --nats-audience) as its NATS identity, which NATS's auth callout checks; a NATS without auth ignores it")
 	fs.BoolVar(&f.dispatcherNetworkPolicy, "dispatcher-network-policy", true, "give the dispatcher pods a NetworkPolicy (DNS, NATS, the API server, the internet; no private ranges but --egress-allow) as a second layer behind the egress guard; it needs a CNI that enforces policies")
-	fs.StringVar(&f.calloutIssuerFile, "nats-callout-issuer-file", os.Getenv("NATS_CALLOUT_ISSUER_FILE"), "file holding the account nkey seed whose public key is nats-server's auth_callout issuer (herald nats-keys writes it); serves NATS's auth callout, giving each ServiceAccount token its namespace's rights (env NATS_CALLOUT_ISSUER_FILE)")
-	fs.StringVar(&f.calloutAccount, "nats-callout-account", natsauth.DefaultAccount, "the NATS account the callout places Herald's clients in")
+	fs.StringVar(&f.natsKeysDir, "nats-keys-dir", os.Getenv("NATS_KEYS_DIR"), "directory of Herald's NATS keys (herald nats-keys writes them): the manager connects as the auth callout's user, serves the callout, giving each ServiceAccount token a user of its namespace's own account, and pushes those accounts to NATS (env NATS_KEYS_DIR)")
 	fs.StringVar(&f.natsAudience, "nats-audience", natsauth.DefaultAudience, "audience of the ServiceAccount tokens NATS accepts (and the dispatchers' projected tokens carry)")
 	f.egress = egressFlags(fs)
 	fs.StringVar(&f.watchNamespaces, "watch-namespaces", "", "comma-separated namespaces to reconcile; empty means all")
@@ -125,7 +123,19 @@ func runManager(ctx context.Context, args []string) error {
 	log := ctrl.Log.WithName("manager")
 	namespaces := splitList(f.watchNamespaces)
 
-	nc, js, err := connectNATS(f.nats, "herald-manager", "")
+	var keys *natsauth.Keys
+	var identity []nats.Option
+	if f.natsKeysDir != "" {
+		if f.nats.tokenFile != "" || f.nats.nkeyFile != "" || f.nats.creds != "" {
+			return errors.New("--nats-keys-dir is the manager's whole NATS identity: give no --nats-token-file, --nats-nkey-file or --nats-creds with it")
+		}
+		k, err := natsauth.ReadKeys(f.natsKeysDir)
+		if err != nil {
+			return err
+		}
+		keys, identity = &k, []nats.Option{k.ManagerOption()}
+	}
+	nc, js, err := connectNATS(f.nats, "herald-manager", "", identity...)
 	if err != nil {
 		return err
 	}
@@ -173,12 +183,18 @@ func runManager(ctx context.Context, args []string) error {
 	if err := addChecks(mgr, nc); err != nil {
 		return err
 	}
-	if f.calloutIssuerFile != "" {
-		issuer, err := readIssuer(f.calloutIssuerFile)
+	if keys != nil {
+		// The system account's user pushes the namespaces' accounts.
+		sysOpt, err := keys.SystemOption()
 		if err != nil {
 			return err
 		}
-		if err := mgr.Add(&natsauth.Callout{NC: nc, Issuer: issuer, Account: f.calloutAccount, Client: mgr.GetClient(),
+		sys, _, err := connectNATS(f.nats, "herald-manager-system", "", sysOpt)
+		if err != nil {
+			return fmt.Errorf("connecting to NATS's system account: %w", err)
+		}
+		defer sys.Close()
+		if err := mgr.Add(&natsauth.Callout{NC: nc, Accounts: &natsauth.Accounts{Keys: *keys, SYS: sys}, Client: mgr.GetClient(),
 			Audience: f.natsAudience, Log: ctrl.Log.WithName("nats-callout")}); err != nil {
 			return fmt.Errorf("adding NATS auth callout: %w", err)
 		}
@@ -332,23 +348,6 @@ func (b bytesFlag) Set(s string) error {
 	}
 	*b.p = v.Value()
 	return nil
-}
-
-// readIssuer reads the callout's signing key; the error names the file,
-// never its content.
-func readIssuer(path string) (nkeys.KeyPair, error) {
-	seed, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("reading the NATS callout issuer seed: %w", err)
-	}
-	kp, err := nkeys.FromSeed(bytes.TrimSpace(seed))
-	if err != nil {
-		return nil, fmt.Errorf("the NATS callout issuer seed in %s is not an nkey seed (herald nats-keys writes one)", path)
-	}
-	if pub, _ := kp.PublicKey(); !nkeys.IsValidPublicAccountKey(pub) {
-		return nil, fmt.Errorf("the NATS callout issuer seed in %s is not an account seed", path)
-	}
-	return kp, nil
 }
 
 // natsServiceOf reads the namespace and port of NATS's Service from the

@@ -55,7 +55,7 @@ func natsAuthFlags(fs *flag.FlagSet, c *natsConn) {
 	fs.StringVar(&c.tokenFile, "nats-token-file", os.Getenv("NATS_TOKEN_FILE"),
 		"file holding the NATS auth token, such as a projected ServiceAccount token; re-read at every connect and reconnect (env NATS_TOKEN_FILE)")
 	fs.StringVar(&c.nkeyFile, "nats-nkey-file", os.Getenv("NATS_NKEY_FILE"),
-		"file holding an nkey user seed to authenticate with, the manager's identity under auth callout (env NATS_NKEY_FILE)")
+		"file holding an nkey user seed to authenticate with, for a NATS that lists nkey users (Herald's own NATS takes ServiceAccount tokens; the manager uses --nats-keys-dir) (env NATS_NKEY_FILE)")
 	fs.StringVar(&c.caFile, "nats-ca-file", os.Getenv("NATS_CA_FILE"),
 		"PEM CA bundle that verifies the NATS server's certificate"+needsTLS+" (env NATS_CA_FILE)")
 	fs.StringVar(&c.certFile, "nats-cert-file", os.Getenv("NATS_CERT_FILE"),

@@ -99,8 +99,9 @@ func run(ctx context.Context, bin string, natsPort int, receiverAddr string) err
 	if err := os.RemoveAll(jsDir); err != nil {
 		return err
 	}
-	// NATS with the auth a cluster gets: the manager's nkey, and the
-	// manager's auth callout for every ServiceAccount token.
+	// NATS with the auth a cluster gets: operator mode, the manager as
+	// the callout's user, and an account per namespace for every
+	// ServiceAccount token the callout lets in.
 	natsConf, keysDir, err := writeNATSConfig(devDir, natsPort, jsDir)
 	if err != nil {
 		return err
@@ -112,7 +113,7 @@ func run(ctx context.Context, bin string, natsPort int, receiverAddr string) err
 	procs := []*exec.Cmd{
 		command("nats", filepath.Join(bin, "nats-server"), "-c", natsConf),
 		command("manager", filepath.Join(bin, "herald"), "manager", "--dispatch=in-process", "--nats-url="+natsURL,
-			"--nats-nkey-file="+filepath.Join(keysDir, "manager.nk"), "--nats-callout-issuer-file="+filepath.Join(keysDir, "issuer.nk"),
+			"--nats-keys-dir="+keysDir,
 			"--metrics-bind-address=127.0.0.1:8080", "--metrics-secure=false", "--health-probe-bind-address=127.0.0.1:8081",
 			// The demo receiver is on loopback, which the egress guard
 			// refuses unless opened.
@@ -184,12 +185,15 @@ func writeNATSConfig(devDir string, port int, jsDir string) (conf, keysDir strin
 	if err != nil {
 		return "", "", err
 	}
-	for name, seed := range map[string][]byte{"manager.nk": keys.ManagerSeed, "issuer.nk": keys.IssuerSeed} {
-		if err := os.WriteFile(filepath.Join(keysDir, name), seed, 0o600); err != nil {
-			return "", "", err
-		}
+	if err := keys.Write(keysDir); err != nil {
+		return "", "", err
 	}
-	auth, err := keys.ServerConfig(natsauth.DefaultAccount)
+	// The accounts of the namespaces start empty with the rest.
+	accounts := filepath.Join(devDir, "accounts")
+	if err := os.RemoveAll(accounts); err != nil {
+		return "", "", err
+	}
+	auth, err := keys.ServerConfig(accounts)
 	if err != nil {
 		return "", "", err
 	}

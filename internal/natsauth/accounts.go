@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/jwt/v2"
@@ -92,12 +93,29 @@ type Accounts struct {
 	Keys Keys
 	// SYS is a connection as Keys.SystemUser.
 	SYS *nats.Conn
+	// pushed remembers the accounts pushed for a server (by its ID), so
+	// the callout pushes once per namespace and server start.
+	pushed sync.Map
 }
 
-// Push stores namespace ns's account in the server's resolver. It is
-// idempotent and cheap (one request), so the callout pushes before every
-// user it lets in: a NATS whose resolver lost its directory gets the
-// account back with the next connection.
+// Ensure pushes namespace ns's account unless it was pushed since the
+// server named serverID started; a restarted server has a new ID, so
+// an account its resolver lost comes back with the next connection.
+func (a *Accounts) Ensure(ctx context.Context, serverID, ns string) error {
+	key := serverID + "\x00" + ns
+	if _, ok := a.pushed.Load(key); ok {
+		return nil
+	}
+	if err := a.Push(ctx, ns); err != nil {
+		return err
+	}
+	a.pushed.Store(key, struct{}{})
+	return nil
+}
+
+// Push stores namespace ns's account in the server's resolver (a full
+// resolver shares it with the cluster's other servers). It is idempotent
+// and cheap: one request.
 func (a *Accounts) Push(ctx context.Context, ns string) error {
 	acc, err := a.Keys.NamespaceAccount(ns)
 	if err != nil {

@@ -193,7 +193,7 @@ func (c *Callout) Authorize(ctx context.Context, req *jwt.AuthorizationRequestCl
 	}
 	// The user belongs to its namespace's account, which must be on the
 	// server before the answer names it.
-	if err := c.Accounts.Push(ctx, ns); err != nil {
+	if err := c.Accounts.Ensure(ctx, req.Server.ID, ns); err != nil {
 		return "", id, err
 	}
 	account, err := c.Accounts.Keys.NamespaceKey(ns)

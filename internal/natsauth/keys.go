@@ -1,10 +1,13 @@
 package natsauth
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/nats-io/jwt/v2"
@@ -232,4 +235,30 @@ func (k Keys) SystemOption() (nats.Option, error) {
 
 func userOption(userJWT func() (string, error), kp nkeys.KeyPair) nats.Option {
 	return nats.UserJWT(userJWT, func(nonce []byte) ([]byte, error) { return kp.Sign(nonce) })
+}
+
+// ReadKeys reads the seeds from dir (KeyFiles).
+func ReadKeys(dir string) (Keys, error) {
+	var k Keys
+	for i, p := range k.Seeds() {
+		b, err := os.ReadFile(filepath.Join(dir, KeyFiles[i]))
+		if err != nil {
+			return Keys{}, fmt.Errorf("reading Herald's NATS keys: %w", err)
+		}
+		*p = bytes.TrimSpace(b)
+	}
+	return k, k.Check()
+}
+
+// Write stores the seeds in dir, readable by the owner only.
+func (k Keys) Write(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for i, p := range k.Seeds() {
+		if err := os.WriteFile(filepath.Join(dir, KeyFiles[i]), *p, 0o600); err != nil {
+			return fmt.Errorf("writing %s: %w", KeyFiles[i], err)
+		}
+	}
+	return nil
 }

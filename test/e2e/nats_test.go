@@ -21,7 +21,7 @@ import (
 )
 
 // NATS in the e2e cluster runs as in production: auth callout served by
-// the manager (its nkey the one static credential) and TLS with a
+// the manager (operator mode, an account per namespace) and TLS with a
 // certificate from the cluster's CA, which every pod already trusts
 // (the ServiceAccount mount's ca.crt).
 const natsServerName = "nats.nats.svc"
@@ -32,7 +32,6 @@ type natsSecrets struct {
 	keys            natsauth.Keys
 	certPEM, keyPEM []byte
 	caPool          *x509.CertPool
-	managerSeedPath string
 }
 
 var natsSec natsSecrets
@@ -55,9 +54,6 @@ func makeNATSSecrets() {
 
 	natsSec.keys, err = natsauth.NewKeys()
 	Expect(err).NotTo(HaveOccurred())
-	dir := GinkgoT().TempDir()
-	natsSec.managerSeedPath = filepath.Join(dir, "manager.nk")
-	Expect(os.WriteFile(natsSec.managerSeedPath, natsSec.keys.ManagerSeed, 0o600)).To(Succeed())
 }
 
 // natsConfig is the server's configuration: TLS, JetStream, and the auth
@@ -65,7 +61,7 @@ func makeNATSSecrets() {
 // writes it).
 func natsConfig() string {
 	GinkgoHelper()
-	auth, err := natsSec.keys.ServerConfig(natsauth.DefaultAccount)
+	auth, err := natsSec.keys.ServerConfig("/data/accounts")
 	Expect(err).NotTo(HaveOccurred())
 	return fmt.Sprintf(`port: 4222
 http_port: 8222
@@ -118,19 +114,24 @@ metadata:
   name: herald-nats-keys
   namespace: herald-system
 stringData:
-  manager.nk: %q
-  issuer.nk: %q
-`, indent([]byte(natsConfig())), indent(natsSec.certPEM), indent(natsSec.keyPEM), natsSec.keys.ManagerSeed, natsSec.keys.IssuerSeed)
+%s`, indent([]byte(natsConfig())), indent(natsSec.certPEM), indent(natsSec.keyPEM), keysData())
 }
 
-// natsOptions connect the suite as the manager does: its nkey, TLS
+// keysData is the keys Secret's stringData, one seed per file.
+func keysData() string {
+	var b strings.Builder
+	for i, seed := range natsSec.keys.Seeds() {
+		fmt.Fprintf(&b, "  %s: %q\n", natsauth.KeyFiles[i], *seed)
+	}
+	return b.String()
+}
+
+// natsOptions connect the suite as the manager does: its user, TLS
 // verified against the cluster's CA for NATS's Service name (the suite
 // dials a port-forward on 127.0.0.1).
 func natsOptions() []nats.Option {
 	GinkgoHelper()
-	nkey, err := nats.NkeyOptionFromSeed(natsSec.managerSeedPath)
-	Expect(err).NotTo(HaveOccurred())
-	return []nats.Option{nkey, nats.Secure(&tls.Config{ServerName: natsServerName, RootCAs: natsSec.caPool, MinVersion: tls.VersionTLS12})}
+	return []nats.Option{natsSec.keys.ManagerOption(), nats.Secure(&tls.Config{ServerName: natsServerName, RootCAs: natsSec.caPool, MinVersion: tls.VersionTLS12})}
 }
 
 // tenantConn connects with a ServiceAccount token, as a tenant's pod
