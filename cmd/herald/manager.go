@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/go-logr/logr"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	corev1 "k8s.io/api/core/v1"
@@ -143,11 +142,6 @@ func runManager(ctx context.Context, args []string) error {
 	limits := f.limits
 	limits.Replicas = f.streamReplicas
 	limits.MaxBodyBytes = f.maxBodyBytes
-	// The reconcilers and the dispatcher need the streams and buckets, so
-	// they are ensured before anything starts, waiting for NATS if needed.
-	if err := ensureStreams(ctx, log, js, limits); err != nil {
-		return err
-	}
 
 	restCfg, err := ctrl.GetConfig()
 	if err != nil {
@@ -277,24 +271,6 @@ func setupControllers(ctx context.Context, mgr ctrl.Manager, js jetstream.JetStr
 		}
 	}
 	return nil
-}
-
-// ensureStreams retries streams.Ensure until it succeeds or ctx is done.
-func ensureStreams(ctx context.Context, log logr.Logger, js jetstream.JetStream, l streams.Limits) error {
-	for {
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := streams.Ensure(cctx, js, l)
-		cancel()
-		if err == nil {
-			return nil
-		}
-		log.Error(err, "ensuring NATS streams and buckets; retrying in 5s")
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("ensuring NATS streams: %w", ctx.Err())
-		case <-time.After(5 * time.Second):
-		}
-	}
 }
 
 func splitList(s string) []string {

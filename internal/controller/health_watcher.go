@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -48,25 +49,54 @@ type wakeState struct {
 	failing bool
 }
 
-// Start watches the health bucket until ctx is done, re-opening the watch
-// after NATS errors.
+// Rescan is how often the watcher looks for namespaces' new health
+// buckets. A namespace's first endpoint makes its bucket; until the next
+// scan its status follows the periodic resync only.
+const Rescan = 5 * time.Second
+
+// Start watches every namespace's health bucket until ctx is done: it
+// lists the buckets every Rescan and watches each in a goroutine of its
+// own, which ends when its bucket goes (the namespace's last endpoint was
+// deleted) or NATS fails it, and is started again by a later scan.
 func (w *HealthWatcher) Start(ctx context.Context) error {
 	log := ctrl.LoggerFrom(ctx).WithName("health-watcher")
-	seen := map[string]wakeState{}
+	var mu sync.Mutex
+	watching := map[string]bool{}
 	for {
-		if err := w.watch(ctx, seen); err != nil {
-			log.Error(err, "watching health records; retrying in 5s")
+		names := w.JS.StreamNames(ctx)
+		for name := range names.Name() {
+			bucket, ok := strings.CutPrefix(name, streams.KVStream(streams.HealthBucketPrefix))
+			if !ok || !w.watches(bucket) {
+				continue
+			}
+			mu.Lock()
+			if !watching[bucket] {
+				watching[bucket] = true
+				go func(ns string) {
+					if err := w.watch(ctx, ns); err != nil && ctx.Err() == nil {
+						log.V(1).Info("health watch ended", "namespace", ns, "error", err.Error())
+					}
+					mu.Lock()
+					delete(watching, ns)
+					mu.Unlock()
+				}(bucket)
+			}
+			mu.Unlock()
+		}
+		if err := names.Err(); err != nil && ctx.Err() == nil {
+			log.Error(err, "listing the health buckets; retrying")
 		}
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(5 * time.Second):
+		case <-time.After(Rescan):
 		}
 	}
 }
 
-func (w *HealthWatcher) watch(ctx context.Context, seen map[string]wakeState) error {
-	kv, err := w.JS.KeyValue(ctx, streams.HealthBucket)
+// watch follows one namespace's health bucket.
+func (w *HealthWatcher) watch(ctx context.Context, namespace string) error {
+	kv, err := w.JS.KeyValue(ctx, streams.HealthBucket(namespace))
 	if err != nil {
 		return err
 	}
@@ -75,6 +105,7 @@ func (w *HealthWatcher) watch(ctx context.Context, seen map[string]wakeState) er
 		return err
 	}
 	defer func() { _ = watcher.Stop() }()
+	seen := map[string]wakeState{}
 	// Records skipped by the coalescing rule are flushed on the next tick,
 	// so the last change of a burst is never lost.
 	pending := map[string]bool{}
@@ -101,8 +132,7 @@ func (w *HealthWatcher) watch(ctx context.Context, seen map[string]wakeState) er
 			if e == nil || e.Operation() != jetstream.KeyValuePut {
 				continue
 			}
-			ns, _, ok := strings.Cut(e.Key(), ".")
-			if !ok || !w.watches(ns) {
+			if ns, _, ok := strings.Cut(e.Key(), "."); !ok || ns != namespace {
 				continue
 			}
 			var h dispatcher.Health

@@ -158,7 +158,7 @@ func writeHealth(ns, name string, h dispatcher.Health) {
 	h.UpdatedAt = time.Now()
 	b, err := json.Marshal(h)
 	Expect(err).NotTo(HaveOccurred())
-	_, err = healthKV.Put(ctx, streams.EndpointKey(ns, name), b)
+	_, err = healthKV(ns).Put(ctx, streams.EndpointKey(ns, name), b)
 	Expect(err).NotTo(HaveOccurred())
 }
 
@@ -172,7 +172,7 @@ func versionKey(ns, name, key string) string {
 // version v (stream sequence seq) of key was delivered to the endpoint.
 func writeVersion(ns, name, key string, v int64, seq uint64) {
 	GinkgoHelper()
-	_, err := versionsKV.Put(ctx, versionKey(ns, name, key), []byte(fmt.Sprintf("%d:%d", v, seq)))
+	_, err := versionsKV(ns).Put(ctx, versionKey(ns, name, key), []byte(fmt.Sprintf("%d:%d", v, seq)))
 	Expect(err).NotTo(HaveOccurred())
 }
 

@@ -56,11 +56,11 @@ func (s *NamespaceStreams) Start(ctx context.Context) error {
 // NeedLeaderElection is true: only the leader creates and deletes.
 func (s *NamespaceStreams) NeedLeaderElection() bool { return true }
 
-// Pass runs once: buckets, then each namespace's streams. It goes on past
-// one namespace's error, so one broken stream does not hold up the rest,
-// and returns the first.
+// Pass runs once over each namespace's streams and buckets. It goes on
+// past one namespace's error, so one broken stream does not hold up the
+// rest, and returns the first.
 func (s *NamespaceStreams) Pass(ctx context.Context) error {
-	first := streams.Ensure(ctx, s.JS, s.Limits)
+	var first error
 	keep := func(err error) {
 		if first == nil {
 			first = err

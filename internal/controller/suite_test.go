@@ -45,8 +45,6 @@ var (
 	natsSrv    *natsserver.Server
 	nc         *nats.Conn
 	js         jetstream.JetStream
-	healthKV   jetstream.KeyValue
-	versionsKV jetstream.KeyValue
 	// mgrClient is the manager's cached client (with the field indexes),
 	// for specs that run a reconciler of their own.
 	mgrClient  client.Client
@@ -87,11 +85,6 @@ var _ = BeforeSuite(func() {
 	nc, err = nats.Connect(natsSrv.ClientURL())
 	Expect(err).NotTo(HaveOccurred())
 	js, err = jetstream.New(nc)
-	Expect(err).NotTo(HaveOccurred())
-	Expect(streams.Ensure(ctx, js, streams.DefaultLimits())).To(Succeed())
-	healthKV, err = js.KeyValue(ctx, streams.HealthBucket)
-	Expect(err).NotTo(HaveOccurred())
-	versionsKV, err = js.KeyValue(ctx, streams.VersionsBucket)
 	Expect(err).NotTo(HaveOccurred())
 
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
@@ -195,4 +188,19 @@ func (f *fakeDispatch) get(namespace, name string) (dispatcher.Endpoint, bool) {
 	defer f.mu.Unlock()
 	ep, ok := f.current[namespace+"/"+name]
 	return ep, ok
+}
+
+// healthKV and versionsKV are a namespace's buckets, which its first
+// endpoint's reconcile creates.
+func healthKV(ns string) jetstream.KeyValue   { return kvOf(streams.HealthBucket(ns)) }
+func versionsKV(ns string) jetstream.KeyValue { return kvOf(streams.VersionsBucket(ns)) }
+
+func kvOf(bucket string) jetstream.KeyValue {
+	GinkgoHelper()
+	var kv jetstream.KeyValue
+	Eventually(func() (err error) {
+		kv, err = js.KeyValue(context.Background(), bucket)
+		return err
+	}).Should(Succeed())
+	return kv
 }

@@ -150,17 +150,21 @@ func deleteConsumer(ctx context.Context, js jetstream.JetStream, namespace, name
 
 // purgeEndpointRecords removes what the dispatcher keeps in NATS for one
 // endpoint besides its consumer: the version records (keys
-// <namespace>.<endpoint>.<key> of the versions bucket) and the health
-// record (key <namespace>.<endpoint> of the health bucket). Each is one
+// <namespace>.<endpoint>.<key> of the namespace's versions bucket) and the
+// health record (key <namespace>.<endpoint> of its health bucket). Each is one
 // purge of the bucket's stream by subject; names are DNS labels, so the
 // subjects match this endpoint's keys only. Nothing to purge is no error.
 func purgeEndpointRecords(ctx context.Context, js jetstream.JetStream, namespace, name string) error {
 	prefix := streams.EndpointKey(namespace, name)
+	versions, health := streams.VersionsBucket(namespace), streams.HealthBucket(namespace)
 	for _, p := range []struct{ bucket, subject string }{
-		{streams.VersionsBucket, kvSubject(streams.VersionsBucket, prefix+".>")},
-		{streams.HealthBucket, kvSubject(streams.HealthBucket, prefix)},
+		{versions, streams.KVSubject(versions, prefix+".>")},
+		{health, streams.KVSubject(health, prefix)},
 	} {
-		s, err := js.Stream(ctx, kvStream(p.bucket))
+		s, err := js.Stream(ctx, streams.KVStream(p.bucket))
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			continue // the namespace's buckets are gone, and its records with them
+		}
 		if err != nil {
 			return fmt.Errorf("opening the stream of bucket %s: %w", p.bucket, err)
 		}
@@ -170,11 +174,6 @@ func purgeEndpointRecords(ctx context.Context, js jetstream.JetStream, namespace
 	}
 	return nil
 }
-
-// kvStream and kvSubject are how JetStream stores a key-value bucket: the
-// stream KV_<bucket>, one subject $KV.<bucket>.<key> per key.
-func kvStream(bucket string) string       { return "KV_" + bucket }
-func kvSubject(bucket, key string) string { return "$KV." + bucket + "." + key }
 
 // backlogObservation is the queue side of an endpoint's status.
 type backlogObservation struct {

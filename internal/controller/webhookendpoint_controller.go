@@ -100,8 +100,7 @@ type WebhookEndpointReconciler struct {
 
 	secrets *secretReader
 
-	kvMu sync.Mutex // held across the bucket lookup, so not mu
-	kv   jetstream.KeyValue
+	health sync.Map // namespace -> jetstream.KeyValue: its health bucket, opened once
 
 	mu        sync.Mutex
 	lastWrite map[types.NamespacedName]time.Time
@@ -355,7 +354,7 @@ func (r *WebhookEndpointReconciler) reconcileDelivery(ctx context.Context, ep *v
 			lagGauge.WithLabelValues(ep.Namespace, ep.Name).Set(lag)
 		}
 	}
-	kv, err := r.healthKV(ctx)
+	kv, err := r.healthKV(ctx, ep.Namespace)
 	if err == nil {
 		obs.Health, err = dispatcher.ReadHealth(ctx, kv, ep.Namespace, ep.Name)
 	}
@@ -426,7 +425,7 @@ func (r *WebhookEndpointReconciler) reconcileDelete(ctx context.Context, ep *v1.
 	if err != nil {
 		r.Recorder.Eventf(ep, nil, corev1.EventTypeWarning, "CleanupFailed", "Delete",
 			"could not clean up NATS within %s (%v); removing the finalizer anyway: consumer %s on stream HERALD_EVENTS and the keys %s.* of buckets %s and %s may be left behind (an endpoint created again under this name replaces them)",
-			r.CleanupTimeout, err, streams.ConsumerName(ep.Namespace, ep.Name), streams.EndpointKey(ep.Namespace, ep.Name), streams.VersionsBucket, streams.HealthBucket)
+			r.CleanupTimeout, err, streams.ConsumerName(ep.Namespace, ep.Name), streams.EndpointKey(ep.Namespace, ep.Name), streams.VersionsBucket(ep.Namespace), streams.HealthBucket(ep.Namespace))
 	}
 	patch := client.MergeFrom(ep.DeepCopy())
 	controllerutil.RemoveFinalizer(ep, ConsumerFinalizer)
@@ -444,17 +443,16 @@ func (r *WebhookEndpointReconciler) forget(key types.NamespacedName) {
 	forgetEndpointMetrics(key.Namespace, key.Name)
 }
 
-// healthKV opens the health bucket once; the manager ensured it at start.
-func (r *WebhookEndpointReconciler) healthKV(ctx context.Context) (jetstream.KeyValue, error) {
-	r.kvMu.Lock()
-	defer r.kvMu.Unlock()
-	if r.kv != nil {
-		return r.kv, nil
+// healthKV opens a namespace's health bucket once; ensureConsumer made
+// sure the namespace's buckets exist.
+func (r *WebhookEndpointReconciler) healthKV(ctx context.Context, namespace string) (jetstream.KeyValue, error) {
+	if kv, ok := r.health.Load(namespace); ok {
+		return kv.(jetstream.KeyValue), nil
 	}
-	kv, err := r.JS.KeyValue(ctx, streams.HealthBucket)
+	kv, err := r.JS.KeyValue(ctx, streams.HealthBucket(namespace))
 	if err != nil {
-		return nil, fmt.Errorf("opening key-value bucket %s: %w", streams.HealthBucket, err)
+		return nil, fmt.Errorf("opening key-value bucket %s: %w", streams.HealthBucket(namespace), err)
 	}
-	r.kv = kv
+	r.health.Store(namespace, kv)
 	return kv, nil
 }

@@ -74,7 +74,7 @@ var _ = Describe("WebhookEndpoint controller", func() {
 			_, err = consumerInfo(ns, "billing")
 			Expect(errors.Is(err, jetstream.ErrConsumerNotFound)).To(BeTrue(), "got %v", err)
 			for _, key := range []string{"sub_1", "inv_7"} {
-				_, err = versionsKV.Get(ctx, versionKey(ns, "billing", key))
+				_, err = versionsKV(ns).Get(ctx, versionKey(ns, "billing", key))
 				Expect(errors.Is(err, jetstream.ErrKeyNotFound)).To(BeTrue(), "version record of %s: got %v", key, err)
 			}
 		})
@@ -260,7 +260,7 @@ var _ = Describe("WebhookEndpoint controller", func() {
 			}, eventually, poll).Should(BeTrue())
 			_, err = consumerInfo(ns, "crm")
 			Expect(err).NotTo(HaveOccurred(), "the consumer is left behind")
-			_, err = versionsKV.Get(ctx, versionKey(ns, "crm", "sub_1"))
+			_, err = versionsKV(ns).Get(ctx, versionKey(ns, "crm", "sub_1"))
 			Expect(err).NotTo(HaveOccurred(), "the version record is left behind")
 
 			By("recreating an endpoint of the same name")
@@ -275,7 +275,7 @@ var _ = Describe("WebhookEndpoint controller", func() {
 			Expect(info.Created).To(BeTemporally(">", oldInfo.Created), "a fresh consumer, not the old one")
 			Expect(info.NumPending+uint64(info.NumAckPending)).To(BeZero(), "the old endpoint's events must not go to the new URL")
 			Expect(info.Config.Metadata).To(HaveKeyWithValue("herald.dev/endpoint-uid", string(fresh.UID)))
-			_, err = versionsKV.Get(ctx, versionKey(ns, "crm", "sub_1"))
+			_, err = versionsKV(ns).Get(ctx, versionKey(ns, "crm", "sub_1"))
 			Expect(errors.Is(err, jetstream.ErrKeyNotFound)).To(BeTrue(), "version record: got %v", err)
 			expectConditions(ns, "crm", readyAndDelivering)
 			Expect(getEndpoint(Default, ns, "crm").Status.Totals.Delivered).To(BeZero(), "the old endpoint's totals must not be inherited")

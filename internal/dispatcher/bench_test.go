@@ -64,9 +64,6 @@ func newBenchEnv(b benchT) *benchEnv {
 		return js
 	}
 	env := &benchEnv{js: conn(), pub: conn()}
-	if err := streams.Ensure(context.Background(), env.js, streams.DefaultLimits()); err != nil {
-		b.Fatal(err)
-	}
 	return env
 }
 

@@ -484,7 +484,6 @@ var _ = Describe("Dispatcher", func() {
 			DeferCleanup(conn.Close)
 			own, err := jetstream.New(conn)
 			Expect(err).NotTo(HaveOccurred())
-			Expect(streams.Ensure(ctx, own, streams.DefaultLimits())).To(Succeed())
 			createConsumerOn(own, streams.DefaultLimits(), ns, "crm", nil)
 			rc := newReceiver(always(200))
 			d, err := dispatcher.New(ctx, own, dispatcher.WithLogger(testLogger()), allowLoopback)

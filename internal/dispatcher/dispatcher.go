@@ -141,8 +141,7 @@ type Dispatcher struct {
 	logJS    jetstream.JetStream
 	logRetry chan *nats.Msg
 	opts     options
-	versions jetstream.KeyValue
-	health   jetstream.KeyValue
+	buckets  sync.Map // namespace -> *buckets: its versions and health records, opened once
 	logs     sync.Map // namespace -> jetstream.Stream: delivery logs, read back for dead letters and redeliveries
 
 	mu sync.Mutex
@@ -158,8 +157,9 @@ type Dispatcher struct {
 	wg      sync.WaitGroup
 }
 
-// New returns a Dispatcher that reads from js. Herald's streams and buckets
-// must exist (the operator ensures them; see streams.Ensure).
+// New returns a Dispatcher that reads from js. Each endpoint's worker
+// waits for its namespace's streams and buckets, which the operator
+// ensures (streams.EnsureNamespace).
 func New(ctx context.Context, js jetstream.JetStream, opts ...Option) (*Dispatcher, error) {
 	o := options{
 		log:             logr.Discard(),
@@ -176,22 +176,37 @@ func New(ctx context.Context, js jetstream.JetStream, opts ...Option) (*Dispatch
 			return nil, err
 		}
 	}
-	versions, err := js.KeyValue(ctx, streams.VersionsBucket)
-	if err != nil {
-		return nil, fmt.Errorf("opening key-value bucket %s: %w", streams.VersionsBucket, err)
-	}
-	health, err := js.KeyValue(ctx, streams.HealthBucket)
-	if err != nil {
-		return nil, fmt.Errorf("opening key-value bucket %s: %w", streams.HealthBucket, err)
-	}
-	d := &Dispatcher{js: js, opts: o, versions: versions, health: health,
+	d := &Dispatcher{js: js, opts: o,
 		logRetry: make(chan *nats.Msg, logRetries),
 		workers:  map[string]*worker{}, newest: map[string]*worker{}, pending: map[string]Endpoint{}}
+	var err error
 	d.logJS, err = jetstream.New(js.Conn(), jetstream.WithPublishAsyncErrHandler(d.logFailed))
 	if err != nil {
 		return nil, fmt.Errorf("opening JetStream for the delivery log: %w", err)
 	}
 	return d, nil
+}
+
+// buckets are a namespace's key-value buckets.
+type buckets struct{ versions, health jetstream.KeyValue }
+
+// bucketsOf opens a namespace's buckets, once.
+func (d *Dispatcher) bucketsOf(ctx context.Context, namespace string) (*buckets, error) {
+	if b, ok := d.buckets.Load(namespace); ok {
+		return b.(*buckets), nil
+	}
+	var b buckets
+	for _, kv := range []struct {
+		name string
+		to   *jetstream.KeyValue
+	}{{streams.VersionsBucket(namespace), &b.versions}, {streams.HealthBucket(namespace), &b.health}} {
+		var err error
+		if *kv.to, err = d.js.KeyValue(ctx, kv.name); err != nil {
+			return nil, fmt.Errorf("opening key-value bucket %s: %w", kv.name, err)
+		}
+	}
+	d.buckets.Store(namespace, &b)
+	return &b, nil
 }
 
 // logStream is a namespace's delivery-log stream, opened once.

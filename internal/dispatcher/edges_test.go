@@ -43,7 +43,6 @@ func newIsolated(limits streams.Limits, mutate func(*natsserver.Options)) *isola
 	DeferCleanup(nc.Close)
 	js, err := jetstream.New(nc)
 	Expect(err).NotTo(HaveOccurred())
-	Expect(streams.Ensure(context.Background(), js, limits)).To(Succeed())
 	return &isolated{nc: nc, js: js, limits: limits}
 }
 
@@ -89,7 +88,7 @@ func (s *isolated) deadLetters(g Gomega, ns string) []dispatcher.DeadLetter {
 // health reads the health record of the spec's endpoint "crm".
 func (s *isolated) health(g Gomega, ns string) *dispatcher.Health {
 	const ep = "crm"
-	kv, err := s.js.KeyValue(context.Background(), streams.HealthBucket)
+	kv, err := s.js.KeyValue(context.Background(), streams.HealthBucket(ns))
 	g.Expect(err).NotTo(HaveOccurred())
 	h, err := dispatcher.ReadHealth(context.Background(), kv, ns, ep)
 	g.Expect(err).NotTo(HaveOccurred())
@@ -237,17 +236,18 @@ var _ = Describe("Dispatcher at the edges of the contract", func() {
 
 			// The bucket's stream stops listening: every write fails, reads
 			// (direct gets by stream name) still work.
-			kvSubjects := []string{"$KV." + streams.VersionsBucket + ".>"}
-			s.setStream("KV_"+streams.VersionsBucket, func(c *jetstream.StreamConfig) { c.Subjects = []string{"$KV.switched-off.>"} })
+			bucket := streams.VersionsBucket(ns)
+			kvSubjects := []string{streams.KVSubject(bucket, ">")}
+			s.setStream(streams.KVStream(bucket), func(c *jetstream.StreamConfig) { c.Subjects = []string{"$KV.switched-off.>"} })
 			s.publish(ns, "a.b", "evt_v9", "sub", 9)
 			s.publish(ns, "a.b", "evt_v8", "sub", 8)
 			Eventually(versionsOf).WithArguments(rc).Should(Equal([]int64{1, 9}))
 			Eventually(func(g Gomega) { g.Expect(s.health(g, ns).PendingWrites).To(BeEquivalentTo(1)) }).Should(Succeed())
 			Consistently(versionsOf, 3*time.Second).WithArguments(rc).Should(Equal([]int64{1, 9}))
 
-			s.setStream("KV_"+streams.VersionsBucket, func(c *jetstream.StreamConfig) { c.Subjects = kvSubjects })
+			s.setStream(streams.KVStream(bucket), func(c *jetstream.StreamConfig) { c.Subjects = kvSubjects })
 			Eventually(func(g Gomega) { g.Expect(s.health(g, ns).PendingWrites).To(BeZero()) }, 15*time.Second).Should(Succeed())
-			kv, err := s.js.KeyValue(context.Background(), streams.VersionsBucket)
+			kv, err := s.js.KeyValue(context.Background(), bucket)
 			Expect(err).NotTo(HaveOccurred())
 			keys, err := kv.Keys(context.Background())
 			Expect(err).NotTo(HaveOccurred())

@@ -71,6 +71,7 @@ func ReadHealth(ctx context.Context, kv jetstream.KeyValue, namespace, endpoint 
 // starts probing), otherwise at most once per health interval.
 type tracker struct {
 	d        *Dispatcher
+	kv       jetstream.KeyValue // the namespace's health bucket, set before run
 	key      string
 	inFlight atomic.Int64
 
@@ -101,7 +102,7 @@ func newTracker(d *Dispatcher, namespace, name string) *tracker {
 func (t *tracker) load(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	e, err := t.d.health.Get(ctx, t.key)
+	e, err := t.kv.Get(ctx, t.key)
 	if err != nil {
 		return
 	}
@@ -156,7 +157,7 @@ func (t *tracker) write(ctx context.Context) {
 	t.mu.Unlock()
 	b, err := json.Marshal(h)
 	if err == nil {
-		_, err = t.d.health.Put(ctx, t.key, b)
+		_, err = t.kv.Put(ctx, t.key, b)
 	}
 	if err != nil {
 		// Still to write: the final flush after a stop takes it.

@@ -74,7 +74,6 @@ var _ = BeforeSuite(func() {
 	DeferCleanup(nc.Close)
 	js, err = jetstream.New(nc)
 	Expect(err).NotTo(HaveOccurred())
-	Expect(streams.Ensure(context.Background(), js, streams.DefaultLimits())).To(Succeed())
 	pub, err = events.NewPublisher(js)
 	Expect(err).NotTo(HaveOccurred())
 })
@@ -302,7 +301,7 @@ func deadLetters(g Gomega, ns string) []dispatcher.DeadLetter {
 }
 
 func healthOf(g Gomega, ns, ep string) *dispatcher.Health {
-	kv, err := js.KeyValue(context.Background(), streams.HealthBucket)
+	kv, err := js.KeyValue(context.Background(), streams.HealthBucket(ns))
 	g.Expect(err).NotTo(HaveOccurred())
 	h, err := dispatcher.ReadHealth(context.Background(), kv, ns, ep)
 	g.Expect(err).NotTo(HaveOccurred())

@@ -97,7 +97,6 @@ func newWorker(d *Dispatcher, ep Endpoint) *worker {
 		d:        d,
 		log:      d.opts.log.WithValues("webhookEndpoint", ep.ID()),
 		fixed:    ep,
-		vers:     newVersionStore(d.versions, ep.Namespace, ep.Name),
 		done:     make(chan struct{}),
 		slots:    make(chan struct{}, ep.MaxInFlight),
 		held:     make(chan struct{}, ep.MaxInFlight*heldPerSlot),
@@ -174,6 +173,12 @@ func (w *worker) stop() {
 func (w *worker) run() {
 	ctx := w.ctx
 	defer close(w.done)
+	b := w.buckets(ctx)
+	if b == nil {
+		return
+	}
+	w.vers = newVersionStore(b.versions, w.fixed.Namespace, w.fixed.Name)
+	w.health.kv = b.health
 	w.health.load(ctx)
 	defer w.shutdown()
 	go w.health.run(ctx)
@@ -230,6 +235,24 @@ func (w *worker) run() {
 
 // consumer opens the endpoint's consumer, waiting for the operator to
 // create it; nil when ctx ends first.
+// buckets waits for the namespace's buckets, as consumer waits for the
+// consumer; nil when ctx ends first.
+func (w *worker) buckets(ctx context.Context) *buckets {
+	for backoff := 100 * time.Millisecond; ; backoff = min(backoff*2, 5*time.Second) {
+		b, err := w.d.bucketsOf(ctx, w.fixed.Namespace)
+		if err == nil {
+			return b
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		w.log.V(1).Info("waiting for the namespace's buckets", "error", err.Error())
+		if !sleep(ctx, backoff) {
+			return nil
+		}
+	}
+}
+
 func (w *worker) consumer(ctx context.Context) jetstream.Consumer {
 	ep := w.ep.Load()
 	for backoff := 100 * time.Millisecond; ; backoff = min(backoff*2, 5*time.Second) {

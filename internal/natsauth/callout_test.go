@@ -176,12 +176,12 @@ var _ = Describe("NATS identity per namespace", Ordered, func() {
 		Eventually(rcB.received).Should(Equal(want))
 		Consistently(rcB.received, 2*time.Second).Should(Equal(want))
 
-		By("rolling up a shared bucket from A's own key, which would purge B's keys too")
-		kv, err := adminJS.KeyValue(ctx, streams.HealthBucket)
+		By("rolling up A's own bucket, which must not reach B's")
+		kv, err := adminJS.KeyValue(ctx, streams.HealthBucket(b.ns))
 		Expect(err).NotTo(HaveOccurred())
 		Eventually(func() error { _, err := kv.Get(ctx, streams.EndpointKey(b.ns, "crm")); return err }).Should(Succeed())
 		dispatcherA := a.connect(ctx, natsauth.DispatcherServiceAccount)
-		rollup := &nats.Msg{Subject: "$KV." + streams.HealthBucket + "." + streams.EndpointKey(a.ns, "crm"), Data: []byte(`{}`),
+		rollup := &nats.Msg{Subject: streams.KVSubject(streams.HealthBucket(a.ns), streams.EndpointKey(a.ns, "crm")), Data: []byte(`{}`),
 			Header: nats.Header{"Nats-Rollup": []string{"all"}}}
 		_, err = dispatcherA.js.PublishMsg(ctx, rollup)
 		Expect(err).To(HaveOccurred(), "the buckets refuse rollups")
@@ -202,7 +202,7 @@ var _ = Describe("NATS identity per namespace", Ordered, func() {
 				return s.CachedInfo().State.Msgs
 			}
 		}
-		health, err := adminJS.KeyValue(ctx, streams.HealthBucket)
+		health, err := adminJS.KeyValue(ctx, streams.HealthBucket(b.ns))
 		Expect(err).NotTo(HaveOccurred())
 		healthKey := streams.EndpointKey(b.ns, "crm")
 		revision := func() uint64 {
@@ -222,7 +222,7 @@ var _ = Describe("NATS identity per namespace", Ordered, func() {
 		Expect(producerA.nc.PublishMsg(msg)).To(Succeed())
 		By("a JetStream API answer addressed to B's health key")
 		dispatcherA := a.connect(ctx, natsauth.DispatcherServiceAccount)
-		Expect(dispatcherA.nc.PublishRequest("$JS.API.STREAM.INFO."+events.StreamName(a.ns), "$KV."+streams.HealthBucket+"."+healthKey, nil)).To(Succeed())
+		Expect(dispatcherA.nc.PublishRequest("$JS.API.STREAM.INFO."+events.StreamName(a.ns), streams.KVSubject(streams.HealthBucket(b.ns), healthKey), nil)).To(Succeed())
 		Expect(dispatcherA.nc.Flush()).To(Succeed())
 
 		Consistently(eventsB, 2*time.Second).Should(Equal(n), "A's publish ack landed in B's events")

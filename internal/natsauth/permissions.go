@@ -43,19 +43,18 @@ const (
 
 // Permissions are what the roles allow in one namespace's part of NATS.
 // Everything else is denied: NATS permissions allow only what is listed.
-// JetStream API calls are allowed by subject, so each names a stream of
-// the namespace, or a key prefix of the namespace in a shared bucket.
+// JetStream API calls are allowed by subject, so each names a stream or
+// bucket of the namespace.
 func Permissions(namespace string, roles ...Role) jwt.Permissions {
 	var p jwt.Permissions
 	p.Sub.Allow.Add(Inbox(namespace) + ".>")
 	evts := events.StreamName(namespace)
 	logs := streams.AttemptsStream(namespace)
 	dead := streams.DeadLetterStream(namespace)
-	versions := "KV_" + streams.VersionsBucket
-	health := "KV_" + streams.HealthBucket
-	kvKeys := func(bucket string) string { return "$KV." + bucket + "." + namespace + ".>" }
+	versions, health := streams.VersionsBucket(namespace), streams.HealthBucket(namespace)
+	kvKeys := func(bucket string) string { return streams.KVSubject(bucket, namespace+".>") }
 	directKeys := func(bucket string) string {
-		return api("DIRECT.GET.KV_"+bucket) + ".$KV." + bucket + "." + namespace + ".>"
+		return api("DIRECT.GET."+streams.KVStream(bucket)) + "." + kvKeys(bucket)
 	}
 	for _, r := range roles {
 		switch r {
@@ -66,7 +65,7 @@ func Permissions(namespace string, roles ...Role) jwt.Permissions {
 				api("STREAM.INFO."+evts), api("CONSUMER.LIST."+evts), api("CONSUMER.INFO."+evts+".*"),
 				api("STREAM.INFO."+logs), api("DIRECT.GET."+logs), api("STREAM.MSG.GET."+logs),
 				api("STREAM.INFO."+dead), api("DIRECT.GET."+dead), api("STREAM.MSG.GET."+dead),
-				api("STREAM.INFO."+health), directKeys(streams.HealthBucket),
+				api("STREAM.INFO."+streams.KVStream(health)), directKeys(health),
 			)
 			if r != RoleDispatcher {
 				continue
@@ -80,8 +79,8 @@ func Permissions(namespace string, roles ...Role) jwt.Permissions {
 				"$JS.ACK.*.*."+evts+".>",
 				streams.AttemptsPrefix+"."+namespace+".>",
 				streams.DeadLetterPrefix+"."+namespace+".>",
-				api("STREAM.INFO."+versions), directKeys(streams.VersionsBucket),
-				kvKeys(streams.VersionsBucket), kvKeys(streams.HealthBucket),
+				api("STREAM.INFO."+streams.KVStream(versions)), directKeys(versions),
+				kvKeys(versions), kvKeys(health),
 			)
 		}
 	}

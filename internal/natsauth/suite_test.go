@@ -85,7 +85,6 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	DeferCleanup(cancel)
 	go func() { _ = callout.Start(cctx) }()
 
-	Expect(streams.Ensure(ctx, adminJS, streams.DefaultLimits())).To(Succeed())
 	// The shipped producer ClusterRole, as the installer applies it.
 	b, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "config", "rbac", "producer_role.yaml"))
 	Expect(err).NotTo(HaveOccurred())

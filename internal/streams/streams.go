@@ -16,21 +16,35 @@ import (
 	"github.com/herald-dev/herald/pkg/events"
 )
 
-// Names of the streams and buckets Herald owns. Streams are per
-// namespace (events.StreamName, AttemptsStream, DeadLetterStream): each is
-// a deduplication domain, a byte budget and a permission boundary of its
-// own. The two buckets are shared, keyed by namespace first, so that a
-// NATS permission on a key prefix is a namespace's share of them.
+// Names of the streams and buckets Herald owns. All are per namespace
+// (events.StreamName, AttemptsStream, DeadLetterStream, VersionsBucket,
+// HealthBucket): each is a deduplication domain, a byte budget and a
+// permission boundary of its own, so no namespace can read another's
+// keys through a stream's info or fill a budget another needs.
 const (
 	DeadLetterStreamPrefix = "HERALD_DLQ_"
 	DeadLetterPrefix       = "herald.dlq"
 	AttemptsStreamPrefix   = "HERALD_ATTEMPTS_"
 	AttemptsPrefix         = "herald.attempts"
-	// VersionsBucket holds the highest version delivered per endpoint and key.
-	VersionsBucket = "herald-versions"
-	// HealthBucket holds one delivery-health record per endpoint.
-	HealthBucket = "herald-health"
+	// VersionsBucketPrefix starts the bucket of a namespace's highest
+	// delivered version per endpoint and key.
+	VersionsBucketPrefix = "herald-versions-"
+	// HealthBucketPrefix starts the bucket of a namespace's delivery
+	// health records, one per endpoint.
+	HealthBucketPrefix = "herald-health-"
 )
+
+// VersionsBucket is namespace's bucket of delivered versions.
+func VersionsBucket(namespace string) string { return VersionsBucketPrefix + namespace }
+
+// HealthBucket is namespace's bucket of health records.
+func HealthBucket(namespace string) string { return HealthBucketPrefix + namespace }
+
+// KVStream is the stream a bucket is stored in.
+func KVStream(bucket string) string { return "KV_" + bucket }
+
+// KVSubject is the subject of a key (or a key pattern) of a bucket.
+func KVSubject(bucket, key string) string { return "$KV." + bucket + "." + key }
 
 // Limits are the operator-configured sizes of what Herald owns in NATS.
 type Limits struct {
@@ -50,8 +64,8 @@ type Limits struct {
 	// remembered after its last delivery; it must outlive every replay.
 	VersionsMaxAge time.Duration
 
-	// Byte budgets, one per stream and bucket (the streams' per
-	// namespace), so that no one of them can
+	// Byte budgets, one per stream and bucket of each namespace, so that
+	// no one of them can
 	// fill the JetStream storage the others need. When one is reached:
 	// the events stream refuses new publishes (producers get
 	// events.ErrStreamFull; stored events are never dropped), the delivery
@@ -74,7 +88,7 @@ func DefaultLimits() Limits {
 		AttemptsMaxAge:   7 * 24 * time.Hour,
 		DeadLetterMaxAge: 30 * 24 * time.Hour,
 		VersionsMaxAge:   60 * 24 * time.Hour,
-		// Per namespace: 1.75 GiB of streams. JetStream reserves every
+		// Per namespace: 2.06 GiB of streams and buckets. JetStream reserves every
 		// stream's budget against the server's max_file_store when the
 		// stream is created, so a server takes as many namespaces as its
 		// max_file_store holds budgets (docs/operations.md, Storage).
@@ -155,9 +169,9 @@ func budget(n int64) int64 {
 const MaxEndpointsPerNamespace = 10000
 
 // Namespace reports the namespace whose stream name is, if it is one of
-// Herald's per-namespace streams.
+// Herald's per-namespace streams or buckets.
 func Namespace(stream string) (string, bool) {
-	for _, p := range []string{events.StreamPrefix, AttemptsStreamPrefix, DeadLetterStreamPrefix} {
+	for _, p := range []string{events.StreamPrefix, AttemptsStreamPrefix, DeadLetterStreamPrefix, KVStream(VersionsBucketPrefix), KVStream(HealthBucketPrefix)} {
 		if ns, ok := strings.CutPrefix(stream, p); ok && ns != "" {
 			return ns, true
 		}
@@ -165,49 +179,35 @@ func Namespace(stream string) (string, bool) {
 	return "", false
 }
 
-// Owned reports whether a stream is one of Herald's: a namespace's
-// stream or one of the buckets'.
+// Owned reports whether a stream is one of Herald's.
 func Owned(stream string) bool {
-	if _, ok := Namespace(stream); ok {
-		return true
-	}
-	return stream == "KV_"+VersionsBucket || stream == "KV_"+HealthBucket
+	_, ok := Namespace(stream)
+	return ok
 }
 
-// BucketConfigs are the desired configs of Herald's key-value buckets.
-func BucketConfigs(l Limits) []jetstream.KeyValueConfig {
+// BucketConfigs are the desired configs of a namespace's key-value
+// buckets.
+func BucketConfigs(l Limits, namespace string) []jetstream.KeyValueConfig {
 	return []jetstream.KeyValueConfig{
-		{Bucket: VersionsBucket, Description: "highest delivered version per endpoint and key", Storage: jetstream.FileStorage, Replicas: l.Replicas, TTL: l.VersionsMaxAge, MaxBytes: budget(l.VersionsMaxBytes)},
-		{Bucket: HealthBucket, Description: "delivery health per endpoint", Storage: jetstream.FileStorage, Replicas: l.Replicas, MaxBytes: budget(l.HealthMaxBytes)},
+		{Bucket: VersionsBucket(namespace), Description: "highest delivered version per endpoint and key of namespace " + namespace, Storage: jetstream.FileStorage, Replicas: l.Replicas, TTL: l.VersionsMaxAge, MaxBytes: budget(l.VersionsMaxBytes)},
+		{Bucket: HealthBucket(namespace), Description: "delivery health per endpoint of namespace " + namespace, Storage: jetstream.FileStorage, Replicas: l.Replicas, MaxBytes: budget(l.HealthMaxBytes)},
 	}
-}
-
-// Ensure creates Herald's shared buckets, or brings their limits back to
-// l when they drifted. Namespaces' streams are EnsureNamespace's.
-func Ensure(ctx context.Context, js jetstream.JetStream, l Limits) error {
-	for _, cfg := range BucketConfigs(l) {
-		if _, err := js.CreateOrUpdateStream(ctx, BucketStreamConfig(cfg)); err != nil {
-			return fmt.Errorf("ensuring key-value bucket %s: %w", cfg.Bucket, err)
-		}
-	}
-	return nil
 }
 
 // BucketStreamConfig is the stream a bucket is stored in: what nats.go
-// makes of cfg, but without rollups. The buckets are shared by every
-// namespace, and a rollup (a Nats-Rollup header on a publish to one's own
-// key) would purge every namespace's keys; Herald never purges a key
-// through the bucket (the operator purges the stream by subject), so
-// nothing needs them.
+// makes of cfg, but without rollups. A rollup (a Nats-Rollup header on a
+// publish to one endpoint's key) would purge the other endpoints' keys;
+// Herald never purges a key through the bucket (the operator purges the
+// stream by subject), so nothing needs them.
 func BucketStreamConfig(cfg jetstream.KeyValueConfig) jetstream.StreamConfig {
 	dup := 2 * time.Minute
 	if cfg.TTL > 0 && cfg.TTL < dup {
 		dup = cfg.TTL
 	}
 	return jetstream.StreamConfig{
-		Name:              "KV_" + cfg.Bucket,
+		Name:              KVStream(cfg.Bucket),
 		Description:       cfg.Description,
-		Subjects:          []string{"$KV." + cfg.Bucket + ".>"},
+		Subjects:          []string{KVSubject(cfg.Bucket, ">")},
 		MaxMsgsPerSubject: 1,
 		MaxBytes:          cfg.MaxBytes,
 		MaxAge:            cfg.TTL,
@@ -224,10 +224,14 @@ func BucketStreamConfig(cfg jetstream.KeyValueConfig) jetstream.StreamConfig {
 	}
 }
 
-// EnsureNamespace creates one namespace's streams, or brings their limits
-// back to l.
+// EnsureNamespace creates one namespace's streams and buckets, or brings
+// their limits back to l.
 func EnsureNamespace(ctx context.Context, js jetstream.JetStream, l Limits, namespace string) error {
-	for _, cfg := range NamespaceStreamConfigs(l, namespace) {
+	cfgs := NamespaceStreamConfigs(l, namespace)
+	for _, b := range BucketConfigs(l, namespace) {
+		cfgs = append(cfgs, BucketStreamConfig(b))
+	}
+	for _, cfg := range cfgs {
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			return fmt.Errorf("ensuring stream %s: %w", cfg.Name, err)
 		}
@@ -235,11 +239,13 @@ func EnsureNamespace(ctx context.Context, js jetstream.JetStream, l Limits, name
 	return nil
 }
 
-// RemoveEmpty deletes those of a namespace's streams that hold nothing
-// any more (for a namespace without endpoints: its events, log entries
-// and dead letters have aged out), and reports how many remain.
+// RemoveEmpty deletes those of a namespace's streams and buckets that
+// hold nothing any more (for a namespace without endpoints: its events,
+// log entries and dead letters have aged out, and its endpoints' records
+// were purged with them), and reports how many remain.
 func RemoveEmpty(ctx context.Context, js jetstream.JetStream, namespace string) (remaining int, err error) {
-	for _, name := range []string{events.StreamName(namespace), AttemptsStream(namespace), DeadLetterStream(namespace)} {
+	for _, name := range []string{events.StreamName(namespace), AttemptsStream(namespace), DeadLetterStream(namespace),
+		KVStream(VersionsBucket(namespace)), KVStream(HealthBucket(namespace))} {
 		s, err := js.Stream(ctx, name)
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
 			continue
@@ -277,7 +283,8 @@ func AttemptSubject(namespace, endpoint, eventID string) string {
 	return AttemptsPrefix + "." + namespace + "." + endpoint + "." + eventID
 }
 
-// EndpointKey names an endpoint in the health bucket and in key prefixes.
+// EndpointKey names an endpoint in its namespace's health bucket and
+// starts its keys in the versions bucket.
 func EndpointKey(namespace, endpoint string) string {
 	return namespace + "." + endpoint
 }

@@ -33,12 +33,12 @@ func TestEveryStreamAndBucketHasABudgetAndTheRightDiscardPolicy(t *testing.T) {
 			t.Errorf("Namespace(%s) = %q, %v; want shop", c.Name, ns, ok)
 		}
 	}
-	for _, c := range BucketConfigs(l) {
+	for _, c := range BucketConfigs(l, "shop") {
 		if c.MaxBytes <= 0 {
 			t.Errorf("bucket %s has no byte budget", c.Bucket)
 		}
-		if !Owned("KV_" + c.Bucket) {
-			t.Errorf("bucket %s is not Owned", c.Bucket)
+		if ns, ok := Namespace(KVStream(c.Bucket)); !ok || ns != "shop" || !Owned(KVStream(c.Bucket)) {
+			t.Errorf("Namespace(%s) = %q, %v; want shop", KVStream(c.Bucket), ns, ok)
 		}
 	}
 }

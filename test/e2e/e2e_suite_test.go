@@ -93,12 +93,6 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	Expect(err).NotTo(HaveOccurred())
 	js, err = jetstream.New(nc)
 	Expect(err).NotTo(HaveOccurred())
-	// The manager creates the buckets; publishing waits for it (each
-	// namespace's streams come with its first endpoint).
-	Eventually(func(ctx context.Context) error {
-		_, err := js.KeyValue(ctx, streams.HealthBucket)
-		return err
-	}).WithContext(ctx).Should(Succeed())
 	pub, err = events.NewPublisher(js)
 	Expect(err).NotTo(HaveOccurred())
 

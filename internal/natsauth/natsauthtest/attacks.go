@@ -25,21 +25,21 @@ type Attack struct {
 // endpoint: read its events, dead letters, delivery log and records;
 // publish into its events, log and dead letters; write its version and
 // health keys; read, delete and pull its consumer; read, purge and delete
-// its streams; purge the shared buckets; list everything.
+// its streams and buckets; list everything.
 func Against(victim, endpoint string) []Attack {
 	evts, logs, dead := events.StreamName(victim), streams.AttemptsStream(victim), streams.DeadLetterStream(victim)
 	consumer := streams.ConsumerName(victim, endpoint)
 	var out []Attack
 	for _, s := range []string{
 		events.NamespaceSubjects(victim), streams.DeadLetterPrefix + "." + victim + ".>", streams.AttemptsPrefix + "." + victim + ".>",
-		"$KV." + streams.VersionsBucket + "." + victim + ".>", "$KV." + streams.HealthBucket + "." + victim + ".>",
+		streams.KVSubject(streams.VersionsBucket(victim), ">"), streams.KVSubject(streams.HealthBucket(victim), ">"),
 		"_INBOX.>", natsauth.Inbox(victim) + ".>", ">",
 	} {
 		out = append(out, Attack{"subscribe", s})
 	}
 	for _, s := range []string{
 		events.Subject(victim, "invoice.paid"), streams.AttemptSubject(victim, endpoint, "evt_1"), streams.DeadLetterSubject(victim, endpoint),
-		"$KV." + streams.VersionsBucket + "." + victim + "." + endpoint + ".k", "$KV." + streams.HealthBucket + "." + streams.EndpointKey(victim, endpoint),
+		streams.KVSubject(streams.VersionsBucket(victim), victim+"."+endpoint+".k"), streams.KVSubject(streams.HealthBucket(victim), streams.EndpointKey(victim, endpoint)),
 	} {
 		out = append(out, Attack{"publish", s})
 	}
@@ -49,8 +49,9 @@ func Against(victim, endpoint string) []Attack {
 		"$JS.API.CONSUMER.CREATE." + evts, "$JS.API.CONSUMER.CREATE." + evts + ".x." + events.NamespaceSubjects(victim),
 		"$JS.API.STREAM.INFO." + evts, "$JS.API.STREAM.PURGE." + evts, "$JS.API.STREAM.DELETE." + evts,
 		"$JS.API.DIRECT.GET." + logs, "$JS.API.STREAM.MSG.GET." + logs, "$JS.API.DIRECT.GET." + dead,
-		"$JS.API.DIRECT.GET.KV_" + streams.VersionsBucket + ".$KV." + streams.VersionsBucket + "." + victim + "." + endpoint + ".k",
-		"$JS.API.STREAM.PURGE.KV_" + streams.VersionsBucket, "$JS.API.STREAM.PURGE.KV_" + streams.HealthBucket,
+		"$JS.API.DIRECT.GET." + streams.KVStream(streams.VersionsBucket(victim)) + "." + streams.KVSubject(streams.VersionsBucket(victim), victim+"."+endpoint+".k"),
+		"$JS.API.STREAM.INFO." + streams.KVStream(streams.VersionsBucket(victim)), "$JS.API.STREAM.INFO." + streams.KVStream(streams.HealthBucket(victim)),
+		"$JS.API.STREAM.PURGE." + streams.KVStream(streams.VersionsBucket(victim)), "$JS.API.STREAM.PURGE." + streams.KVStream(streams.HealthBucket(victim)),
 		"$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST", "$JS.API.INFO",
 	} {
 		out = append(out, Attack{"request", s})
