@@ -39,12 +39,12 @@ const (
 )
 
 var (
-	cfg        *rest.Config
-	k8sClient  client.WithWatch
-	testEnv    *envtest.Environment
-	natsSrv    *natsserver.Server
-	nc         *nats.Conn
-	js         jetstream.JetStream
+	cfg       *rest.Config
+	k8sClient client.WithWatch
+	testEnv   *envtest.Environment
+	natsSrv   *natsserver.Server
+	nc        *nats.Conn
+	js        jetstream.JetStream
 	// mgrClient is the manager's cached client (with the field indexes),
 	// for specs that run a reconciler of their own.
 	mgrClient  client.Client
