@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -21,7 +20,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/herald-dev/herald/api/v1alpha1"
-	"github.com/herald-dev/herald/internal/streams"
 	"github.com/herald-dev/herald/pkg/events"
 )
 
