@@ -127,7 +127,13 @@ func natsOptions(c natsConn, namespace string) ([]nats.Option, error) {
 		if _, err := readToken(c.tokenFile); err != nil {
 			return nil, err
 		}
-		opts = append(opts, nats.TokenHandler(tokenFromFile(c.tokenFile)), nats.CustomInboxPrefix(natsauth.Inbox(namespace)))
+		opts = append(opts, nats.TokenHandler(tokenFromFile(c.tokenFile)), nats.CustomInboxPrefix(natsauth.Inbox(namespace)),
+			// The callout refuses while the manager restarts or the API
+			// server cannot review tokens; nats.go would give up after two
+			// refusals and the pod would crash-loop with a growing
+			// backoff. Retrying (logged each time) reconnects as soon as
+			// the callout answers again.
+			nats.IgnoreAuthErrorAbort())
 	}
 	if (c.certFile == "") != (c.keyFile == "") {
 		return nil, errors.New("--nats-cert-file and --nats-key-file go together: give both or neither")
