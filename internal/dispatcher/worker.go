@@ -233,39 +233,37 @@ func (w *worker) run() {
 	}
 }
 
-// consumer opens the endpoint's consumer, waiting for the operator to
-// create it; nil when ctx ends first.
-// buckets waits for the namespace's buckets, as consumer waits for the
-// consumer; nil when ctx ends first.
+// buckets opens the namespace's buckets, and consumer the endpoint's
+// consumer, waiting for the operator to create them; nil when ctx ends
+// first.
 func (w *worker) buckets(ctx context.Context) *buckets {
-	for backoff := 100 * time.Millisecond; ; backoff = min(backoff*2, 5*time.Second) {
-		b, err := w.d.bucketsOf(ctx, w.fixed.Namespace)
-		if err == nil {
-			return b
-		}
-		if ctx.Err() != nil {
-			return nil
-		}
-		w.log.V(1).Info("waiting for the namespace's buckets", "error", err.Error())
-		if !sleep(ctx, backoff) {
-			return nil
-		}
-	}
+	return waitFor(ctx, w, "the namespace's buckets", func() (*buckets, error) {
+		return w.d.bucketsOf(ctx, w.fixed.Namespace)
+	})
 }
 
 func (w *worker) consumer(ctx context.Context) jetstream.Consumer {
 	ep := w.ep.Load()
+	return waitFor(ctx, w, "the endpoint's consumer", func() (jetstream.Consumer, error) {
+		return w.d.js.Consumer(ctx, events.StreamName(ep.Namespace), streams.ConsumerName(ep.Namespace, ep.Name))
+	})
+}
+
+// waitFor retries open with a growing backoff until it succeeds, or ctx
+// ends (then the zero value).
+func waitFor[T any](ctx context.Context, w *worker, what string, open func() (T, error)) T {
+	var zero T
 	for backoff := 100 * time.Millisecond; ; backoff = min(backoff*2, 5*time.Second) {
-		cons, err := w.d.js.Consumer(ctx, events.StreamName(ep.Namespace), streams.ConsumerName(ep.Namespace, ep.Name))
+		v, err := open()
 		if err == nil {
-			return cons
+			return v
 		}
 		if ctx.Err() != nil {
-			return nil
+			return zero
 		}
-		w.log.V(1).Info("waiting for the endpoint's consumer", "error", err.Error())
+		w.log.V(1).Info("waiting for "+what, "error", err.Error())
 		if !sleep(ctx, backoff) {
-			return nil
+			return zero
 		}
 	}
 }
