@@ -12,10 +12,16 @@ import (
 	"github.com/herald-dev/herald/pkg/events"
 )
 
-// streamsOf lists which of a namespace's three streams exist.
+// namespaceStreams are a namespace's three streams and its two buckets'.
+func namespaceStreams(ns string) []string {
+	return []string{events.StreamName(ns), streams.AttemptsStream(ns), streams.DeadLetterStream(ns),
+		streams.KVStream(streams.VersionsBucket(ns)), streams.KVStream(streams.HealthBucket(ns))}
+}
+
+// streamsOf lists which of them exist.
 func streamsOf(g Gomega, ns string) []string {
 	var out []string
-	for _, name := range []string{events.StreamName(ns), streams.AttemptsStream(ns), streams.DeadLetterStream(ns)} {
+	for _, name := range namespaceStreams(ns) {
 		_, err := js.Stream(context.Background(), name)
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
 			continue
@@ -31,9 +37,7 @@ var _ = Describe("A namespace's streams", func() {
 		s := &NamespaceStreams{Client: mgrClient, JS: js, Limits: streams.DefaultLimits()}
 		g.Expect(s.Pass(context.Background())).To(Succeed())
 	}
-	all := func(ns string) []string {
-		return []string{events.StreamName(ns), streams.AttemptsStream(ns), streams.DeadLetterStream(ns)}
-	}
+	all := namespaceStreams
 
 	It("come with its first endpoint, come back when NATS lost them, and go once empty after its last endpoint", func() {
 		ns := newNamespace("streams")
@@ -51,16 +55,16 @@ var _ = Describe("A namespace's streams", func() {
 			g.Expect(streamsOf(g, ns)).To(ConsistOf(all(ns)))
 		}, eventually, poll).Should(Succeed())
 
-		By("keeping streams that still hold something after the last endpoint is gone")
+		By("keeping streams that still hold something after the last endpoint is gone, and the buckets with the events")
 		Eventually(func(g Gomega) { _, err := consumerInfo(ns, "billing"); g.Expect(err).NotTo(HaveOccurred()) }, eventually, poll).Should(Succeed())
 		publish(ns, "invoice.paid")
 		deleteAndWaitGone(newEndpoint(ns, "billing"))
 		Eventually(func(g Gomega) {
 			pass(g)
-			g.Expect(streamsOf(g, ns)).To(ConsistOf(events.StreamName(ns)))
+			g.Expect(streamsOf(g, ns)).To(ConsistOf(events.StreamName(ns), streams.KVStream(streams.VersionsBucket(ns)), streams.KVStream(streams.HealthBucket(ns))))
 		}, eventually, poll).Should(Succeed())
 
-		By("removing the events stream too once its events have aged out")
+		By("removing the events stream and the buckets once its events have aged out, though the health watcher follows the bucket")
 		st, err := js.Stream(context.Background(), events.StreamName(ns))
 		Expect(err).NotTo(HaveOccurred())
 		Expect(st.Purge(context.Background())).To(Succeed())

@@ -31,6 +31,7 @@ import (
 	"github.com/herald-dev/herald/internal/dispatcher"
 	"github.com/herald-dev/herald/internal/egress"
 	"github.com/herald-dev/herald/internal/streams"
+	heraldevents "github.com/herald-dev/herald/pkg/events"
 )
 
 const (
@@ -424,8 +425,8 @@ func (r *WebhookEndpointReconciler) reconcileDelete(ctx context.Context, ep *v1.
 	}
 	if err != nil {
 		r.Recorder.Eventf(ep, nil, corev1.EventTypeWarning, "CleanupFailed", "Delete",
-			"could not clean up NATS within %s (%v); removing the finalizer anyway: consumer %s on stream HERALD_EVENTS and the keys %s.* of buckets %s and %s may be left behind (an endpoint created again under this name replaces them)",
-			r.CleanupTimeout, err, streams.ConsumerName(ep.Namespace, ep.Name), streams.EndpointKey(ep.Namespace, ep.Name), streams.VersionsBucket(ep.Namespace), streams.HealthBucket(ep.Namespace))
+			"could not clean up NATS within %s (%v); removing the finalizer anyway: consumer %s on stream %s and the keys %s.* of buckets %s and %s may be left behind (an endpoint created again under this name replaces them)",
+			r.CleanupTimeout, err, streams.ConsumerName(ep.Namespace, ep.Name), heraldevents.StreamName(ep.Namespace), streams.EndpointKey(ep.Namespace, ep.Name), streams.VersionsBucket(ep.Namespace), streams.HealthBucket(ep.Namespace))
 	}
 	patch := client.MergeFrom(ep.DeepCopy())
 	controllerutil.RemoveFinalizer(ep, ConsumerFinalizer)

@@ -242,28 +242,56 @@ func EnsureNamespace(ctx context.Context, js jetstream.JetStream, l Limits, name
 // RemoveEmpty deletes those of a namespace's streams and buckets that
 // hold nothing any more (for a namespace without endpoints: its events,
 // log entries and dead letters have aged out, and its endpoints' records
-// were purged with them), and reports how many remain.
+// were purged with them), and reports how many remain. The buckets go
+// with the events stream: while it stays, an endpoint may yet be
+// reconciled onto it, and its dispatcher needs them; consumers on a bucket
+// are only watchers (the operator's health watcher), never a reason to
+// keep it.
 func RemoveEmpty(ctx context.Context, js jetstream.JetStream, namespace string) (remaining int, err error) {
-	for _, name := range []string{events.StreamName(namespace), AttemptsStream(namespace), DeadLetterStream(namespace),
-		KVStream(VersionsBucket(namespace)), KVStream(HealthBucket(namespace))} {
-		s, err := js.Stream(ctx, name)
-		if errors.Is(err, jetstream.ErrStreamNotFound) {
-			continue
-		}
+	kept := false
+	for _, name := range []string{events.StreamName(namespace), AttemptsStream(namespace), DeadLetterStream(namespace)} {
+		gone, err := removeIfEmpty(ctx, js, name, true)
 		if err != nil {
-			return 0, fmt.Errorf("reading stream %s: %w", name, err)
+			return 0, err
 		}
-		// A consumer means an endpoint whose reconcile created it after
-		// the caller listed endpoints: never delete under it.
-		if st := s.CachedInfo().State; st.Msgs > 0 || st.Consumers > 0 {
+		if !gone {
 			remaining++
-			continue
+			kept = kept || name == events.StreamName(namespace)
 		}
-		if err := js.DeleteStream(ctx, name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
-			return 0, fmt.Errorf("deleting empty stream %s: %w", name, err)
+	}
+	for _, name := range []string{KVStream(VersionsBucket(namespace)), KVStream(HealthBucket(namespace))} {
+		gone := false
+		if !kept {
+			if gone, err = removeIfEmpty(ctx, js, name, false); err != nil {
+				return 0, err
+			}
+		}
+		if !gone {
+			remaining++
 		}
 	}
 	return remaining, nil
+}
+
+// removeIfEmpty deletes a stream that holds no messages (and, with
+// consumersCount, has no consumer: one means an endpoint whose reconcile
+// created it after the caller listed endpoints, so never delete under
+// it). gone is true when the stream does not exist afterwards.
+func removeIfEmpty(ctx context.Context, js jetstream.JetStream, name string, consumersCount bool) (gone bool, err error) {
+	s, err := js.Stream(ctx, name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("reading stream %s: %w", name, err)
+	}
+	if st := s.CachedInfo().State; st.Msgs > 0 || (consumersCount && st.Consumers > 0) {
+		return false, nil
+	}
+	if err := js.DeleteStream(ctx, name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return false, fmt.Errorf("deleting empty stream %s: %w", name, err)
+	}
+	return true, nil
 }
 
 // AttemptsStream is the stream of one namespace's delivery log.
