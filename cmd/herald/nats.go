@@ -124,10 +124,13 @@ func natsOptions(c natsConn, namespace string) ([]nats.Option, error) {
 		if namespace == "" {
 			return nil, errors.New("a token identity needs a namespace: the auth callout lets it use only its namespace's inbox")
 		}
-		if _, err := readToken(c.tokenFile); err != nil {
+		token, err := readToken(c.tokenFile)
+		if err != nil {
 			return nil, err
 		}
-		opts = append(opts, nats.TokenHandler(tokenFromFile(c.tokenFile)), nats.CustomInboxPrefix(natsauth.Inbox(namespace)),
+		// A rotated token is of the same ServiceAccount, so the inbox
+		// read from the first one stays right.
+		opts = append(opts, nats.TokenHandler(tokenFromFile(c.tokenFile)), nats.CustomInboxPrefix(natsauth.TokenInbox(namespace, token)),
 			// The callout refuses while the manager restarts or the API
 			// server cannot review tokens; nats.go would give up after two
 			// refusals and the pod would crash-loop with a growing

@@ -401,7 +401,7 @@ func TestNATSTokenFileReread(t *testing.T) {
 	if !nc.IsConnected() {
 		t.Fatalf("not connected with the token from the file: %v", nc.LastError())
 	}
-	if got, want := nc.NewInbox(), natsauth.Inbox("tenant-a")+"."; !strings.HasPrefix(got, want) {
+	if got, want := nc.NewInbox(), natsauth.Inbox("tenant-a", "")+"."; !strings.HasPrefix(got, want) {
 		t.Errorf("inbox %s, want one under %s", got, want)
 	}
 

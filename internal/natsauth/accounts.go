@@ -72,7 +72,7 @@ func (k Keys) NamespaceAccount(ns string) (string, error) {
 	// JetStream API, answering "JetStream not enabled" to every request
 	// before Herald's answer arrives, unless an import covers
 	// $JS.API.INFO. No user may publish to it (Permissions has none).
-	imports := append(Permissions(ns, allRoles...).Pub.Allow, jsAccountInfo)
+	imports := append(Permissions(ns, "", allRoles...).Pub.Allow, jsAccountInfo)
 	for _, s := range imports {
 		ac.Imports.Add(&jwt.Import{Name: s, Subject: jwt.Subject(s), Account: herald, Type: jwt.Service})
 	}

@@ -41,7 +41,7 @@ func BenchmarkAccountBoundary(b *testing.B) {
 	if err := streams.EnsureNamespace(ctx, adminJS, streams.DefaultLimits(), ns); err != nil {
 		b.Fatal(err)
 	}
-	tenant, err := nats.Connect(srv.ClientURL(), tenantUser(b, keys, ns), nats.CustomInboxPrefix(natsauth.Inbox(ns)))
+	tenant, err := nats.Connect(srv.ClientURL(), tenantUser(b, keys, ns), nats.CustomInboxPrefix(natsauth.Inbox(ns, "bench")))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -172,7 +172,7 @@ func tenantUser(b *testing.B, keys natsauth.Keys, ns string) nats.Option {
 	}
 	pub, _ := u.PublicKey()
 	uc := jwt.NewUserClaims(pub)
-	uc.Permissions = natsauth.Permissions(ns, natsauth.RoleDispatcher, natsauth.RoleProducer)
+	uc.Permissions = natsauth.Permissions(ns, "bench", natsauth.RoleDispatcher, natsauth.RoleProducer)
 	signed, err := uc.Encode(acc)
 	if err != nil {
 		b.Fatal(err)

@@ -206,7 +206,7 @@ func (c *Callout) Authorize(ctx context.Context, req *jwt.AuthorizationRequestCl
 	// closes the connection, and nats.go reconnects with the token that
 	// the kubelet has rotated into the file meanwhile.
 	uc.Expires = expires.Unix()
-	uc.Permissions = Permissions(ns, id.Roles...)
+	uc.Permissions = Permissions(ns, name, id.Roles...)
 	signed, err := uc.Encode(account)
 	if err != nil {
 		return "", id, fmt.Errorf("signing user JWT: %w", err)
@@ -233,19 +233,29 @@ func (c *Callout) allowed(ctx context.Context, u authnv1.UserInfo, ns string, at
 // tokenExpiry reads the exp claim of a JWT the TokenReview has already
 // verified; nothing here is trusted before that.
 func tokenExpiry(token string) (time.Time, bool) {
+	c := tokenClaims(token)
+	if c.Exp == 0 {
+		return time.Time{}, false
+	}
+	return time.Unix(c.Exp, 0), true
+}
+
+type claims struct {
+	Exp int64  `json:"exp"`
+	Sub string `json:"sub"`
+}
+
+// tokenClaims decodes a JWT's payload without verifying it; zero claims
+// when it is not one.
+func tokenClaims(token string) claims {
+	var c claims
 	parts := strings.Split(token, ".")
 	if len(parts) != 3 {
-		return time.Time{}, false
+		return c
 	}
 	b, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		return time.Time{}, false
+	if err != nil || json.Unmarshal(b, &c) != nil {
+		return claims{}
 	}
-	var claims struct {
-		Exp int64 `json:"exp"`
-	}
-	if json.Unmarshal(b, &claims) != nil || claims.Exp == 0 {
-		return time.Time{}, false
-	}
-	return time.Unix(claims.Exp, 0), true
+	return c
 }

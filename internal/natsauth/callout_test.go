@@ -229,6 +229,16 @@ var _ = Describe("NATS identity per namespace", Ordered, func() {
 		Expect(revision()).To(Equal(before), "a JetStream answer to A overwrote B's health record")
 	})
 
+	It("keeps each ServiceAccount's replies its own: a producer cannot read what its namespace's dispatcher pulls", func(ctx SpecContext) {
+		producer := a.connect(ctx, "billing")
+		for _, s := range []string{
+			natsauth.Inbox(a.ns, natsauth.DispatcherServiceAccount) + ".>", natsauth.Inbox(a.ns, "") + ".>",
+			natsauth.Inbox(a.ns, "bill") + ".>", // a prefix of another name is another inbox
+		} {
+			producer.refused(natsauthtest.Attack{Kind: "subscribe", Subject: s})
+		}
+	})
+
 	It("refuses a ServiceAccount without Herald rights, a token for another audience, and no token", func(ctx SpecContext) {
 		_, err := a.dial(a.token(ctx, "nobody", natsauth.DefaultAudience))
 		Expect(err).To(MatchError(ContainSubstring("Authorization Violation")))
@@ -253,7 +263,7 @@ var _ = Describe("NATS identity per namespace", Ordered, func() {
 		Expect(uc.Issuer).To(Equal(must(ns.PublicKey())), "a user of A's own account")
 		Expect(time.Unix(uc.Expires, 0)).To(BeTemporally("<=", time.Now().Add(tokenTTL+time.Second)))
 		Expect(time.Unix(uc.Expires, 0)).To(BeTemporally(">", time.Now()))
-		Expect(uc.Permissions).To(Equal(natsauth.Permissions(a.ns, natsauth.RoleDispatcher)))
+		Expect(uc.Permissions).To(Equal(natsauth.Permissions(a.ns, natsauth.DispatcherServiceAccount, natsauth.RoleDispatcher)))
 	})
 })
 

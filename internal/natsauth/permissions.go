@@ -10,21 +10,45 @@
 package natsauth
 
 import (
+	"strings"
+
 	"github.com/nats-io/jwt/v2"
+	"k8s.io/apiserver/pkg/authentication/serviceaccount"
 
 	"github.com/herald-dev/herald/internal/streams"
 	"github.com/herald-dev/herald/pkg/events"
 )
 
 // InboxPrefix starts every tenant client's reply subjects. Replies carry
-// events (a pull request's messages go to the puller's inbox), so each
-// namespace gets its own inbox space and may subscribe to nothing else;
-// `_INBOX.>` is the manager's.
+// events (a pull request's messages go to the puller's inbox) and the
+// delivery log (a reader's), so each ServiceAccount gets an inbox space
+// of its own and may subscribe to nothing else: a producer cannot read
+// what its namespace's dispatcher pulls. `_INBOX.>` is the manager's.
 const InboxPrefix = "_HERALD_INBOX"
 
-// Inbox is the inbox prefix of a namespace's clients
-// (nats.CustomInboxPrefix).
-func Inbox(namespace string) string { return InboxPrefix + "." + namespace }
+// Inbox is the inbox prefix of a ServiceAccount's clients
+// (nats.CustomInboxPrefix); with no ServiceAccount, the namespace's whole
+// inbox space. A ServiceAccount name may hold dots, which would make
+// "a" a prefix of "a.b"; they become underscores, which no name holds.
+func Inbox(namespace, serviceAccount string) string {
+	if serviceAccount == "" {
+		return InboxPrefix + "." + namespace
+	}
+	return InboxPrefix + "." + namespace + "." + strings.ReplaceAll(serviceAccount, ".", "_")
+}
+
+// TokenInbox is the inbox prefix for a client that authenticates with a
+// ServiceAccount token of namespace: Inbox of the token's ServiceAccount,
+// read from the token without verifying it (the callout verifies; a
+// client that guesses wrong is only refused its subscriptions).
+func TokenInbox(namespace, token string) string {
+	sub := tokenClaims(token).Sub
+	ns, sa, err := serviceaccount.SplitUsername(sub)
+	if err != nil || ns != namespace {
+		return Inbox(namespace, "")
+	}
+	return Inbox(namespace, sa)
+}
 
 // Role is what a ServiceAccount may do in its namespace's part of NATS.
 type Role string
@@ -45,9 +69,11 @@ const (
 // Everything else is denied: NATS permissions allow only what is listed.
 // JetStream API calls are allowed by subject, so each names a stream or
 // bucket of the namespace.
-func Permissions(namespace string, roles ...Role) jwt.Permissions {
+func Permissions(namespace, serviceAccount string, roles ...Role) jwt.Permissions {
 	var p jwt.Permissions
-	p.Sub.Allow.Add(Inbox(namespace) + ".>")
+	if serviceAccount != "" {
+		p.Sub.Allow.Add(Inbox(namespace, serviceAccount) + ".>")
+	}
 	evts := events.StreamName(namespace)
 	logs := streams.AttemptsStream(namespace)
 	dead := streams.DeadLetterStream(namespace)

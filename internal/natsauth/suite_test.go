@@ -146,7 +146,7 @@ func (t *tenant) connect(ctx context.Context, sa string) *conn {
 
 func (t *tenant) dial(token string) (*conn, error) {
 	c := &conn{errs: make(chan error, 100)}
-	nc, err := nats.Connect(natsURL, nats.Token(token), nats.CustomInboxPrefix(natsauth.Inbox(t.ns)),
+	nc, err := nats.Connect(natsURL, nats.Token(token), nats.CustomInboxPrefix(natsauth.TokenInbox(t.ns, token)),
 		nats.MaxReconnects(0), nats.Timeout(5*time.Second),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			select {

@@ -137,7 +137,7 @@ func natsOptions() []nats.Option {
 // tenantConn connects with a ServiceAccount token, as a tenant's pod
 // does: TLS, the token, the namespace's inbox.
 func tenantConn(ns, token string, errs chan error) (*nats.Conn, error) {
-	return nats.Connect("nats://"+natsAddr, nats.Token(token), nats.CustomInboxPrefix(natsauth.Inbox(ns)),
+	return nats.Connect("nats://"+natsAddr, nats.Token(token), nats.CustomInboxPrefix(natsauth.TokenInbox(ns, token)),
 		nats.Secure(&tls.Config{ServerName: natsServerName, RootCAs: natsSec.caPool, MinVersion: tls.VersionTLS12}),
 		nats.MaxReconnects(0), nats.Timeout(5*time.Second),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {

@@ -33,7 +33,7 @@ func Against(victim, endpoint string) []Attack {
 	for _, s := range []string{
 		events.NamespaceSubjects(victim), streams.DeadLetterPrefix + "." + victim + ".>", streams.AttemptsPrefix + "." + victim + ".>",
 		streams.KVSubject(streams.VersionsBucket(victim), ">"), streams.KVSubject(streams.HealthBucket(victim), ">"),
-		"_INBOX.>", natsauth.Inbox(victim) + ".>", ">",
+		"_INBOX.>", natsauth.Inbox(victim, "") + ".>", ">",
 	} {
 		out = append(out, Attack{"subscribe", s})
 	}
