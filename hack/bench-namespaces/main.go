@@ -1,8 +1,8 @@
 // Command bench-namespaces measures what per-namespace JetStream streams
 // cost a nats-server: memory, create time, idle CPU and restart time, for a
-// number of namespaces and the layouts Herald could choose between. It runs
-// the nats-server binary (make nats-server) in its own process, so what it
-// reads from /proc is the server's alone.
+// number of namespaces and the layouts Herald could choose between, and
+// Herald's own. It runs the nats-server binary (make nats-server) in its
+// own process, so what it reads from /proc is the server's alone.
 //
 //	go run ./hack/bench-namespaces --nats-server bin/nats-server --namespaces 1000
 package main
@@ -21,13 +21,16 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/herald-dev/herald/internal/streams"
+	"github.com/herald-dev/herald/pkg/events"
 )
 
 func main() {
 	bin := flag.String("nats-server", "bin/nats-server", "nats-server binary")
 	namespaces := flag.Int("namespaces", 1000, "namespaces")
 	consumers := flag.Int("consumers", 10, "endpoints (consumers) per namespace")
-	layouts := flag.String("layouts", "shared,events,all", "layouts: shared (one stream of each kind), events (an events stream per namespace), all (events, log and dead letters per namespace)")
+	layouts := flag.String("layouts", "shared,events,all,herald", "layouts: shared (one stream of each kind), events (an events stream per namespace), all (events, log and dead letters per namespace), herald (Herald's own configs: all, plus its two buckets per namespace)")
 	flag.Parse()
 	fmt.Printf("%-8s %6s %8s %9s %10s %10s %11s\n", "layout", "ns", "streams", "create_s", "rss_mib", "idle_cpu%", "restart_s")
 	for _, l := range strings.Split(*layouts, ",") {
@@ -121,6 +124,18 @@ func streamsFor(layout string, ns int) []jetstream.StreamConfig {
 				mk(fmt.Sprintf("ATTEMPTS_ns%d", i), fmt.Sprintf("herald.attempts.ns%d.>", i), true),
 				mk(fmt.Sprintf("DLQ_ns%d", i), fmt.Sprintf("herald.dlq.ns%d.>", i), false))
 		}
+	case "herald":
+		// The operator's own configs, without byte budgets: the bench
+		// server's store could not reserve thousands of them.
+		l := streams.DefaultLimits()
+		l.EventsMaxBytes, l.AttemptsMaxBytes, l.DeadLetterMaxBytes, l.VersionsMaxBytes, l.HealthMaxBytes = 0, 0, 0, 0, 0
+		for i := range ns {
+			name := fmt.Sprintf("ns%d", i)
+			out = append(out, streams.NamespaceStreamConfigs(l, name)...)
+			for _, b := range streams.BucketConfigs(l, name) {
+				out = append(out, streams.BucketStreamConfig(b))
+			}
+		}
 	}
 	return out
 }
@@ -151,7 +166,11 @@ func run(bin, layout string, ns, consumers int) error {
 	}
 	for i := range ns {
 		stream := "EVENTS"
-		if layout != "shared" {
+		switch layout {
+		case "shared":
+		case "herald":
+			stream = events.StreamName(fmt.Sprintf("ns%d", i))
+		default:
 			stream = fmt.Sprintf("EVENTS_ns%d", i)
 		}
 		for j := range consumers {
