@@ -1,10 +1,12 @@
 // Package natsauth gives every NATS client of Herald an identity from
-// Kubernetes. NATS runs with auth callout: the manager connects with its
-// own nkey (the one static credential), and every other client presents a
-// ServiceAccount token as its NATS auth token. The manager's callout
-// checks the token with a TokenReview, decides what the ServiceAccount may
-// do (the namespace's dispatcher, or a producer or reader that RBAC
-// allows), and answers with a user JWT whose permissions are exactly that
+// Kubernetes. NATS runs in operator mode with auth callout: the manager
+// connects as the user of Herald's account that serves the callout (its
+// keys are the one static secret, keys.go), and every other client
+// presents a ServiceAccount token as its NATS auth token. The manager's
+// callout checks the token with a TokenReview, decides what the
+// ServiceAccount may do (the namespace's dispatcher, or a producer or
+// reader that RBAC allows), and answers with a user of the namespace's
+// own account (accounts.go) whose permissions are exactly that
 // namespace's part of NATS. The permissions are this file; the callout is
 // callout.go.
 package natsauth
