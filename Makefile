@@ -11,6 +11,7 @@ K8S_VERSION ?= 1.37.2
 ETCD_VERSION ?= 3.6.16
 BIN ?= $(CURDIR)/bin
 CONTROLLER_GEN := go tool -modfile=$(CURDIR)/hack/tools/go.mod controller-gen
+OPENAPI_GEN := go tool -modfile=$(CURDIR)/hack/tools/go.mod openapi-gen
 GOLANGCI_LINT := go tool -modfile=$(CURDIR)/hack/tools/lint/go.mod golangci-lint
 NATS_SERVER := $(BIN)/nats-server
 HERALD := $(BIN)/herald
@@ -32,13 +33,18 @@ manifests: ## Generate the CRDs and RBAC from the API types and markers.
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd:generateEmbeddedObjectMeta=false webhook paths="./..." output:crd:artifacts:config=config/crd/bases
 
 .PHONY: generate
-generate: ## Generate deepcopy code.
+generate: ## Generate deepcopy code and the delivery API's OpenAPI definitions.
 	$(CONTROLLER_GEN) object:headerFile="hack/boilerplate.go.txt" paths="./..."
+	$(OPENAPI_GEN) --output-dir internal/apiserver/openapi --output-pkg github.com/herald-dev/herald/internal/apiserver/openapi \
+		--output-file zz_generated.openapi.go --output-model-name-file zz_generated.model_name.go \
+		--go-header-file hack/boilerplate.go.txt --report-filename /dev/null \
+		$(foreach p,apis/meta/v1 runtime version api/resource types util/intstr,--readonly-pkg k8s.io/apimachinery/pkg/$(p)) \
+		k8s.io/apimachinery/pkg/apis/meta/v1 k8s.io/apimachinery/pkg/runtime k8s.io/apimachinery/pkg/version ./api/delivery/v1alpha1
 
 .PHONY: verify-generated
 verify-generated: manifests generate ## Fail when generated files are stale.
-	@if ! git diff --quiet --exit-code -- api config; then \
-		git --no-pager diff --stat -- api config; \
+	@if ! git diff --quiet --exit-code -- api config internal/apiserver/openapi; then \
+		git --no-pager diff --stat -- api config internal/apiserver/openapi; \
 		echo "generated files are stale: run 'make manifests generate' and commit the result" >&2; exit 1; \
 	fi
 

@@ -123,7 +123,7 @@ func (w *worker) storeDeadLetter(ctx context.Context, e event, a *Attempt) error
 		return fmt.Errorf("encoding dead letter: %w", err)
 	}
 	// Whatever the history, the dead letter must fit one message.
-	out := &nats.Msg{Subject: streams.DeadLetterSubject(ep.Namespace, ep.Name), Header: nats.Header{}}
+	out := &nats.Msg{Subject: streams.DeadLetterSubject(ep.Namespace, ep.Name, a.EventID), Header: nats.Header{}}
 	hdrBytes := 0
 	for k, v := range msg.Headers() {
 		// Nats-* headers are publish instructions (expected stream, msg id)

@@ -77,7 +77,7 @@ func (s *isolated) publish(ns, typ, id, key string, version int64) {
 func (s *isolated) deadLetters(g Gomega, ns string) []dispatcher.DeadLetter {
 	const ep = "crm"
 	var out []dispatcher.DeadLetter
-	for _, m := range readAllOn(g, s.js, streams.DeadLetterStream(ns), streams.DeadLetterSubject(ns, ep), false) {
+	for _, m := range readAllOn(g, s.js, streams.DeadLetterStream(ns), streams.DeadLetterSubject(ns, ep, "*"), false) {
 		var dl dispatcher.DeadLetter
 		g.Expect(json.Unmarshal(m.Data(), &dl)).To(Succeed())
 		out = append(out, dl)

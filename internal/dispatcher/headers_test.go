@@ -66,7 +66,7 @@ var _ = Describe("Headers from Secrets", func() {
 			}
 			g.Expect(attempts).To(HaveLen(2))
 			dead = nil
-			for _, m := range readAll(g, streams.DeadLetterStream(ns), streams.DeadLetterSubject(ns, "crm"), false) {
+			for _, m := range readAll(g, streams.DeadLetterStream(ns), streams.DeadLetterSubject(ns, "crm", "*"), false) {
 				dead = append(dead, string(m.Data()))
 			}
 			g.Expect(dead).To(HaveLen(1))

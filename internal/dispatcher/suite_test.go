@@ -292,7 +292,7 @@ func readAllOn(g Gomega, js jetstream.JetStream, stream, filter string, lastPerS
 func deadLetters(g Gomega, ns string) []dispatcher.DeadLetter {
 	const ep = "crm"
 	var out []dispatcher.DeadLetter
-	for _, m := range readAll(g, streams.DeadLetterStream(ns), streams.DeadLetterSubject(ns, ep), false) {
+	for _, m := range readAll(g, streams.DeadLetterStream(ns), streams.DeadLetterSubject(ns, ep, "*"), false) {
 		var dl dispatcher.DeadLetter
 		g.Expect(json.Unmarshal(m.Data(), &dl)).To(Succeed())
 		out = append(out, dl)

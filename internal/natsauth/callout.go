@@ -60,7 +60,11 @@ type Callout struct {
 	Audience string
 	// MaxTTL caps a user JWT's life; default DefaultMaxTTL.
 	MaxTTL time.Duration
-	Log    logr.Logger
+	// Readers are the ServiceAccounts ("namespace/name") that read every
+	// namespace's delivery log: the delivery API server's. They get a
+	// user of Herald's own account with ReaderPermissions.
+	Readers []string
+	Log     logr.Logger
 }
 
 // SubjectAuth is where the server sends authorization requests.
@@ -164,6 +168,21 @@ func (c *Callout) Authorize(ctx context.Context, req *jwt.AuthorizationRequestCl
 		return "", Identity{}, fmt.Errorf("only ServiceAccount tokens are accepted, not %q", tr.Status.User.Username)
 	}
 	id := Identity{Namespace: ns, ServiceAccount: name}
+	expires := time.Now().Add(c.MaxTTL)
+	if exp, ok := tokenExpiry(token); ok && exp.Before(expires) {
+		expires = exp
+	}
+	if slices.Contains(c.Readers, ns+"/"+name) {
+		id.Roles = []Role{RoleClusterReader}
+		uc := jwt.NewUserClaims(req.UserNkey)
+		uc.Name, uc.Expires = id.Namespace+"/"+id.ServiceAccount, expires.Unix()
+		uc.Permissions = ReaderPermissions(ReaderInbox(ns, name))
+		signed, err := uc.Encode(c.Accounts.Keys.Issuer())
+		if err != nil {
+			return "", id, fmt.Errorf("signing user JWT: %w", err)
+		}
+		return signed, id, nil
+	}
 	if name == DispatcherServiceAccount {
 		id.Roles = append(id.Roles, RoleDispatcher)
 	}
@@ -186,10 +205,6 @@ func (c *Callout) Authorize(ctx context.Context, req *jwt.AuthorizationRequestCl
 	}
 	if len(id.Roles) == 0 {
 		return "", id, fmt.Errorf("ServiceAccount %s/%s may not use Herald's NATS: bind the ClusterRole herald-producer to it in its namespace", ns, name)
-	}
-	expires := time.Now().Add(c.MaxTTL)
-	if exp, ok := tokenExpiry(token); ok && exp.Before(expires) {
-		expires = exp
 	}
 	// The user belongs to its namespace's account, which must be on the
 	// server before the answer names it.

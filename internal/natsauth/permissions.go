@@ -12,6 +12,7 @@
 package natsauth
 
 import (
+	"fmt"
 	"strings"
 
 	"github.com/nats-io/jwt/v2"
@@ -65,6 +66,9 @@ const (
 	// RoleReader reads the namespace's delivery log, dead letters, health
 	// records and consumers (herald status).
 	RoleReader Role = "reader"
+	// RoleClusterReader reads every namespace's streams, as a user of
+	// Herald's own account (ReaderPermissions): the delivery API server.
+	RoleClusterReader Role = "cluster-reader"
 )
 
 // Permissions are what the roles allow in one namespace's part of NATS.
@@ -112,6 +116,46 @@ func Permissions(namespace, serviceAccount string, roles ...Role) jwt.Permission
 			)
 		}
 	}
+	return p
+}
+
+// ReaderInboxPrefix starts the reply subjects of the users in Herald's
+// own account that read every namespace (the delivery API server), apart
+// from the manager's _INBOX.
+const ReaderInboxPrefix = "_HERALD_READER"
+
+// ReaderInbox is the inbox prefix of a cluster-wide reader's clients.
+func ReaderInbox(namespace, serviceAccount string) string {
+	return ReaderInboxPrefix + "." + namespace + "_" + strings.ReplaceAll(serviceAccount, ".", "_")
+}
+
+// TokenReaderInbox is ReaderInbox of the ServiceAccount a token is of,
+// read without verifying it, and that ServiceAccount's namespace.
+func TokenReaderInbox(token string) (inbox, namespace string, err error) {
+	ns, sa, err := serviceaccount.SplitUsername(tokenClaims(token).Sub)
+	if err != nil {
+		return "", "", fmt.Errorf("the token is not a ServiceAccount token: %w", err)
+	}
+	return ReaderInbox(ns, sa), ns, nil
+}
+
+// ReaderPermissions are a cluster-wide reader's, a user of Herald's own
+// account, where every namespace's streams live: stream and consumer
+// info, direct gets, and short-lived consumers that ack nothing to walk a
+// stream. It can publish to no stream and ack nothing, so it can neither
+// add an event, a log entry or a dead letter nor take one away. NATS
+// cannot tell a reader's consumer from an endpoint's by name, so it can
+// create and delete consumers on Herald's streams: the identity is for
+// Herald's own API server, in Herald's namespace, not for tenants.
+func ReaderPermissions(inbox string) jwt.Permissions {
+	var p jwt.Permissions
+	p.Sub.Allow.Add(inbox + ".>")
+	p.Pub.Allow.Add(
+		api("INFO"), api("STREAM.NAMES"), api("STREAM.INFO.*"),
+		api("CONSUMER.LIST.*"), api("CONSUMER.INFO.*.*"),
+		api("CONSUMER.CREATE.*.>"), api("CONSUMER.DELETE.*.*"), api("CONSUMER.MSG.NEXT.*.*"),
+		api("DIRECT.GET.*"), api("DIRECT.GET.*.>"), api("STREAM.MSG.GET.*"),
+	)
 	return p
 }
 

@@ -126,7 +126,7 @@ func NamespaceStreamConfigs(l Limits, namespace string) []jetstream.StreamConfig
 		},
 		{
 			Name:        DeadLetterStream(namespace),
-			Description: "Herald dead letters of namespace " + namespace + ": herald.dlq." + namespace + ".<endpoint>",
+			Description: "Herald dead letters of namespace " + namespace + ": herald.dlq." + namespace + ".<endpoint>.<event id>",
 			Subjects:    []string{DeadLetterPrefix + "." + namespace + ".>"},
 			Storage:     jetstream.FileStorage,
 			Replicas:    l.Replicas,
@@ -138,6 +138,8 @@ func NamespaceStreamConfigs(l Limits, namespace string) []jetstream.StreamConfig
 			// A full dead-letter stream refuses: the dispatcher keeps the
 			// event (never resent) and retries storing it, visibly.
 			Discard: jetstream.DiscardNew,
+			// The delivery API reads a dead letter by its subject.
+			AllowDirect: true,
 		},
 		{
 			Name:        AttemptsStream(namespace),
@@ -300,9 +302,11 @@ func AttemptsStream(namespace string) string { return AttemptsStreamPrefix + nam
 // DeadLetterStream is the stream of one namespace's dead letters.
 func DeadLetterStream(namespace string) string { return DeadLetterStreamPrefix + namespace }
 
-// DeadLetterSubject is where an endpoint's dead letters go.
-func DeadLetterSubject(namespace, endpoint string) string {
-	return DeadLetterPrefix + "." + namespace + "." + endpoint
+// DeadLetterSubject is where an endpoint's dead letter of one event goes:
+// one subject per event, so a dead letter is read by its name with one
+// direct get.
+func DeadLetterSubject(namespace, endpoint, eventID string) string {
+	return DeadLetterPrefix + "." + namespace + "." + endpoint + "." + eventID
 }
 
 // AttemptSubject is where an attempt to deliver one event to one endpoint

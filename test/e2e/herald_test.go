@@ -87,7 +87,7 @@ var _ = Describe("Herald in a cluster", Ordered, ContinueOnFailure, func() {
 		By("the dead letter keeps the event with its history")
 		dlq, err := js.Stream(context.Background(), streams.DeadLetterStream(a.ns))
 		Expect(err).NotTo(HaveOccurred())
-		msg, err := dlq.GetLastMsgForSubject(context.Background(), streams.DeadLetterSubject(a.ns, "failing"))
+		msg, err := dlq.GetLastMsgForSubject(context.Background(), streams.DeadLetterSubject(a.ns, "failing", "*"))
 		Expect(err).NotTo(HaveOccurred())
 		var dl dispatcher.DeadLetter
 		Expect(json.Unmarshal(msg.Data, &dl)).To(Succeed())

@@ -38,7 +38,7 @@ func Against(victim, endpoint string) []Attack {
 		out = append(out, Attack{"subscribe", s})
 	}
 	for _, s := range []string{
-		events.Subject(victim, "invoice.paid"), streams.AttemptSubject(victim, endpoint, "evt_1"), streams.DeadLetterSubject(victim, endpoint),
+		events.Subject(victim, "invoice.paid"), streams.AttemptSubject(victim, endpoint, "evt_1"), streams.DeadLetterSubject(victim, endpoint, "evt_1"),
 		streams.KVSubject(streams.VersionsBucket(victim), victim+"."+endpoint+".k"), streams.KVSubject(streams.HealthBucket(victim), streams.EndpointKey(victim, endpoint)),
 	} {
 		out = append(out, Attack{"publish", s})

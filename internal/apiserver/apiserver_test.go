@@ -1,0 +1,158 @@
+package apiserver_test
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os/exec"
+	"strings"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	v1 "github.com/herald-dev/herald/api/delivery/v1alpha1"
+	"github.com/herald-dev/herald/internal/dispatcher"
+	"github.com/herald-dev/herald/internal/streams"
+	"github.com/herald-dev/herald/pkg/delivery"
+)
+
+// logAttempts writes delivery-log entries as the dispatcher does, to
+// test reading them apart from delivering.
+func logAttempts(ctx context.Context, as ...dispatcher.Attempt) {
+	GinkgoHelper()
+	for _, a := range as {
+		Expect(streams.EnsureNamespace(ctx, js, streams.DefaultLimits(), a.Namespace)).To(Succeed())
+		b, err := json.Marshal(a)
+		Expect(err).NotTo(HaveOccurred())
+		_, err = js.Publish(ctx, streams.AttemptSubject(a.Namespace, a.Endpoint, a.EventID), b)
+		Expect(err).NotTo(HaveOccurred())
+	}
+}
+
+func retrying(ns, endpoint, id string, attempt int, at time.Time) dispatcher.Attempt {
+	next := at.Add(time.Hour)
+	return dispatcher.Attempt{
+		EventID: id, Namespace: ns, Endpoint: endpoint, Type: "plan.changed", Sequence: 1, Attempt: attempt, Time: at,
+		Outcome: dispatcher.OutcomeRetrying, StatusCode: 401, Reason: "HTTP401", Error: "HTTP 401", NextAttempt: &next,
+	}
+}
+
+func kubectl(ctx context.Context, kubeconfig string, args ...string) (string, error) {
+	out, err := exec.CommandContext(ctx, "kubectl", append([]string{"--kubeconfig", kubeconfig}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+var _ = Describe("the delivery API behind kube-apiserver", func() {
+	It("shows a tenant with view in A its deliveries and refuses it B's", func(ctx SpecContext) {
+		now := time.Now()
+		logAttempts(ctx, retrying("rbac-a", "crm", "evt_a1", 1, now), retrying("rbac-b", "crm", "evt_b1", 1, now))
+		aliceCfg, _ := viewer(ctx, "alice", "rbac-a")
+		ensureNamespace(ctx, "rbac-b")
+		alice, err := delivery.NewForConfig(aliceCfg)
+		Expect(err).NotTo(HaveOccurred())
+
+		l, err := alice.Deliveries(ctx, "rbac-a", metav1.ListOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(l.Items).To(HaveLen(1))
+		Expect(l.Items[0].Name).To(Equal("evt_a1.crm"))
+		Expect(l.Items[0].Status.Phase).To(Equal(v1.PhaseRetrying))
+
+		_, err = alice.Deliveries(ctx, "rbac-b", metav1.ListOptions{})
+		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "%v", err)
+		_, err = alice.Delivery(ctx, "rbac-b", "evt_b1", "crm")
+		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "%v", err)
+		_, err = alice.Deliveries(ctx, "", metav1.ListOptions{})
+		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "a list across namespaces: %v", err)
+	})
+
+	It("checks authorization itself, not only behind kube-apiserver", func(ctx SpecContext) {
+		logAttempts(ctx, retrying("direct-b", "crm", "evt_d1", 1, time.Now()))
+		viewer(ctx, "mallory", "direct-a")
+		// The front proxy's own certificate, with a user kube-apiserver
+		// never vouched for in B: only herald's SubjectAccessReview stops it.
+		cert, err := tls.LoadX509KeyPair(frontProxy.CertFile, frontProxy.KeyFile)
+		Expect(err).NotTo(HaveOccurred())
+		hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{cert}, InsecureSkipVerify: true}}}
+		get := func(ns string) int {
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("https://%s/apis/delivery.herald.dev/v1alpha1/namespaces/%s/webhookdeliveries", heraldAddr, ns), nil)
+			Expect(err).NotTo(HaveOccurred())
+			req.Header.Set("X-Remote-User", "mallory")
+			resp, err := hc.Do(req)
+			Expect(err).NotTo(HaveOccurred())
+			_ = resp.Body.Close()
+			return resp.StatusCode
+		}
+		Expect(get("direct-a")).To(Equal(http.StatusOK))
+		Expect(get("direct-b")).To(Equal(http.StatusForbidden))
+	})
+
+	It("prints the support row in kubectl, with field selectors and pages", func(ctx SpecContext) {
+		now := time.Now()
+		for i := range 25 {
+			logAttempts(ctx, retrying("table", "crm", fmt.Sprintf("evt_%02d", i), 2, now.Add(time.Duration(i-30)*time.Second)))
+		}
+		logAttempts(ctx, dispatcher.Attempt{EventID: "evt_ok", Namespace: "table", Endpoint: "billing", Type: "plan.changed", Attempt: 1,
+			Time: now, Outcome: dispatcher.OutcomeDelivered, StatusCode: 200})
+		_, kc := viewer(ctx, "carol", "table")
+
+		out, err := kubectl(ctx, kc, "get", "whd", "-n", "table", "--field-selector", "phase=Retrying")
+		Expect(err).NotTo(HaveOccurred(), out)
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		Expect(strings.Fields(lines[0])).To(Equal([]string{"EVENT", "ENDPOINT", "PHASE", "ATTEMPTS", "CODE", "LAST", "ERROR", "NEXT", "RETRY", "AGE"}))
+		Expect(lines).To(HaveLen(26))
+		// Newest first; next retry an hour after the last attempt.
+		Expect(lines[1]).To(MatchRegexp(`^evt_24\s+crm\s+Retrying\s+2\s+401\s+HTTP 401\s+in 5[89]m`))
+		Expect(out).NotTo(ContainSubstring("evt_ok"))
+
+		out, err = kubectl(ctx, kc, "get", "whd", "-n", "table", "--field-selector", "eventID=evt_ok", "--no-headers")
+		Expect(err).NotTo(HaveOccurred(), out)
+		Expect(out).To(MatchRegexp(`^evt_ok\s+billing\s+Sent\s+1\s+200\s+`))
+
+		out, err = kubectl(ctx, kc, "get", "whd", "-n", "table", "--field-selector", "colour=red")
+		Expect(err).To(HaveOccurred())
+		Expect(out).To(ContainSubstring("field label not supported: colour"))
+
+		out, err = kubectl(ctx, kc, "get", "whd", "-n", "table", "--field-selector", "eventID=a>b")
+		Expect(err).To(HaveOccurred())
+		Expect(out).To(ContainSubstring("eventID"))
+
+		By("paging through the retrying ones, 10 at a time")
+		c, err := delivery.NewForConfig(mustConfig(ctx, "carol"))
+		Expect(err).NotTo(HaveOccurred())
+		var seen []string
+		opts := metav1.ListOptions{FieldSelector: "phase=Retrying", Limit: 10}
+		for pages := 0; ; pages++ {
+			Expect(pages).To(BeNumerically("<", 3))
+			l, err := c.Deliveries(ctx, "table", opts)
+			Expect(err).NotTo(HaveOccurred())
+			for _, d := range l.Items {
+				seen = append(seen, d.Spec.EventID)
+			}
+			if opts.Continue = l.Continue; opts.Continue == "" {
+				break
+			}
+		}
+		want := []string{}
+		for i := 24; i >= 0; i-- {
+			want = append(want, fmt.Sprintf("evt_%02d", i))
+		}
+		Expect(seen).To(Equal(want))
+		_, err = c.Deliveries(ctx, "table", metav1.ListOptions{FieldSelector: "phase=Sent", Continue: opts.Continue + "x"})
+		Expect(apierrors.IsBadRequest(err)).To(BeTrue(), "%v", err)
+	})
+})
+
+// mustConfig is the rest config of a user viewer already made.
+func mustConfig(ctx context.Context, name string) *rest.Config {
+	GinkgoHelper()
+	u, err := env.AddUser(envtest.User{Name: name}, cfg)
+	Expect(err).NotTo(HaveOccurred())
+	return u.Config()
+}

@@ -1,0 +1,192 @@
+package apiserver
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/duration"
+
+	v1 "github.com/herald-dev/herald/api/delivery/v1alpha1"
+)
+
+// The tables kubectl prints. The delivery row is the support row of the
+// brief: which event, where, how it stands, how often it was tried, what
+// the endpoint last said and when the next try is.
+var (
+	deliveryColumns = []metav1.TableColumnDefinition{
+		{Name: "Event", Type: "string", Description: "event id (webhook-id)"},
+		{Name: "Endpoint", Type: "string", Description: "WebhookEndpoint"},
+		{Name: "Phase", Type: "string", Description: "Queued, Sending, Retrying, Sent, Failed or Superseded"},
+		{Name: "Attempts", Type: "integer", Description: "HTTP requests made"},
+		{Name: "Code", Type: "string", Description: "last HTTP status code"},
+		{Name: "Last Error", Type: "string", Description: "last failure, or why it stands so"},
+		{Name: "Next Retry", Type: "string", Description: "when the next attempt is due"},
+		{Name: "Age", Type: "string", Description: "since the first attempt, or since it was stored while it waits"},
+		{Name: "Type", Type: "string", Priority: 1, Description: "event type"},
+		{Name: "Key", Type: "string", Priority: 1, Description: "record the event is about"},
+		{Name: "Version", Type: "integer", Priority: 1, Description: "version of the key"},
+	}
+	deadLetterColumns = []metav1.TableColumnDefinition{
+		{Name: "Event", Type: "string", Description: "event id (webhook-id)"},
+		{Name: "Endpoint", Type: "string", Description: "WebhookEndpoint"},
+		{Name: "Reason", Type: "string", Description: "TerminalResponse, WindowExhausted, MaxAttempts, Expired or Malformed"},
+		{Name: "Attempts", Type: "integer", Description: "HTTP requests made"},
+		{Name: "Code", Type: "string", Description: "last HTTP status code"},
+		{Name: "Last Error", Type: "string", Description: "last failure"},
+		{Name: "Died", Type: "string", Description: "since it was dead-lettered"},
+		{Name: "Type", Type: "string", Priority: 1, Description: "event type"},
+		{Name: "Key", Type: "string", Priority: 1, Description: "record the event is about"},
+		{Name: "Message", Type: "string", Priority: 1, Description: "why, in words"},
+	}
+	summaryColumns = []metav1.TableColumnDefinition{
+		{Name: "Retrying", Type: "integer", Description: "deliveries retrying now"},
+		{Name: "Failed", Type: "integer", Description: "deliveries dead-lettered (and not delivered since)"},
+		{Name: "Top Codes", Type: "string", Description: "last status codes, most first (0: no response)"},
+		{Name: "Worst Endpoints", Type: "string", Description: "endpoints with the most failures"},
+		{Name: "Last Failure", Type: "string", Description: "since the latest failure"},
+	}
+)
+
+// now is the clock of the relative columns.
+var now = time.Now
+
+func age(t metav1.Time) string {
+	if t.IsZero() {
+		return "<unknown>"
+	}
+	return duration.HumanDuration(now().Sub(t.Time))
+}
+
+// nextRetry reads "in 47s", or "due" once the time has passed (the
+// dispatcher is about to try).
+func nextRetry(t *metav1.Time) string {
+	if t == nil {
+		return ""
+	}
+	if d := t.Sub(now()); d > 0 {
+		return "in " + duration.HumanDuration(d)
+	}
+	return "due"
+}
+
+func code(c int32) string {
+	if c == 0 {
+		return ""
+	}
+	return strconv.Itoa(int(c))
+}
+
+// oneLine keeps a table cell to one short line; the object has it all.
+func oneLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	if len(s) > 80 {
+		s = s[:77] + "..."
+	}
+	return s
+}
+
+func deliveryRow(d *v1.WebhookDelivery) metav1.TableRow {
+	errText := d.Status.LastError
+	if errText == "" && d.Status.Phase != v1.PhaseSent {
+		errText = d.Status.Message
+	}
+	return metav1.TableRow{
+		Cells: []any{
+			d.Spec.EventID, d.Spec.Endpoint, string(d.Status.Phase), int64(d.Status.Attempts), code(d.Status.LastStatusCode),
+			oneLine(errText), nextRetry(d.Status.NextAttemptTime), age(d.CreationTimestamp),
+			d.Spec.Type, d.Spec.Key, d.Spec.Version,
+		},
+		Object: runtime.RawExtension{Object: d},
+	}
+}
+
+func deadLetterRow(d *v1.DeadLetter) metav1.TableRow {
+	return metav1.TableRow{
+		Cells: []any{
+			d.Spec.EventID, d.Spec.Endpoint, d.Status.Reason, int64(d.Status.Attempts), code(d.Status.LastStatusCode),
+			oneLine(d.Status.LastError), age(d.Status.DeadTime), d.Spec.Type, d.Spec.Key, oneLine(d.Status.Message),
+		},
+		Object: runtime.RawExtension{Object: d},
+	}
+}
+
+func summaryRow(s *v1.DeliverySummary) metav1.TableRow {
+	var codes, worst []string
+	for i, c := range s.Status.Codes {
+		if i == 3 {
+			break
+		}
+		codes = append(codes, fmt.Sprintf("%dx%d", c.Code, c.Retrying+c.Failed))
+	}
+	for i, e := range s.Status.Endpoints {
+		if i == 3 {
+			break
+		}
+		worst = append(worst, fmt.Sprintf("%s(%d)", e.Endpoint, e.Retrying+e.Failed))
+	}
+	last := ""
+	if s.Status.Retrying+s.Status.Failed > 0 {
+		last = age(s.CreationTimestamp)
+	}
+	return metav1.TableRow{
+		Cells:  []any{int64(s.Status.Retrying), int64(s.Status.Failed), strings.Join(codes, " "), strings.Join(worst, " "), last},
+		Object: runtime.RawExtension{Object: s},
+	}
+}
+
+// table builds kubectl's table of one object or of a list's items.
+func table[T any](obj runtime.Object, columns []metav1.TableColumnDefinition, items func(runtime.Object) ([]T, bool), row func(*T) metav1.TableRow) (*metav1.Table, error) {
+	t := &metav1.Table{ColumnDefinitions: columns}
+	list, ok := items(obj)
+	if !ok {
+		return nil, fmt.Errorf("no table for %T", obj)
+	}
+	for i := range list {
+		t.Rows = append(t.Rows, row(&list[i]))
+	}
+	if l, err := meta.ListAccessor(obj); err == nil {
+		t.ResourceVersion, t.Continue, t.RemainingItemCount = l.GetResourceVersion(), l.GetContinue(), l.GetRemainingItemCount()
+	}
+	return t, nil
+}
+
+func deliveryTable(obj runtime.Object) (*metav1.Table, error) {
+	return table(obj, deliveryColumns, func(o runtime.Object) ([]v1.WebhookDelivery, bool) {
+		switch o := o.(type) {
+		case *v1.WebhookDelivery:
+			return []v1.WebhookDelivery{*o}, true
+		case *v1.WebhookDeliveryList:
+			return o.Items, true
+		}
+		return nil, false
+	}, deliveryRow)
+}
+
+func deadLetterTable(obj runtime.Object) (*metav1.Table, error) {
+	return table(obj, deadLetterColumns, func(o runtime.Object) ([]v1.DeadLetter, bool) {
+		switch o := o.(type) {
+		case *v1.DeadLetter:
+			return []v1.DeadLetter{*o}, true
+		case *v1.DeadLetterList:
+			return o.Items, true
+		}
+		return nil, false
+	}, deadLetterRow)
+}
+
+func summaryTable(obj runtime.Object) (*metav1.Table, error) {
+	return table(obj, summaryColumns, func(o runtime.Object) ([]v1.DeliverySummary, bool) {
+		switch o := o.(type) {
+		case *v1.DeliverySummary:
+			return []v1.DeliverySummary{*o}, true
+		case *v1.DeliverySummaryList:
+			return o.Items, true
+		}
+		return nil, false
+	}, summaryRow)
+}

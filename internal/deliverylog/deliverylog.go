@@ -1,0 +1,444 @@
+// Package deliverylog reads what the dispatchers wrote, the delivery log
+// and the dead letters, together with what is still waiting in the events
+// stream, and answers in the delivery API's types. It only reads: the
+// dispatcher is the log's one writer, and the API server (internal/
+// apiserver) is this package's one caller.
+package deliverylog
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	v1 "github.com/herald-dev/herald/api/delivery/v1alpha1"
+	"github.com/herald-dev/herald/internal/dispatcher"
+	"github.com/herald-dev/herald/internal/streams"
+	"github.com/herald-dev/herald/pkg/events"
+)
+
+// DefaultMaxPending is how many events waiting in a namespace's stream
+// one read looks at to show as Queued or Sending: the oldest ones, which
+// are the ones that will go first. The endpoint's status counts the whole
+// backlog.
+const DefaultMaxPending = 10_000
+
+// Reader reads from Herald's NATS. It holds no state between reads, so
+// any number of API server replicas answer alike.
+type Reader struct {
+	JS jetstream.JetStream
+	// MaxPending caps the pending events one read looks at; 0 means
+	// DefaultMaxPending.
+	MaxPending int
+}
+
+// ErrInvalidSelector is wrapped when a selector value cannot name an
+// event or an endpoint. The values become NATS subject tokens, so one
+// holding a wildcard or a dot must never reach a filter.
+var ErrInvalidSelector = errors.New("invalid selector")
+
+// Selector narrows a read to what NATS filters by subject; other fields
+// are filtered by the caller.
+type Selector struct {
+	EventID, Endpoint string
+	// Pending asks for the events not tried yet (Queued and Sending) too;
+	// they cost a walk over the stream's pending range.
+	Pending bool
+}
+
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+
+// Check refuses selector values that are not an event id or an endpoint
+// name.
+func (s Selector) Check() error {
+	if s.EventID != "" {
+		if err := events.CheckID(s.EventID); err != nil {
+			return fmt.Errorf("%w: eventID: %w", ErrInvalidSelector, err)
+		}
+	}
+	if s.Endpoint != "" && !dnsLabel.MatchString(s.Endpoint) {
+		return fmt.Errorf("%w: endpoint %q is not a WebhookEndpoint name", ErrInvalidSelector, clip(s.Endpoint))
+	}
+	return nil
+}
+
+func orAny(s string) string { return cmp.Or(s, "*") }
+
+// Namespaces are the namespaces that have a delivery log.
+func (r *Reader) Namespaces(ctx context.Context) ([]string, error) {
+	var out []string
+	names := r.JS.StreamNames(ctx)
+	for n := range names.Name() {
+		if ns, ok := strings.CutPrefix(n, streams.AttemptsStreamPrefix); ok && ns != "" {
+			out = append(out, ns)
+		}
+	}
+	if err := names.Err(); err != nil {
+		return nil, fmt.Errorf("listing streams: %w", err)
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// Deliveries are the latest states of the deliveries of a namespace that
+// sel selects, in no order. The log gives one entry per event and
+// endpoint (its last); with sel.Pending, the events not tried yet follow
+// from the stream.
+func (r *Reader) Deliveries(ctx context.Context, namespace string, sel Selector) ([]v1.WebhookDelivery, error) {
+	if err := sel.Check(); err != nil {
+		return nil, err
+	}
+	filter := streams.AttemptsPrefix + "." + namespace + ".>"
+	if sel.EventID != "" || sel.Endpoint != "" {
+		filter = streams.AttemptSubject(namespace, orAny(sel.Endpoint), orAny(sel.EventID))
+	}
+	var out []v1.WebhookDelivery
+	seen := map[string]bool{}
+	err := scan(ctx, r.JS, streams.AttemptsStream(namespace), jetstream.ConsumerConfig{
+		FilterSubject: filter, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy,
+	}, 0, func(m jetstream.Msg) error {
+		var a dispatcher.Attempt
+		if err := json.Unmarshal(m.Data(), &a); err != nil {
+			return nil // not the dispatcher's: nothing to show
+		}
+		md, err := m.Metadata()
+		if err != nil {
+			return err
+		}
+		d := fromAttempt(namespace, &a, md.Sequence.Stream)
+		seen[d.Name] = true
+		out = append(out, d)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if sel.Pending {
+		pending, err := r.pending(ctx, namespace, sel, seen)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, pending...)
+	}
+	return out, nil
+}
+
+// Changed is when a delivery last changed: its latest attempt, or while
+// it waits, when the event was stored.
+func Changed(d v1.WebhookDelivery) time.Time {
+	if t := d.Status.LastAttemptTime; t != nil {
+		return t.Time
+	}
+	return d.CreationTimestamp.Time
+}
+
+// Name is a delivery's or a dead letter's object name.
+func Name(eventID, endpoint string) string { return eventID + "." + endpoint }
+
+// SplitName splits an object name into its event id and endpoint; event
+// ids hold no dots.
+func SplitName(name string) (Selector, bool) {
+	id, ep, ok := strings.Cut(name, ".")
+	s := Selector{EventID: id, Endpoint: ep}
+	return s, ok && id != "" && ep != "" && s.Check() == nil
+}
+
+// Delivery is one delivery with its whole history, or nil when the log
+// and the stream know nothing of it.
+func (r *Reader) Delivery(ctx context.Context, namespace, eventID, endpoint string) (*v1.WebhookDelivery, error) {
+	sel := Selector{EventID: eventID, Endpoint: endpoint}
+	if err := sel.Check(); err != nil {
+		return nil, err
+	}
+	hist, err := dispatcher.History(ctx, r.JS, namespace, endpoint, eventID)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(hist) == 0 {
+		sel.Pending = true
+		pending, err := r.pending(ctx, namespace, sel, nil)
+		if err != nil || len(pending) == 0 {
+			return nil, err
+		}
+		return &pending[0], nil
+	}
+	// The last entry's sequence is the object's version, as in a list.
+	var seq uint64
+	if s, err := r.JS.Stream(ctx, streams.AttemptsStream(namespace)); err == nil {
+		if m, err := s.GetLastMsgForSubject(ctx, streams.AttemptSubject(namespace, endpoint, eventID)); err == nil {
+			seq = m.Sequence
+		}
+	}
+	d := fromAttempt(namespace, &hist[len(hist)-1], seq)
+	first := metav1.NewTime(hist[0].Time)
+	d.Status.FirstAttemptTime = &first
+	d.CreationTimestamp = first
+	for i := range hist {
+		d.Status.History = append(d.Status.History, apiAttempt(&hist[i]))
+	}
+	return &d, nil
+}
+
+// FillFirstAttempts sets the first attempt time (and the creation time) of
+// deliveries read by Deliveries, which reads only each one's last entry:
+// one direct get each, so callers do it for a page, not for a whole list.
+func (r *Reader) FillFirstAttempts(ctx context.Context, ds []v1.WebhookDelivery) error {
+	streamsByNS := map[string]jetstream.Stream{}
+	for i := range ds {
+		d := &ds[i]
+		if d.Status.LastAttemptTime == nil {
+			continue
+		}
+		s, ok := streamsByNS[d.Namespace]
+		if !ok {
+			var err error
+			if s, err = r.JS.Stream(ctx, streams.AttemptsStream(d.Namespace)); err != nil {
+				return fmt.Errorf("opening delivery log %s: %w", streams.AttemptsStream(d.Namespace), err)
+			}
+			streamsByNS[d.Namespace] = s
+		}
+		m, err := s.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(streams.AttemptSubject(d.Namespace, d.Spec.Endpoint, d.Spec.EventID)))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("reading the first attempt of %s: %w", d.Name, err)
+		}
+		var a dispatcher.Attempt
+		if json.Unmarshal(m.Data, &a) == nil {
+			t := metav1.NewTime(a.Time)
+			d.Status.FirstAttemptTime, d.CreationTimestamp = &t, t
+		}
+	}
+	return nil
+}
+
+func phaseOf(outcome string) v1.Phase {
+	switch outcome {
+	case dispatcher.OutcomeDelivered:
+		return v1.PhaseSent
+	case dispatcher.OutcomeRetrying:
+		return v1.PhaseRetrying
+	case dispatcher.OutcomeDead:
+		return v1.PhaseFailed
+	case dispatcher.OutcomeSuperseded:
+		return v1.PhaseSuperseded
+	}
+	return v1.Phase(outcome)
+}
+
+func fromAttempt(namespace string, a *dispatcher.Attempt, logSeq uint64) v1.WebhookDelivery {
+	last := metav1.NewTime(a.Time)
+	d := v1.WebhookDelivery{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: Name(a.EventID, a.Endpoint), Namespace: namespace,
+			ResourceVersion: strconv.FormatUint(logSeq, 10), CreationTimestamp: last,
+		},
+		Spec: v1.WebhookDeliverySpec{
+			EventID: a.EventID, Endpoint: a.Endpoint, Type: a.Type, Key: a.Key, Version: a.Version,
+			StreamSequence: int64(a.Sequence),
+		},
+		Status: v1.WebhookDeliveryStatus{
+			Phase: phaseOf(a.Outcome), Attempts: int32(a.Attempt), LastAttemptTime: &last,
+			LastStatusCode: int32(a.StatusCode), Reason: a.Reason, LastError: a.Error, LastResponse: a.Response,
+			DeadLetterReason: a.DeadReason, Message: a.Why,
+		},
+	}
+	if a.NextAttempt != nil && a.Outcome == dispatcher.OutcomeRetrying {
+		t := metav1.NewTime(*a.NextAttempt)
+		d.Status.NextAttemptTime = &t
+	}
+	return d
+}
+
+func apiAttempt(a *dispatcher.Attempt) v1.Attempt {
+	out := v1.Attempt{
+		Attempt: int32(a.Attempt), Time: metav1.NewTime(a.Time), Outcome: a.Outcome,
+		StatusCode: int32(a.StatusCode), Reason: a.Reason, Error: a.Error, Response: a.Response, Message: a.Why,
+		Latency: metav1.Duration{Duration: time.Duration(a.LatencyMS * float64(time.Millisecond))},
+	}
+	if a.NextAttempt != nil {
+		t := metav1.NewTime(*a.NextAttempt)
+		out.NextAttemptTime = &t
+	}
+	return out
+}
+
+// pending are the events in the stream beyond an endpoint's ack floor
+// that its filter matches and the log has no entry of (seen, by name):
+// Sending when the consumer has handed them to the dispatcher, Queued when
+// not yet. It reads headers only, from the lowest ack floor on, at most
+// MaxPending events.
+func (r *Reader) pending(ctx context.Context, namespace string, sel Selector, seen map[string]bool) ([]v1.WebhookDelivery, error) {
+	stream, err := r.JS.Stream(ctx, events.StreamName(namespace))
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("opening stream %s: %w", events.StreamName(namespace), err)
+	}
+	type endpoint struct {
+		name               string
+		filters            []string
+		ackFloor, handedTo uint64
+	}
+	var eps []endpoint
+	add := func(info *jetstream.ConsumerInfo) {
+		ns, name, ok := strings.Cut(info.Name, "_")
+		if !ok || ns != namespace || (sel.Endpoint != "" && name != sel.Endpoint) || info.NumPending+uint64(info.NumAckPending) == 0 {
+			return
+		}
+		filters := info.Config.FilterSubjects
+		if info.Config.FilterSubject != "" {
+			filters = append(filters, info.Config.FilterSubject)
+		}
+		eps = append(eps, endpoint{name: name, filters: filters, ackFloor: info.AckFloor.Stream, handedTo: info.Delivered.Stream})
+	}
+	if sel.Endpoint != "" {
+		c, err := stream.Consumer(ctx, streams.ConsumerName(namespace, sel.Endpoint))
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading consumer of endpoint %s: %w", sel.Endpoint, err)
+		}
+		add(c.CachedInfo())
+	} else {
+		lister := stream.ListConsumers(ctx)
+		for info := range lister.Info() {
+			add(info)
+		}
+		if err := lister.Err(); err != nil {
+			return nil, fmt.Errorf("listing the endpoints' consumers: %w", err)
+		}
+	}
+	if len(eps) == 0 {
+		return nil, nil
+	}
+	from := eps[0].ackFloor
+	for _, e := range eps {
+		from = min(from, e.ackFloor)
+	}
+	var out []v1.WebhookDelivery
+	err = scan(ctx, r.JS, events.StreamName(namespace), jetstream.ConsumerConfig{
+		FilterSubject: events.NamespaceSubjects(namespace), DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq: from + 1, HeadersOnly: true,
+	}, cmp.Or(r.MaxPending, DefaultMaxPending), func(m jetstream.Msg) error {
+		md, err := m.Metadata()
+		if err != nil {
+			return err
+		}
+		h := m.Headers()
+		id := strings.TrimPrefix(h.Get(events.HeaderID), namespace+":")
+		if id == "" || (sel.EventID != "" && id != sel.EventID) {
+			return nil
+		}
+		typ := strings.TrimPrefix(m.Subject(), events.SubjectPrefix+"."+namespace+".")
+		version, _ := strconv.ParseInt(h.Get(events.HeaderVersion), 10, 64)
+		seq := md.Sequence.Stream
+		for _, e := range eps {
+			name := Name(id, e.name)
+			if seq <= e.ackFloor || seen[name] || !matchesAny(e.filters, m.Subject()) {
+				continue
+			}
+			phase := v1.PhaseQueued
+			if seq <= e.handedTo {
+				phase = v1.PhaseSending
+			}
+			out = append(out, v1.WebhookDelivery{
+				ObjectMeta: metav1.ObjectMeta{
+					Name: name, Namespace: namespace, ResourceVersion: strconv.FormatUint(seq, 10),
+					CreationTimestamp: metav1.NewTime(md.Timestamp),
+				},
+				Spec: v1.WebhookDeliverySpec{
+					EventID: id, Endpoint: e.name, Type: typ, Key: h.Get(events.HeaderKey), Version: version,
+					StreamSequence: int64(seq),
+				},
+				Status: v1.WebhookDeliveryStatus{Phase: phase},
+			})
+		}
+		return nil
+	})
+	return out, err
+}
+
+func matchesAny(filters []string, subject string) bool {
+	if len(filters) == 0 {
+		return true
+	}
+	for _, f := range filters {
+		if streams.Matches(f, subject) {
+			return true
+		}
+	}
+	return false
+}
+
+// scan reads what cfg selects from stream through a short-lived consumer
+// that acks nothing, calling each for every message, and deletes the
+// consumer after. limit, when above 0, caps the messages read. A stream
+// that does not exist yet holds nothing.
+func scan(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.ConsumerConfig, limit int, each func(jetstream.Msg) error) error {
+	cfg.AckPolicy = jetstream.AckNonePolicy
+	cfg.MemoryStorage = true
+	// A reader that dies mid-scan leaves nothing for long.
+	cfg.InactiveThreshold = 30 * time.Second
+	c, err := js.CreateConsumer(ctx, stream, cfg)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", stream, err)
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = js.DeleteConsumer(dctx, stream, c.CachedInfo().Name)
+	}()
+	pending := int(c.CachedInfo().NumPending)
+	if limit > 0 {
+		pending = min(pending, limit)
+	}
+	for pending > 0 {
+		batch, err := c.FetchNoWait(min(pending, 1000))
+		if err != nil {
+			return fmt.Errorf("reading %s: %w", stream, err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			if err := each(m); err != nil {
+				return err
+			}
+		}
+		if err := batch.Error(); err != nil {
+			return fmt.Errorf("reading %s: %w", stream, err)
+		}
+		if n == 0 {
+			// Aged out or removed since the consumer counted them.
+			break
+		}
+		pending -= n
+	}
+	return nil
+}
+
+// clip shortens hostile input quoted in an error message.
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}
