@@ -109,6 +109,12 @@ subjectAltName=IP:127.0.0.1,IP:${NODE_IP},IP:${API_SERVICE_IP},DNS:localhost,DNS
 subjectAltName=IP:${NODE_IP},DNS:${NODE_NAME}"
 	# The apiserver's identity towards the kubelet (logs, exec, port-forward).
 	issue apiserver-kubelet-client "/CN=kube-apiserver-kubelet-client/O=system:masters" "extendedKeyUsage=clientAuth"
+	# The aggregation layer's front proxy: its own CA, which aggregated
+	# API servers (herald apiserver) trust for the user headers.
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout front-proxy-ca.key -out front-proxy-ca.crt -days 30 -subj "/CN=herald-e2e-front-proxy-ca"
+	openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout front-proxy-client.key -subj "/CN=front-proxy-client" |
+		openssl x509 -req -CA front-proxy-ca.crt -CAkey front-proxy-ca.key -CAcreateserial -days 30 -out front-proxy-client.crt \
+			-extfile <(printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature" "extendedKeyUsage=clientAuth")
 	openssl genrsa -out sa.key 2048
 	openssl rsa -in sa.key -pubout -out sa.pub
 	chmod 600 ./*.key
@@ -387,6 +393,11 @@ start kube-apiserver kube-apiserver \
 	--kubelet-client-key="${PKI}/apiserver-kubelet-client.key" \
 	--kubelet-certificate-authority="${PKI}/ca.crt" \
 	--kubelet-preferred-address-types=InternalIP \
+	--requestheader-client-ca-file="${PKI}/front-proxy-ca.crt" --requestheader-allowed-names=front-proxy-client \
+	--requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
+	--requestheader-extra-headers-prefix=X-Remote-Extra- --requestheader-uid-headers=X-Remote-Uid \
+	--proxy-client-cert-file="${PKI}/front-proxy-client.crt" --proxy-client-key-file="${PKI}/front-proxy-client.key" \
+	--enable-aggregator-routing=true \
 	--allow-privileged=true --cert-dir="${PKI}/apiserver-generated" --profiling=false
 wait_for 60 kube-apiserver kubectl_admin get --raw /readyz || fail kube-apiserver
 

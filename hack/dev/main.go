@@ -25,28 +25,31 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
 
 	"github.com/herald-dev/herald/internal/natsauth"
+	"github.com/herald-dev/herald/internal/testenv"
 )
 
 func main() {
 	bin := flag.String("bin", "bin", "directory with herald and nats-server")
 	natsPort := flag.Int("nats-port", 4222, "NATS client port")
 	receiverAddr := flag.String("receiver", "127.0.0.1:8090", "demo receiver address")
+	apiPort := flag.Int("apiserver-port", 8444, "port of the delivery API server (herald apiserver) on 127.0.0.1")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *bin, *natsPort, *receiverAddr); err != nil {
+	if err := run(ctx, *bin, *natsPort, *receiverAddr, *apiPort); err != nil {
 		fmt.Fprintln(os.Stderr, "make dev:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, bin string, natsPort int, receiverAddr string) error {
+func run(ctx context.Context, bin string, natsPort int, receiverAddr string, apiPort int) error {
 	bin, err := filepath.Abs(bin)
 	if err != nil {
 		return err
@@ -55,7 +58,8 @@ func run(ctx context.Context, bin string, natsPort int, receiverAddr string) err
 	if err := os.MkdirAll(devDir, 0o755); err != nil {
 		return err
 	}
-	for _, addr := range []string{fmt.Sprintf("127.0.0.1:%d", natsPort), receiverAddr} {
+	apiAddr := fmt.Sprintf("127.0.0.1:%d", apiPort)
+	for _, addr := range []string{fmt.Sprintf("127.0.0.1:%d", natsPort), receiverAddr, apiAddr} {
 		if l, err := net.Listen("tcp", addr); err != nil {
 			return fmt.Errorf("%s is taken (is another `make dev` running?): %w", addr, err)
 		} else {
@@ -66,6 +70,10 @@ func run(ctx context.Context, bin string, natsPort int, receiverAddr string) err
 	env := &envtest.Environment{
 		CRDDirectoryPaths:     []string{filepath.Join("config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
+	}
+	// The aggregation layer, for the delivery API as in a cluster.
+	if _, err := testenv.ConfigureAggregation(env, devDir); err != nil {
+		return err
 	}
 	fmt.Println("starting kube-apiserver and etcd ...")
 	if _, err := env.Start(); err != nil {
@@ -110,6 +118,10 @@ func run(ctx context.Context, bin string, natsPort int, receiverAddr string) err
 	if err := writeHeraldToken(ctx, env, heraldToken); err != nil {
 		return err
 	}
+	apiKubeconfig, apiToken, err := installDeliveryAPI(ctx, env, devDir, apiPort)
+	if err != nil {
+		return err
+	}
 	procs := []*exec.Cmd{
 		command("nats", filepath.Join(bin, "nats-server"), "-c", natsConf),
 		command("manager", filepath.Join(bin, "herald"), "manager", "--dispatch=in-process", "--nats-url="+natsURL,
@@ -119,8 +131,16 @@ func run(ctx context.Context, bin string, natsPort int, receiverAddr string) err
 			// refuses unless opened.
 			"--egress-allow=127.0.0.0/8"),
 		command("receiver", filepath.Join(bin, "herald"), "receiver", "--listen="+receiverAddr, "--token-file="+tokenPath),
+		// The delivery API as its ServiceAccount: delegated authn and
+		// authz, its certificate in a Secret and the APIService's
+		// caBundle, NATS through the callout as a cluster reader.
+		command("apiserver", filepath.Join(bin, "herald"), "apiserver", "--bind-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", apiPort),
+			"--authentication-kubeconfig="+apiKubeconfig, "--authorization-kubeconfig="+apiKubeconfig,
+			"--tls-secret=herald-apiserver-tls", "--namespace=herald-system",
+			"--nats-url="+natsURL, "--nats-token-file="+apiToken),
 	}
 	procs[1].Env = append(os.Environ(), "KUBECONFIG="+kcPath)
+	procs[3].Env = append(os.Environ(), "KUBECONFIG="+apiKubeconfig)
 	// Secrets stay off the command line, where every user can read them.
 	procs[2].Env = append(os.Environ(), "HERALD_RECEIVER_SECRET="+strings.Join(sampleSecrets(), ","))
 	for _, p := range procs {
@@ -137,7 +157,7 @@ func run(ctx context.Context, bin string, natsPort int, receiverAddr string) err
 		for _, p := range procs {
 			_ = p.Wait()
 		}
-		fmt.Println("stopped: manager, receiver, nats-server, kube-apiserver, etcd")
+		fmt.Println("stopped: manager, receiver, apiserver, nats-server, kube-apiserver, etcd")
 	}()
 
 	fmt.Printf(`
@@ -147,6 +167,7 @@ Next, in another terminal:
   kubectl --kubeconfig %[1]s apply -f config/samples/
   bin/herald send --nats-url %[2]s --nats-token-file %[5]s --type subscription.updated --key sub_123 --version 1 --data '{"plan":"pro"}'
   kubectl --kubeconfig %[1]s get webhookendpoints -A
+  kubectl --kubeconfig %[1]s get webhookdeliveries -A
 
 %[5]s is a token of the ServiceAccount default/herald-dev, which may
 publish and read in namespace default; NATS lets nothing else in.
@@ -236,14 +257,60 @@ func writeHeraldToken(ctx context.Context, env *envtest.Environment, path string
 			return fmt.Errorf("binding ClusterRole %s: %w", role.Name, err)
 		}
 	}
+	return writeNATSToken(ctx, c, sa, path)
+}
+
+// writeNATSToken writes a day-long token of sa for NATS's audience.
+func writeNATSToken(ctx context.Context, c client.Client, sa *corev1.ServiceAccount, path string) error {
 	tr := &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{
 		Audiences: []string{natsauth.DefaultAudience}, ExpirationSeconds: ptr.To(int64(24 * 3600)),
 	}}
 	if err := c.SubResource("token").Create(ctx, sa, tr); err != nil {
-		return fmt.Errorf("requesting a token for default/herald-dev: %w", err)
+		return fmt.Errorf("requesting a token for %s/%s: %w", sa.Namespace, sa.Name, err)
 	}
 	_ = os.Remove(path)
 	return os.WriteFile(path, []byte(tr.Status.Token), 0o600)
+}
+
+// installDeliveryAPI installs the delivery API's RBAC and APIService from
+// config/default, as a cluster gets them, points the APIService at
+// 127.0.0.1:port, fills the built-in view role (envtest runs no
+// controller manager to aggregate it), and writes the apiserver's
+// kubeconfig and NATS token.
+func installDeliveryAPI(ctx context.Context, env *envtest.Environment, devDir string, port int) (kubeconfig, token string, err error) {
+	c, err := client.New(env.Config, client.Options{})
+	if err != nil {
+		return "", "", err
+	}
+	if err := testenv.Install(ctx, c, func(u *unstructured.Unstructured) bool {
+		switch u.GetKind() {
+		case "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "APIService":
+			return strings.Contains(u.GetName(), "apiserver") || strings.Contains(u.GetName(), "delivery") || u.GetKind() == "Namespace"
+		}
+		return false
+	}); err != nil {
+		return "", "", err
+	}
+	if err := testenv.ServeLocal(ctx, c, "v1alpha1.delivery.herald.dev", port); err != nil {
+		return "", "", err
+	}
+	if err := testenv.AggregateClusterRoles(ctx, c); err != nil {
+		return "", "", err
+	}
+	user, err := env.AddUser(envtest.User{Name: "system:serviceaccount:herald-system:herald-apiserver"}, nil)
+	if err != nil {
+		return "", "", err
+	}
+	kc, err := user.KubeConfig()
+	if err != nil {
+		return "", "", err
+	}
+	kubeconfig, token = filepath.Join(devDir, "apiserver.kubeconfig"), filepath.Join(devDir, "apiserver-token")
+	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
+		return "", "", err
+	}
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "herald-apiserver", Namespace: "herald-system"}}
+	return kubeconfig, token, writeNATSToken(ctx, c, sa, token)
 }
 
 // writeToken writes a new random bearer token for the demo receiver's

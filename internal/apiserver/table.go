@@ -92,7 +92,15 @@ func oneLine(s string) string {
 
 func deliveryRow(d *v1.WebhookDelivery) metav1.TableRow {
 	errText := d.Status.LastError
-	if errText == "" && d.Status.Phase != v1.PhaseSent {
+	switch {
+	case errText != "":
+	case d.Status.LastStatusCode >= 300:
+		// A refusal has no error text of its own: what it said is.
+		errText = "HTTP " + code(d.Status.LastStatusCode)
+		if d.Status.LastResponse != "" {
+			errText += ": " + d.Status.LastResponse
+		}
+	case d.Status.Phase != v1.PhaseSent:
 		errText = d.Status.Message
 	}
 	return metav1.TableRow{

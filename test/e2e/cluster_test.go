@@ -150,7 +150,15 @@ func installHerald() {
 	for _, doc := range strings.Split(string(raw), "\n---\n") {
 		var obj map[string]any
 		Expect(yaml.Unmarshal([]byte(doc), &obj)).To(Succeed())
-		if obj["kind"] == "Deployment" {
+		if obj["kind"] == "Deployment" && dig(obj, "metadata")["name"] == "herald-apiserver" {
+			c := dig(obj, "spec", "template", "spec")["containers"].([]any)[0].(map[string]any)
+			c["image"] = image
+			c["imagePullPolicy"] = "IfNotPresent"
+			c["args"] = append(c["args"].([]any), "--nats-ca-file=/var/run/secrets/kubernetes.io/serviceaccount/ca.crt", "--nats-server-name="+natsServerName)
+			b, err := yaml.Marshal(obj)
+			Expect(err).NotTo(HaveOccurred())
+			doc = string(b)
+		} else if obj["kind"] == "Deployment" {
 			found = true
 			containers := dig(obj, "spec", "template", "spec")["containers"].([]any)
 			c := containers[0].(map[string]any)

@@ -81,6 +81,7 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	By("installing Herald from dist/install.yaml")
 	installHerald()
 	kubectl("-n", "herald-system", "rollout", "status", "deployment/herald-controller-manager", "--timeout=3m")
+	kubectl("-n", "herald-system", "rollout", "status", "deployment/herald-apiserver", "--timeout=3m")
 
 	By("reaching NATS through a port-forward")
 	f := startForward("nats", "svc/nats", 4222)
