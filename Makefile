@@ -30,7 +30,8 @@ help: ## Show the targets.
 
 .PHONY: manifests
 manifests: ## Generate the CRDs and RBAC from the API types and markers.
-	$(CONTROLLER_GEN) rbac:roleName=manager-role crd:generateEmbeddedObjectMeta=false webhook paths="./..." output:crd:artifacts:config=config/crd/bases
+	$(CONTROLLER_GEN) crd:generateEmbeddedObjectMeta=false paths="./api/v1alpha1/..." output:crd:artifacts:config=config/crd/bases
+	$(CONTROLLER_GEN) rbac:roleName=manager-role webhook paths="./internal/controller/...;./internal/natsauth/..."
 
 .PHONY: generate
 generate: ## Generate deepcopy code and the delivery API's OpenAPI definitions.

@@ -15,8 +15,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	v1 "github.com/herald-dev/herald/api/v1alpha1"
+	"github.com/herald-dev/herald/internal/deliverylog"
 	"github.com/herald-dev/herald/internal/dispatcher"
 	"github.com/herald-dev/herald/internal/egress"
 	"github.com/herald-dev/herald/internal/natsauth"
@@ -236,6 +239,48 @@ var _ = Describe("NATS identity per namespace", Ordered, func() {
 			natsauth.Inbox(a.ns, "bill") + ".>", // a prefix of another name is another inbox
 		} {
 			producer.refused(natsauthtest.Attack{Kind: "subscribe", Subject: s})
+		}
+	})
+
+	It("gives the delivery API's ServiceAccount every namespace's log to read, and nothing to write", func(ctx SpecContext) {
+		r := newTenant(ctx, "herald-read")
+		Expect(k8s.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "apiserver", Namespace: r.ns}})).To(Succeed())
+		ok := newReceiver(http.StatusOK)
+		b.runDispatcher(ctx, b.connect(ctx, natsauth.DispatcherServiceAccount), ok.URL, dispatcher.DefaultPolicy())
+		Expect(b.connect(ctx, "billing").publish(ctx, b.ns, "evt_read")).To(Succeed())
+		Eventually(ok.received).Should(HaveKey("evt_read"))
+
+		token := r.token(ctx, "apiserver", natsauth.DefaultAudience)
+		inbox, _, err := natsauth.TokenReaderInbox(token)
+		Expect(err).NotTo(HaveOccurred())
+		c := &conn{errs: make(chan error, 100)}
+		c.nc, err = nats.Connect(natsURL, nats.Token(token), nats.CustomInboxPrefix(inbox), nats.MaxReconnects(0),
+			nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+				select {
+				case c.errs <- err:
+				default:
+				}
+			}))
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(c.nc.Close)
+		c.js, err = jetstream.New(c.nc, jetstream.WithDefaultTimeout(2*time.Second))
+		Expect(err).NotTo(HaveOccurred())
+		reader := &deliverylog.Reader{JS: c.js}
+		Expect(reader.Namespaces(ctx)).To(ContainElements(a.ns, b.ns))
+		Eventually(func(g Gomega) {
+			ds, err := reader.Deliveries(ctx, b.ns, deliverylog.Selector{EventID: "evt_read", Pending: true})
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(ds).To(HaveLen(1))
+			g.Expect(ds[0].Status.Phase).To(BeEquivalentTo("Sent"))
+		}).Should(Succeed())
+		for _, attack := range []natsauthtest.Attack{
+			{Kind: "publish", Subject: events.Subject(b.ns, "plan.changed")},
+			{Kind: "publish", Subject: streams.AttemptSubject(b.ns, "crm", "evt_read")},
+			{Kind: "publish", Subject: streams.DeadLetterSubject(b.ns, "crm", "evt_read")},
+			{Kind: "publish", Subject: "$JS.ACK." + events.StreamName(b.ns) + ".x.1.1.1.1.1"},
+			{Kind: "subscribe", Subject: "_INBOX.>"},
+		} {
+			c.refused(attack)
 		}
 	})
 

@@ -79,7 +79,7 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(sys.Close)
 
-	callout = &natsauth.Callout{NC: admin, Accounts: &natsauth.Accounts{Keys: keys, SYS: sys}, Client: k8s,
+	callout = &natsauth.Callout{NC: admin, Accounts: &natsauth.Accounts{Keys: keys, SYS: sys}, Client: k8s, Readers: []string{"herald-read/apiserver"},
 		Log: zap.New(zap.WriteTo(GinkgoWriter), zap.UseDevMode(true))}
 	cctx, cancel := context.WithCancel(context.Background())
 	DeferCleanup(cancel)
