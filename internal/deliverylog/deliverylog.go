@@ -350,7 +350,7 @@ func (r *Reader) pending(ctx context.Context, namespace string, sel Selector, se
 		seq := md.Sequence.Stream
 		for _, e := range eps {
 			name := Name(id, e.name)
-			if seq <= e.ackFloor || seen[name] || !matchesAny(e.filters, m.Subject()) {
+			if seq <= e.ackFloor || seen[name] || !streams.MatchesAny(e.filters, m.Subject()) {
 				continue
 			}
 			phase := v1.PhaseQueued
@@ -372,18 +372,6 @@ func (r *Reader) pending(ctx context.Context, namespace string, sel Selector, se
 		return nil
 	})
 	return out, err
-}
-
-func matchesAny(filters []string, subject string) bool {
-	if len(filters) == 0 {
-		return true
-	}
-	for _, f := range filters {
-		if streams.Matches(f, subject) {
-			return true
-		}
-	}
-	return false
 }
 
 // scan reads what cfg selects from stream through a short-lived consumer

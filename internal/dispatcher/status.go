@@ -105,13 +105,5 @@ func matchesAny(filters []string, filter, subject string) bool {
 	if filter != "" {
 		filters = append(filters, filter)
 	}
-	if len(filters) == 0 {
-		return true
-	}
-	for _, f := range filters {
-		if streams.Matches(f, subject) {
-			return true
-		}
-	}
-	return false
+	return streams.MatchesAny(filters, subject)
 }

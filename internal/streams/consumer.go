@@ -81,6 +81,20 @@ func parsePattern(t string) ([]string, error) {
 	return toks, nil
 }
 
+// MatchesAny reports whether a consumer with these filter subjects takes
+// subject; no filter takes everything.
+func MatchesAny(filters []string, subject string) bool {
+	if len(filters) == 0 {
+		return true
+	}
+	for _, f := range filters {
+		if Matches(f, subject) {
+			return true
+		}
+	}
+	return false
+}
+
 // Matches reports whether a subject filter (with * and >) matches subject.
 func Matches(filter, subject string) bool {
 	return covers(strings.Split(filter, "."), strings.Split(subject, "."))
