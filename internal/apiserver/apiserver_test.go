@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -18,9 +19,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	v1 "github.com/herald-dev/herald/api/delivery/v1alpha1"
+	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
 	"github.com/herald-dev/herald/internal/dispatcher"
 	"github.com/herald-dev/herald/internal/streams"
 	"github.com/herald-dev/herald/pkg/delivery"
+	"github.com/herald-dev/herald/pkg/events"
 )
 
 // logAttempts writes delivery-log entries as the dispatcher does, to
@@ -91,6 +94,45 @@ var _ = Describe("the delivery API behind kube-apiserver", func() {
 		}
 		Expect(get("direct-a")).To(Equal(http.StatusOK))
 		Expect(get("direct-b")).To(Equal(http.StatusForbidden))
+	})
+
+	It("shows an event the consumer has not handed out as Queued, and one handed out but not tried as Sending", func(ctx SpecContext) {
+		const ns = "pending"
+		Expect(streams.EnsureNamespace(ctx, js, streams.DefaultLimits(), ns)).To(Succeed())
+		ccfg, err := streams.ConsumerConfig(ns, "later", &heraldv1.WebhookEndpointSpec{})
+		Expect(err).NotTo(HaveOccurred())
+		cons, err := js.CreateOrUpdateConsumer(ctx, events.StreamName(ns), ccfg)
+		Expect(err).NotTo(HaveOccurred())
+		pub, err := events.NewPublisher(js)
+		Expect(err).NotTo(HaveOccurred())
+		for _, id := range []string{"evt_p1", "evt_p2"} {
+			_, err := pub.Publish(ctx, events.Event{ID: id, Namespace: ns, Type: "plan.changed", Key: "sub_9", Version: 1, Data: json.RawMessage(`{}`)})
+			Expect(err).NotTo(HaveOccurred())
+		}
+		// A dispatcher that took the first and has not tried it yet.
+		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+		Expect(err).NotTo(HaveOccurred())
+		for range batch.Messages() {
+		}
+		cfg, _ := viewer(ctx, "dave", ns)
+		c, err := delivery.NewForConfig(cfg)
+		Expect(err).NotTo(HaveOccurred())
+		Eventually(func(g Gomega) {
+			l, err := c.Deliveries(ctx, ns, metav1.ListOptions{FieldSelector: "endpoint=later"})
+			g.Expect(err).NotTo(HaveOccurred())
+			got := map[string]v1.Phase{}
+			for _, d := range l.Items {
+				got[d.Spec.EventID] = d.Status.Phase
+			}
+			g.Expect(got).To(Equal(map[string]v1.Phase{"evt_p1": v1.PhaseSending, "evt_p2": v1.PhaseQueued}))
+		}).Should(Succeed())
+		d, err := c.Delivery(ctx, ns, "evt_p2", "later")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(d.Status.Phase).To(Equal(v1.PhaseQueued))
+		Expect(d.Spec.Key).To(Equal("sub_9"))
+		l, err := c.Deliveries(ctx, ns, metav1.ListOptions{FieldSelector: "phase=Queued"})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(l.Items).To(HaveLen(1))
 	})
 
 	It("prints the support row in kubectl, with field selectors and pages", func(ctx SpecContext) {

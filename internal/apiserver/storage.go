@@ -135,32 +135,30 @@ func (s deliveries) List(ctx context.Context, opts *metainternalversion.ListOpti
 	if err != nil {
 		return nil, err
 	}
-	// Queued and Sending cost a walk over the stream; a selector that
-	// names another phase skips it.
-	phase, one := q.fields.RequiresExactMatch(v1.FieldPhase)
-	q.sel.Pending = !one || phase == string(v1.PhaseQueued) || phase == string(v1.PhaseSending)
+	// A selected phase skips what it does not want, unread.
+	phase, _ := q.fields.RequiresExactMatch(v1.FieldPhase)
+	q.sel.Phase = v1.Phase(phase)
 	namespaces, err := s.namespaces(ctx)
 	if err != nil {
 		return nil, err
 	}
-	var items []v1.WebhookDelivery
-	for _, ns := range namespaces {
-		ds, err := s.r.Deliveries(ctx, ns, q.sel)
-		if err != nil {
-			return nil, unavailable(err)
-		}
-		for _, d := range ds {
-			if q.matches(d.ObjectMeta, fields.Set{v1.FieldEventID: d.Spec.EventID, v1.FieldEndpoint: d.Spec.Endpoint, v1.FieldPhase: string(d.Status.Phase)}) {
-				items = append(items, d)
-			}
-		}
-	}
-	page, next, remaining, err := paginate(items, func(d v1.WebhookDelivery) position {
-		return position{Time: deliverylog.Changed(d).UnixNano(), Namespace: d.Namespace, Name: d.Name}
+	p, err := newPager(func(d *v1.WebhookDelivery) position {
+		return position{Time: deliverylog.Changed(*d).UnixNano(), Namespace: d.Namespace, Name: d.Name}
 	}, genericapirequest.NamespaceValue(ctx), opts)
 	if err != nil {
 		return nil, err
 	}
+	for _, ns := range namespaces {
+		err := s.r.Deliveries(ctx, ns, q.sel, func(d *v1.WebhookDelivery) {
+			if q.matches(d.ObjectMeta, fields.Set{v1.FieldEventID: d.Spec.EventID, v1.FieldEndpoint: d.Spec.Endpoint, v1.FieldPhase: string(d.Status.Phase)}) {
+				p.offer(d)
+			}
+		})
+		if err != nil {
+			return nil, unavailable(err)
+		}
+	}
+	page, next, remaining := p.page()
 	if err := s.r.FillFirstAttempts(ctx, page); err != nil {
 		return nil, unavailable(err)
 	}
@@ -202,24 +200,25 @@ func (s deadLetters) List(ctx context.Context, opts *metainternalversion.ListOpt
 	if err != nil {
 		return nil, err
 	}
-	var items []v1.DeadLetter
-	for _, ns := range namespaces {
-		dls, err := s.r.DeadLetters(ctx, ns, q.sel)
-		if err != nil {
-			return nil, unavailable(err)
-		}
-		for _, d := range dls {
-			if q.matches(d.ObjectMeta, fields.Set{v1.FieldEventID: d.Spec.EventID, v1.FieldEndpoint: d.Spec.Endpoint, v1.FieldReason: d.Status.Reason}) {
-				items = append(items, d)
-			}
-		}
-	}
-	page, next, remaining, err := paginate(items, func(d v1.DeadLetter) position {
+	p, err := newPager(func(d *v1.DeadLetter) position {
 		return position{Time: d.Status.DeadTime.UnixNano(), Namespace: d.Namespace, Name: d.Name}
 	}, genericapirequest.NamespaceValue(ctx), opts)
 	if err != nil {
 		return nil, err
 	}
+	for _, ns := range namespaces {
+		dls, err := s.r.DeadLetters(ctx, ns, q.sel)
+		if err != nil {
+			return nil, unavailable(err)
+		}
+		for i := range dls {
+			d := &dls[i]
+			if q.matches(d.ObjectMeta, fields.Set{v1.FieldEventID: d.Spec.EventID, v1.FieldEndpoint: d.Spec.Endpoint, v1.FieldReason: d.Status.Reason}) {
+				p.offer(d)
+			}
+		}
+	}
+	page, next, remaining := p.page()
 	return &v1.DeadLetterList{ListMeta: metav1.ListMeta{Continue: next, RemainingItemCount: remaining}, Items: page}, nil
 }
 

@@ -6,6 +6,7 @@
 package deliverylog
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	v1 "github.com/herald-dev/herald/api/delivery/v1alpha1"
@@ -50,9 +52,25 @@ var ErrInvalidSelector = errors.New("invalid selector")
 // are filtered by the caller.
 type Selector struct {
 	EventID, Endpoint string
-	// Pending asks for the events not tried yet (Queued and Sending) too;
-	// they cost a walk over the stream's pending range.
-	Pending bool
+	// Phase, when set, is the one phase wanted: the log entries of other
+	// phases are dropped before they are decoded, and the walk over the
+	// stream's pending range (Queued, Sending) is left out unless it is
+	// one of those.
+	Phase v1.Phase
+}
+
+// pending reports whether the selection wants the events not tried yet.
+func (s Selector) pending() bool {
+	return s.Phase == "" || s.Phase == v1.PhaseQueued || s.Phase == v1.PhaseSending
+}
+
+// outcomes are the log's outcomes by the phase they show as, and their
+// JSON, which an entry of that phase must hold.
+var outcomes = map[v1.Phase][]byte{
+	v1.PhaseSent:       []byte(`"outcome":"` + dispatcher.OutcomeDelivered + `"`),
+	v1.PhaseRetrying:   []byte(`"outcome":"` + dispatcher.OutcomeRetrying + `"`),
+	v1.PhaseFailed:     []byte(`"outcome":"` + dispatcher.OutcomeDead + `"`),
+	v1.PhaseSuperseded: []byte(`"outcome":"` + dispatcher.OutcomeSuperseded + `"`),
 }
 
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
@@ -89,23 +107,35 @@ func (r *Reader) Namespaces(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
-// Deliveries are the latest states of the deliveries of a namespace that
-// sel selects, in no order. The log gives one entry per event and
-// endpoint (its last); with sel.Pending, the events not tried yet follow
-// from the stream.
-func (r *Reader) Deliveries(ctx context.Context, namespace string, sel Selector) ([]v1.WebhookDelivery, error) {
+// Deliveries calls each with the latest state of every delivery of a
+// namespace that sel selects, in no order, and keeps none of them: the
+// caller keeps what it needs (a page), so memory follows the page, not
+// the log. The log gives one entry per event and endpoint (its last); the
+// events not tried yet follow from the stream.
+func (r *Reader) Deliveries(ctx context.Context, namespace string, sel Selector, each func(*v1.WebhookDelivery)) error {
 	if err := sel.Check(); err != nil {
-		return nil, err
+		return err
 	}
 	filter := streams.AttemptsPrefix + "." + namespace + ".>"
 	if sel.EventID != "" || sel.Endpoint != "" {
 		filter = streams.AttemptSubject(namespace, orAny(sel.Endpoint), orAny(sel.EventID))
 	}
-	var out []v1.WebhookDelivery
 	seen := map[string]bool{}
 	err := scan(ctx, r.JS, streams.AttemptsStream(namespace), jetstream.ConsumerConfig{
 		FilterSubject: filter, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy,
 	}, 0, func(m jetstream.Msg) error {
+		// Most of a big log is not what a selected phase wants: the
+		// subject names the delivery, and the outcome's bytes rule an
+		// entry out, both without decoding it (the dispatcher's encoder
+		// writes no spaces).
+		if sel.pending() {
+			toks := strings.Split(m.Subject(), ".")
+			seen[Name(toks[len(toks)-1], toks[len(toks)-2])] = true
+		}
+		want, logged := outcomes[sel.Phase]
+		if sel.Phase != "" && (!logged || !bytes.Contains(m.Data(), want)) {
+			return nil
+		}
 		var a dispatcher.Attempt
 		if err := json.Unmarshal(m.Data(), &a); err != nil {
 			return nil // not the dispatcher's: nothing to show
@@ -114,22 +144,19 @@ func (r *Reader) Deliveries(ctx context.Context, namespace string, sel Selector)
 		if err != nil {
 			return err
 		}
-		d := fromAttempt(namespace, &a, md.Sequence.Stream)
-		seen[d.Name] = true
-		out = append(out, d)
+		if d := fromAttempt(namespace, &a, md.Sequence.Stream); sel.Phase == "" || d.Status.Phase == sel.Phase {
+			each(&d)
+		}
 		return nil
 	})
-	if err != nil {
-		return nil, err
+	if err != nil || !sel.pending() {
+		return err
 	}
-	if sel.Pending {
-		pending, err := r.pending(ctx, namespace, sel, seen)
-		if err != nil {
-			return nil, err
+	return r.pending(ctx, namespace, sel, seen, func(d *v1.WebhookDelivery) {
+		if sel.Phase == "" || d.Status.Phase == sel.Phase {
+			each(d)
 		}
-		out = append(out, pending...)
-	}
-	return out, nil
+	})
 }
 
 // Changed is when a delivery last changed: its latest attempt, or while
@@ -167,12 +194,9 @@ func (r *Reader) Delivery(ctx context.Context, namespace, eventID, endpoint stri
 		return nil, err
 	}
 	if len(hist) == 0 {
-		sel.Pending = true
-		pending, err := r.pending(ctx, namespace, sel, nil)
-		if err != nil || len(pending) == 0 {
-			return nil, err
-		}
-		return &pending[0], nil
+		var found *v1.WebhookDelivery
+		err := r.pending(ctx, namespace, sel, nil, func(d *v1.WebhookDelivery) { found = d })
+		return found, err
 	}
 	// The last entry's sequence is the object's version, as in a list.
 	var seq uint64
@@ -195,34 +219,35 @@ func (r *Reader) Delivery(ctx context.Context, namespace, eventID, endpoint stri
 // deliveries read by Deliveries, which reads only each one's last entry:
 // one direct get each, so callers do it for a page, not for a whole list.
 func (r *Reader) FillFirstAttempts(ctx context.Context, ds []v1.WebhookDelivery) error {
-	streamsByNS := map[string]jetstream.Stream{}
+	g, ctx := errgroup.WithContext(ctx)
+	// Direct gets are round trips: a few at a time keep a page's short.
+	g.SetLimit(16)
 	for i := range ds {
 		d := &ds[i]
 		if d.Status.LastAttemptTime == nil {
 			continue
 		}
-		s, ok := streamsByNS[d.Namespace]
-		if !ok {
-			var err error
-			if s, err = r.JS.Stream(ctx, streams.AttemptsStream(d.Namespace)); err != nil {
+		g.Go(func() error {
+			s, err := r.JS.Stream(ctx, streams.AttemptsStream(d.Namespace))
+			if err != nil {
 				return fmt.Errorf("opening delivery log %s: %w", streams.AttemptsStream(d.Namespace), err)
 			}
-			streamsByNS[d.Namespace] = s
-		}
-		m, err := s.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(streams.AttemptSubject(d.Namespace, d.Spec.Endpoint, d.Spec.EventID)))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("reading the first attempt of %s: %w", d.Name, err)
-		}
-		var a dispatcher.Attempt
-		if json.Unmarshal(m.Data, &a) == nil {
-			t := metav1.NewTime(a.Time)
-			d.Status.FirstAttemptTime, d.CreationTimestamp = &t, t
-		}
+			m, err := s.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(streams.AttemptSubject(d.Namespace, d.Spec.Endpoint, d.Spec.EventID)))
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("reading the first attempt of %s: %w", d.Name, err)
+			}
+			var a dispatcher.Attempt
+			if json.Unmarshal(m.Data, &a) == nil {
+				t := metav1.NewTime(a.Time)
+				d.Status.FirstAttemptTime, d.CreationTimestamp = &t, t
+			}
+			return nil
+		})
 	}
-	return nil
+	return g.Wait()
 }
 
 func phaseOf(outcome string) v1.Phase {
@@ -281,13 +306,13 @@ func apiAttempt(a *dispatcher.Attempt) v1.Attempt {
 // Sending when the consumer has handed them to the dispatcher, Queued when
 // not yet. It reads headers only, from the lowest ack floor on, at most
 // MaxPending events.
-func (r *Reader) pending(ctx context.Context, namespace string, sel Selector, seen map[string]bool) ([]v1.WebhookDelivery, error) {
+func (r *Reader) pending(ctx context.Context, namespace string, sel Selector, seen map[string]bool, each func(*v1.WebhookDelivery)) error {
 	stream, err := r.JS.Stream(ctx, events.StreamName(namespace))
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return nil, nil
+		return nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("opening stream %s: %w", events.StreamName(namespace), err)
+		return fmt.Errorf("opening stream %s: %w", events.StreamName(namespace), err)
 	}
 	type endpoint struct {
 		name               string
@@ -309,10 +334,10 @@ func (r *Reader) pending(ctx context.Context, namespace string, sel Selector, se
 	if sel.Endpoint != "" {
 		c, err := stream.Consumer(ctx, streams.ConsumerName(namespace, sel.Endpoint))
 		if errors.Is(err, jetstream.ErrConsumerNotFound) {
-			return nil, nil
+			return nil
 		}
 		if err != nil {
-			return nil, fmt.Errorf("reading consumer of endpoint %s: %w", sel.Endpoint, err)
+			return fmt.Errorf("reading consumer of endpoint %s: %w", sel.Endpoint, err)
 		}
 		add(c.CachedInfo())
 	} else {
@@ -321,18 +346,17 @@ func (r *Reader) pending(ctx context.Context, namespace string, sel Selector, se
 			add(info)
 		}
 		if err := lister.Err(); err != nil {
-			return nil, fmt.Errorf("listing the endpoints' consumers: %w", err)
+			return fmt.Errorf("listing the endpoints' consumers: %w", err)
 		}
 	}
 	if len(eps) == 0 {
-		return nil, nil
+		return nil
 	}
 	from := eps[0].ackFloor
 	for _, e := range eps {
 		from = min(from, e.ackFloor)
 	}
-	var out []v1.WebhookDelivery
-	err = scan(ctx, r.JS, events.StreamName(namespace), jetstream.ConsumerConfig{
+	return scan(ctx, r.JS, events.StreamName(namespace), jetstream.ConsumerConfig{
 		FilterSubject: events.NamespaceSubjects(namespace), DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq: from + 1, HeadersOnly: true,
 	}, cmp.Or(r.MaxPending, DefaultMaxPending), func(m jetstream.Msg) error {
@@ -357,7 +381,7 @@ func (r *Reader) pending(ctx context.Context, namespace string, sel Selector, se
 			if seq <= e.handedTo {
 				phase = v1.PhaseSending
 			}
-			out = append(out, v1.WebhookDelivery{
+			each(&v1.WebhookDelivery{
 				ObjectMeta: metav1.ObjectMeta{
 					Name: name, Namespace: namespace, ResourceVersion: strconv.FormatUint(seq, 10),
 					CreationTimestamp: metav1.NewTime(md.Timestamp),
@@ -371,7 +395,6 @@ func (r *Reader) pending(ctx context.Context, namespace string, sel Selector, se
 		}
 		return nil
 	})
-	return out, err
 }
 
 // scan reads what cfg selects from stream through a short-lived consumer

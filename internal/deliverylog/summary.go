@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -17,7 +18,12 @@ import (
 // Summary counts a namespace's retrying and failed deliveries by endpoint
 // and by last status code, from one walk over the log's latest entries.
 func (r *Reader) Summary(ctx context.Context, namespace string) (*v1.DeliverySummary, error) {
-	ds, err := r.Deliveries(ctx, namespace, Selector{})
+	var ds []v1.WebhookDelivery
+	err := r.Deliveries(ctx, namespace, Selector{}, func(d *v1.WebhookDelivery) {
+		if p := d.Status.Phase; p == v1.PhaseRetrying || p == v1.PhaseFailed {
+			ds = append(ds, *d)
+		}
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -34,26 +40,29 @@ func (r *Reader) Summary(ctx context.Context, namespace string) (*v1.DeliverySum
 	return &s, nil
 }
 
-// Summarize counts the retrying and failed deliveries of ds.
+// Summarize counts the retrying and failed deliveries of ds, in any
+// order; the summary's creation time is the latest failure's.
 func Summarize(namespace string, ds []v1.WebhookDelivery) v1.DeliverySummary {
 	s := v1.DeliverySummary{ObjectMeta: metav1.ObjectMeta{Name: v1.SummaryName, Namespace: namespace}}
 	byEndpoint := map[string]*v1.EndpointSummary{}
-	var latest *metav1.Time
-	// ds is newest first, so the first failure seen of an endpoint is its
-	// latest.
+	latest := map[string]time.Time{} // of each endpoint's failures
 	for i := range ds {
 		d := &ds[i]
 		failed := d.Status.Phase == v1.PhaseFailed
 		if !failed && d.Status.Phase != v1.PhaseRetrying {
 			continue
 		}
-		if latest == nil {
-			latest = d.Status.LastAttemptTime
+		at := Changed(*d)
+		if at.After(s.CreationTimestamp.Time) {
+			s.CreationTimestamp = metav1.NewTime(at)
 		}
 		e := byEndpoint[d.Spec.Endpoint]
 		if e == nil {
-			e = &v1.EndpointSummary{Endpoint: d.Spec.Endpoint, LastError: d.Status.LastError}
+			e = &v1.EndpointSummary{Endpoint: d.Spec.Endpoint}
 			byEndpoint[d.Spec.Endpoint] = e
+		}
+		if !at.Before(latest[e.Endpoint]) {
+			latest[e.Endpoint], e.LastError = at, d.Status.LastError
 		}
 		if failed {
 			s.Status.Failed++
@@ -67,9 +76,6 @@ func Summarize(namespace string, ds []v1.WebhookDelivery) v1.DeliverySummary {
 		}
 		s.Status.Codes = count(s.Status.Codes, d.Status.LastStatusCode, failed)
 		e.Codes = count(e.Codes, d.Status.LastStatusCode, failed)
-	}
-	if latest != nil {
-		s.CreationTimestamp = *latest
 	}
 	for _, e := range byEndpoint {
 		sortCodes(e.Codes)

@@ -18,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	dv1 "github.com/herald-dev/herald/api/delivery/v1alpha1"
 	v1 "github.com/herald-dev/herald/api/v1alpha1"
 	"github.com/herald-dev/herald/internal/deliverylog"
 	"github.com/herald-dev/herald/internal/dispatcher"
@@ -268,10 +269,10 @@ var _ = Describe("NATS identity per namespace", Ordered, func() {
 		reader := &deliverylog.Reader{JS: c.js}
 		Expect(reader.Namespaces(ctx)).To(ContainElements(a.ns, b.ns))
 		Eventually(func(g Gomega) {
-			ds, err := reader.Deliveries(ctx, b.ns, deliverylog.Selector{EventID: "evt_read", Pending: true})
-			g.Expect(err).NotTo(HaveOccurred())
+			var ds []dv1.WebhookDelivery
+			g.Expect(reader.Deliveries(ctx, b.ns, deliverylog.Selector{EventID: "evt_read"}, func(d *dv1.WebhookDelivery) { ds = append(ds, *d) })).To(Succeed())
 			g.Expect(ds).To(HaveLen(1))
-			g.Expect(ds[0].Status.Phase).To(BeEquivalentTo("Sent"))
+			g.Expect(ds[0].Status.Phase).To(Equal(dv1.PhaseSent))
 		}).Should(Succeed())
 		for _, attack := range []natsauthtest.Attack{
 			{Kind: "publish", Subject: events.Subject(b.ns, "plan.changed")},

@@ -223,8 +223,8 @@ type EndpointSummary struct {
 	Failed   int32  `json:"failed"`
 	// Codes counts the endpoint's by last status code, most first.
 	Codes []CodeCount `json:"codes,omitempty"`
-	// OldestRetrying is the first attempt time of its oldest retrying
-	// delivery.
+	// OldestRetrying is the earliest last attempt among its retrying
+	// deliveries: how long the most stuck one has waited.
 	OldestRetrying *metav1.Time `json:"oldestRetrying,omitempty"`
 	// LastError is the error of its latest failure.
 	LastError string `json:"lastError,omitempty"`
