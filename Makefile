@@ -92,6 +92,10 @@ test: verify-generated verify-tidy vet lint envtest ## Run the unit and integrat
 bench: ## Run the delivery benchmark (deliveries/s and latency vs a raw HTTP client).
 	go test ./internal/dispatcher/ -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m
 
+.PHONY: bench-delivery-api
+bench-delivery-api: build envtest ## Measure the delivery API behind a real kube-apiserver over 10,000 to 100,000 log entries.
+	KUBEBUILDER_ASSETS=$(BIN)/k8s/$(K8S_VERSION) go run ./hack/bench-deliveryapi --herald $(BIN)/herald --attempts 10000,30000,100000
+
 ##@ E2E cluster
 
 # The cluster's unix sockets live under CLUSTER_DIR, and socket paths are
