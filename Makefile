@@ -35,7 +35,7 @@ manifests: ## Generate the CRDs and RBAC from the API types and markers.
 
 .PHONY: generate
 generate: ## Generate deepcopy code and the delivery API's OpenAPI definitions.
-	$(CONTROLLER_GEN) object:headerFile="hack/boilerplate.go.txt" paths="./..."
+	$(CONTROLLER_GEN) object:headerFile="hack/boilerplate.go.txt" paths="./api/..."
 	$(OPENAPI_GEN) --output-dir internal/apiserver/openapi --output-pkg github.com/herald-dev/herald/internal/apiserver/openapi \
 		--output-file zz_generated.openapi.go --output-model-name-file zz_generated.model_name.go \
 		--go-header-file hack/boilerplate.go.txt --report-filename /dev/null \

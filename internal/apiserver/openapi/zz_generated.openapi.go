@@ -678,7 +678,7 @@ func schema_herald_api_delivery_v1alpha1_EndpointSummary(ref common.ReferenceCal
 					},
 					"oldestRetrying": {
 						SchemaProps: spec.SchemaProps{
-							Description: "OldestRetrying is the first attempt time of its oldest retrying delivery.",
+							Description: "OldestRetrying is the earliest last attempt among its retrying deliveries: how long the most stuck one has waited.",
 							Ref:         ref(v1.Time{}.OpenAPIModelName()),
 						},
 					},
