@@ -39,10 +39,11 @@ func logAttempts(ctx context.Context, as ...dispatcher.Attempt) {
 	}
 }
 
-func retrying(ns, endpoint, id string, attempt int, at time.Time) dispatcher.Attempt {
+// retrying is a log entry of a retrying delivery to crm.
+func retrying(ns, id string, attempt int, at time.Time) dispatcher.Attempt {
 	next := at.Add(time.Hour)
 	return dispatcher.Attempt{
-		EventID: id, Namespace: ns, Endpoint: endpoint, Type: "plan.changed", Sequence: 1, Attempt: attempt, Time: at,
+		EventID: id, Namespace: ns, Endpoint: "crm", Type: "plan.changed", Sequence: 1, Attempt: attempt, Time: at,
 		Outcome: dispatcher.OutcomeRetrying, StatusCode: 401, Reason: "HTTP401", Error: "HTTP 401", NextAttempt: &next,
 	}
 }
@@ -55,7 +56,7 @@ func kubectl(ctx context.Context, kubeconfig string, args ...string) (string, er
 var _ = Describe("the delivery API behind kube-apiserver", func() {
 	It("shows a tenant with view in A its deliveries and refuses it B's", func(ctx SpecContext) {
 		now := time.Now()
-		logAttempts(ctx, retrying("rbac-a", "crm", "evt_a1", 1, now), retrying("rbac-b", "crm", "evt_b1", 1, now))
+		logAttempts(ctx, retrying("rbac-a", "evt_a1", 1, now), retrying("rbac-b", "evt_b1", 1, now))
 		aliceCfg, _ := viewer(ctx, "alice", "rbac-a")
 		ensureNamespace(ctx, "rbac-b")
 		alice, err := delivery.NewForConfig(aliceCfg)
@@ -76,7 +77,7 @@ var _ = Describe("the delivery API behind kube-apiserver", func() {
 	})
 
 	It("checks authorization itself, not only behind kube-apiserver", func(ctx SpecContext) {
-		logAttempts(ctx, retrying("direct-b", "crm", "evt_d1", 1, time.Now()))
+		logAttempts(ctx, retrying("direct-b", "evt_d1", 1, time.Now()))
 		viewer(ctx, "mallory", "direct-a")
 		// The front proxy's own certificate, with a user kube-apiserver
 		// never vouched for in B: only herald's SubjectAccessReview stops it.
@@ -138,7 +139,7 @@ var _ = Describe("the delivery API behind kube-apiserver", func() {
 	It("prints the support row in kubectl, with field selectors and pages", func(ctx SpecContext) {
 		now := time.Now()
 		for i := range 25 {
-			logAttempts(ctx, retrying("table", "crm", fmt.Sprintf("evt_%02d", i), 2, now.Add(time.Duration(i-30)*time.Second)))
+			logAttempts(ctx, retrying("table", fmt.Sprintf("evt_%02d", i), 2, now.Add(time.Duration(i-30)*time.Second)))
 		}
 		logAttempts(ctx, dispatcher.Attempt{EventID: "evt_ok", Namespace: "table", Endpoint: "billing", Type: "plan.changed", Attempt: 1,
 			Time: now, Outcome: dispatcher.OutcomeDelivered, StatusCode: 200})
@@ -166,7 +167,7 @@ var _ = Describe("the delivery API behind kube-apiserver", func() {
 		Expect(out).To(ContainSubstring("eventID"))
 
 		By("paging through the retrying ones, 10 at a time")
-		c, err := delivery.NewForConfig(mustConfig(ctx, "carol"))
+		c, err := delivery.NewForConfig(mustConfig("carol"))
 		Expect(err).NotTo(HaveOccurred())
 		var seen []string
 		opts := metav1.ListOptions{FieldSelector: "phase=Retrying", Limit: 10}
@@ -192,7 +193,7 @@ var _ = Describe("the delivery API behind kube-apiserver", func() {
 })
 
 // mustConfig is the rest config of a user viewer already made.
-func mustConfig(ctx context.Context, name string) *rest.Config {
+func mustConfig(name string) *rest.Config {
 	GinkgoHelper()
 	u, err := env.AddUser(envtest.User{Name: name}, cfg)
 	Expect(err).NotTo(HaveOccurred())

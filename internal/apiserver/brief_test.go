@@ -98,7 +98,7 @@ var _ = Describe("the brief's example: billing answers, the CRM times out", Orde
 			routed{ep: endpointTo(ns, "crm", crm.URL, 3*time.Second)},
 			routed{ep: endpointTo(ns, "legacy", gone.URL, time.Second), types: []string{"plan.cancelled"}},
 		)
-		var cfg = mustConfig(ctx, "support")
+		var cfg = mustConfig("support")
 		_, kc = viewer(ctx, "support", ns)
 		var err error
 		c, err = delivery.NewForConfig(cfg)

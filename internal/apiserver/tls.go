@@ -76,7 +76,7 @@ func (t ServingTLS) Ensure(ctx context.Context) (certPEM, keyPEM []byte, err err
 		}
 		return s.Data[corev1.TLSCertKey], s.Data[corev1.TLSPrivateKeyKey], nil
 	}
-	return nil, nil, fmt.Errorf("Secret %s/%s keeps changing under this server", t.Namespace, t.Secret)
+	return nil, nil, fmt.Errorf("the Secret %s/%s keeps changing under this server", t.Namespace, t.Secret)
 }
 
 func (t ServingTLS) fill(s *corev1.Secret) error {
