@@ -91,7 +91,7 @@ func runManager(ctx context.Context, args []string) error {
 	fs.BoolVar(&f.dispatcherNATSTokenAuth, "dispatcher-nats-token-auth", true, "give each dispatcher pod a projected ServiceAccount token (audience --nats-audience) as its NATS identity, which NATS's auth callout checks; a NATS without auth ignores it")
 	fs.BoolVar(&f.dispatcherNetworkPolicy, "dispatcher-network-policy", true, "give the dispatcher pods a NetworkPolicy (DNS, NATS, the API server, the internet; no private ranges but --egress-allow) as a second layer behind the egress guard; it needs a CNI that enforces policies")
 	fs.StringVar(&f.natsKeysDir, "nats-keys-dir", os.Getenv("NATS_KEYS_DIR"), "directory of Herald's NATS keys (herald nats-keys writes them): the manager connects as the auth callout's user, serves the callout, giving each ServiceAccount token a user of its namespace's own account, and pushes those accounts to NATS (env NATS_KEYS_DIR)")
-	fs.StringVar(&f.natsReaders, "nats-readers", "herald-system/herald-apiserver", "comma-separated ServiceAccounts (namespace/name) that read every namespace's delivery log through NATS: the delivery API server's")
+	fs.StringVar(&f.natsReaders, "nats-readers", defaultReaders(), "comma-separated ServiceAccounts (namespace/name) that read every namespace's delivery log through NATS: the delivery API server's (default: herald-apiserver in the manager's namespace, env POD_NAMESPACE)")
 	fs.StringVar(&f.natsAudience, "nats-audience", natsauth.DefaultAudience, "audience of the ServiceAccount tokens NATS accepts (and the dispatchers' projected tokens carry)")
 	f.egress = egressFlags(fs)
 	fs.StringVar(&f.watchNamespaces, "watch-namespaces", "", "comma-separated namespaces to reconcile; empty means all")
@@ -348,4 +348,13 @@ func natsServiceOf(urls string) (namespace string, port int32) {
 		namespace = labels[1]
 	}
 	return namespace, port
+}
+
+// defaultReaders is the delivery API server's ServiceAccount beside the
+// manager: in its own namespace, never in one a tenant could create.
+func defaultReaders() string {
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		return ns + "/herald-apiserver"
+	}
+	return ""
 }

@@ -139,7 +139,9 @@ func run(ctx context.Context, bin string, natsPort int, receiverAddr string, api
 			"--tls-secret=herald-apiserver-tls", "--namespace=herald-system",
 			"--nats-url="+natsURL, "--nats-token-file="+apiToken),
 	}
-	procs[1].Env = append(os.Environ(), "KUBECONFIG="+kcPath)
+	// As in a cluster: the manager runs in herald-system, beside the
+	// delivery API server's ServiceAccount (--nats-readers).
+	procs[1].Env = append(os.Environ(), "KUBECONFIG="+kcPath, "POD_NAMESPACE=herald-system")
 	procs[3].Env = append(os.Environ(), "KUBECONFIG="+apiKubeconfig)
 	// Secrets stay off the command line, where every user can read them.
 	procs[2].Env = append(os.Environ(), "HERALD_RECEIVER_SECRET="+strings.Join(sampleSecrets(), ","))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metainternalversion "k8s.io/apimachinery/pkg/apis/meta/internalversion"
@@ -11,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/validation"
 	genericapirequest "k8s.io/apiserver/pkg/endpoints/request"
 	"k8s.io/apiserver/pkg/registry/rest"
 
@@ -44,10 +46,20 @@ func (base) Categories() []string  { return []string{"herald"} }
 // delivery log for a request across all of them.
 func (b base) namespaces(ctx context.Context) ([]string, error) {
 	if ns := genericapirequest.NamespaceValue(ctx); ns != "" {
-		return []string{ns}, nil
+		return []string{ns}, checkNamespace(ns)
 	}
 	ns, err := b.r.Namespaces(ctx)
 	return ns, unavailable(err)
+}
+
+// checkNamespace refuses a namespace that is not a DNS label: it becomes
+// part of NATS stream names and subjects, so it must never hold a dot or a
+// wildcard, whatever reaches this server.
+func checkNamespace(ns string) error {
+	if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
+		return apierrors.NewBadRequest(fmt.Sprintf("namespace %q: %s", ns, strings.Join(errs, "; ")))
+	}
+	return nil
 }
 
 // unavailable turns a failed read into what a client should see: a bad
@@ -120,7 +132,11 @@ func (s deliveries) Get(ctx context.Context, name string, _ *metav1.GetOptions) 
 	if !ok {
 		return nil, notFound("webhookdeliveries", name)
 	}
-	d, err := s.r.Delivery(ctx, genericapirequest.NamespaceValue(ctx), sel.EventID, sel.Endpoint)
+	ns := genericapirequest.NamespaceValue(ctx)
+	if err := checkNamespace(ns); err != nil {
+		return nil, err
+	}
+	d, err := s.r.Delivery(ctx, ns, sel.EventID, sel.Endpoint)
 	if err != nil {
 		return nil, unavailable(err)
 	}
@@ -181,7 +197,11 @@ func (s deadLetters) Get(ctx context.Context, name string, _ *metav1.GetOptions)
 	if !ok {
 		return nil, notFound("deadletters", name)
 	}
-	d, err := s.r.DeadLetter(ctx, genericapirequest.NamespaceValue(ctx), sel.EventID, sel.Endpoint)
+	ns := genericapirequest.NamespaceValue(ctx)
+	if err := checkNamespace(ns); err != nil {
+		return nil, err
+	}
+	d, err := s.r.DeadLetter(ctx, ns, sel.EventID, sel.Endpoint)
 	if err != nil {
 		return nil, unavailable(err)
 	}
@@ -237,7 +257,11 @@ func (s summaries) Get(ctx context.Context, name string, _ *metav1.GetOptions) (
 	if name != v1.SummaryName {
 		return nil, notFound("deliverysummaries", name)
 	}
-	sum, err := s.r.Summary(ctx, genericapirequest.NamespaceValue(ctx))
+	ns := genericapirequest.NamespaceValue(ctx)
+	if err := checkNamespace(ns); err != nil {
+		return nil, err
+	}
+	sum, err := s.r.Summary(ctx, ns)
 	return sum, unavailable(err)
 }
 

@@ -27,7 +27,10 @@ import (
 // insecureSkipTLSVerify. The certificate (from client-go's certutil: a
 // CA of its own and a serving certificate for the Service's names, one
 // year) is made by the first replica that finds none, and again by the
-// first to start within renewBefore of its expiry.
+// first to start within renewBefore of its expiry; the caBundle then
+// holds the new CA and the previous one, so replicas not restarted yet
+// are still trusted. A replica reads the certificate when it starts, so
+// the Deployment must restart within the renewal window (90 days).
 type ServingTLS struct {
 	Core    kubernetes.Interface
 	Dynamic dynamic.Interface
@@ -62,8 +65,14 @@ func (t ServingTLS) Ensure(ctx context.Context) (certPEM, keyPEM []byte, err err
 		case err != nil:
 			return nil, nil, fmt.Errorf("reading Secret %s/%s: %w", t.Namespace, t.Secret, err)
 		case !fresh(s.Data[corev1.TLSCertKey]):
+			previous := s.Data["ca.crt"]
 			if err := t.fill(s); err != nil {
 				return nil, nil, err
+			}
+			// Replicas still serving the old certificate stay trusted
+			// until they restart: the bundle keeps the previous CA.
+			if b, _ := pem.Decode(previous); b != nil {
+				s.Data["ca.crt"] = append(s.Data["ca.crt"], pem.EncodeToMemory(b)...)
 			}
 			if _, err := secrets.Update(ctx, s, metav1.UpdateOptions{}); apierrors.IsConflict(err) {
 				continue

@@ -57,11 +57,13 @@ type Selector struct {
 	// stream's pending range (Queued, Sending) is left out unless it is
 	// one of those.
 	Phase v1.Phase
+	// LogOnly leaves out the events not tried yet, whatever the phase.
+	LogOnly bool
 }
 
 // pending reports whether the selection wants the events not tried yet.
 func (s Selector) pending() bool {
-	return s.Phase == "" || s.Phase == v1.PhaseQueued || s.Phase == v1.PhaseSending
+	return !s.LogOnly && (s.Phase == "" || s.Phase == v1.PhaseQueued || s.Phase == v1.PhaseSending)
 }
 
 // outcomes are the log's outcomes by the phase they show as, and their
@@ -219,6 +221,16 @@ func (r *Reader) Delivery(ctx context.Context, namespace, eventID, endpoint stri
 // deliveries read by Deliveries, which reads only each one's last entry:
 // one direct get each, so callers do it for a page, not for a whole list.
 func (r *Reader) FillFirstAttempts(ctx context.Context, ds []v1.WebhookDelivery) error {
+	logs := map[string]jetstream.Stream{}
+	for _, d := range ds {
+		if _, ok := logs[d.Namespace]; !ok && d.Status.LastAttemptTime != nil {
+			s, err := r.JS.Stream(ctx, streams.AttemptsStream(d.Namespace))
+			if err != nil {
+				return fmt.Errorf("opening delivery log %s: %w", streams.AttemptsStream(d.Namespace), err)
+			}
+			logs[d.Namespace] = s
+		}
+	}
 	g, ctx := errgroup.WithContext(ctx)
 	// Direct gets are round trips: a few at a time keep a page's short.
 	g.SetLimit(16)
@@ -228,11 +240,7 @@ func (r *Reader) FillFirstAttempts(ctx context.Context, ds []v1.WebhookDelivery)
 			continue
 		}
 		g.Go(func() error {
-			s, err := r.JS.Stream(ctx, streams.AttemptsStream(d.Namespace))
-			if err != nil {
-				return fmt.Errorf("opening delivery log %s: %w", streams.AttemptsStream(d.Namespace), err)
-			}
-			m, err := s.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(streams.AttemptSubject(d.Namespace, d.Spec.Endpoint, d.Spec.EventID)))
+			m, err := logs[d.Namespace].GetMsg(ctx, 1, jetstream.WithGetMsgSubject(streams.AttemptSubject(d.Namespace, d.Spec.Endpoint, d.Spec.EventID)))
 			if errors.Is(err, jetstream.ErrMsgNotFound) {
 				return nil
 			}
@@ -406,6 +414,18 @@ func scan(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstr
 	cfg.MemoryStorage = true
 	// A reader that dies mid-scan leaves nothing for long.
 	cfg.InactiveThreshold = 30 * time.Second
+	// What the walk is about is what the stream holds now: a message
+	// stored after it starts (or, for last per subject, one the server
+	// reaches after entries it counted aged out) is left out, so no
+	// subject comes twice.
+	info, err := js.Stream(ctx, stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", stream, err)
+	}
+	last := info.CachedInfo().State.LastSeq
 	c, err := js.CreateConsumer(ctx, stream, cfg)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return nil
@@ -427,9 +447,13 @@ func scan(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstr
 		if err != nil {
 			return fmt.Errorf("reading %s: %w", stream, err)
 		}
-		n := 0
+		n, done := 0, false
 		for m := range batch.Messages() {
 			n++
+			if md, err := m.Metadata(); err == nil && md.Sequence.Stream > last {
+				done = true
+				continue
+			}
 			if err := each(m); err != nil {
 				return err
 			}
@@ -437,8 +461,9 @@ func scan(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstr
 		if err := batch.Error(); err != nil {
 			return fmt.Errorf("reading %s: %w", stream, err)
 		}
-		if n == 0 {
-			// Aged out or removed since the consumer counted them.
+		if n == 0 || done {
+			// Aged out or removed since the consumer counted them, or
+			// past what the stream held when the walk began.
 			break
 		}
 		pending -= n

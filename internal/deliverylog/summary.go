@@ -19,7 +19,7 @@ import (
 // and by last status code, from one walk over the log's latest entries.
 func (r *Reader) Summary(ctx context.Context, namespace string) (*v1.DeliverySummary, error) {
 	var ds []v1.WebhookDelivery
-	err := r.Deliveries(ctx, namespace, Selector{}, func(d *v1.WebhookDelivery) {
+	err := r.Deliveries(ctx, namespace, Selector{LogOnly: true}, func(d *v1.WebhookDelivery) {
 		if p := d.Status.Phase; p == v1.PhaseRetrying || p == v1.PhaseFailed {
 			ds = append(ds, *d)
 		}

@@ -142,11 +142,13 @@ func TokenReaderInbox(token string) (inbox, namespace string, err error) {
 // ReaderPermissions are a cluster-wide reader's, a user of Herald's own
 // account, where every namespace's streams live: stream and consumer
 // info, direct gets, and short-lived consumers that ack nothing to walk a
-// stream. It can publish to no stream and ack nothing, so it can neither
-// add an event, a log entry or a dead letter nor take one away. NATS
-// cannot tell a reader's consumer from an endpoint's by name, so it can
-// create and delete consumers on Herald's streams: the identity is for
-// Herald's own API server, in Herald's namespace, not for tenants.
+// stream. It publishes to no stream and acks nothing itself. NATS
+// permissions cannot look inside a consumer's config, though: a consumer
+// it creates could name a deliver subject (an ack subject, a log
+// subject) that the server then publishes to, and it may delete
+// consumers. So this identity is as trusted as Herald's other own
+// components: it is for the delivery API server's ServiceAccount in
+// Herald's namespace, never for tenants.
 func ReaderPermissions(inbox string) jwt.Permissions {
 	var p jwt.Permissions
 	p.Sub.Allow.Add(inbox + ".>")

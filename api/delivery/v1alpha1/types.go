@@ -41,7 +41,8 @@ const (
 // +kubebuilder:object:root=true
 type WebhookDelivery struct {
 	metav1.TypeMeta `json:",inline"`
-	// metadata.creationTimestamp is when the event was published;
+	// metadata.creationTimestamp is the first attempt's time, or while
+	// Queued or Sending, when the event was stored;
 	// metadata.resourceVersion is the sequence of the delivery log entry
 	// (or, while Queued or Sending, of the event) it was read from.
 	metav1.ObjectMeta `json:"metadata,omitempty"`
