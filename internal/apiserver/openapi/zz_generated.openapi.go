@@ -721,7 +721,7 @@ func schema_herald_api_delivery_v1alpha1_WebhookDelivery(ref common.ReferenceCal
 					},
 					"metadata": {
 						SchemaProps: spec.SchemaProps{
-							Description: "metadata.creationTimestamp is when the event was published; metadata.resourceVersion is the sequence of the delivery log entry (or, while Queued or Sending, of the event) it was read from.",
+							Description: "metadata.creationTimestamp is the first attempt's time, or while Queued or Sending, when the event was stored; metadata.resourceVersion is the sequence of the delivery log entry (or, while Queued or Sending, of the event) it was read from.",
 							Default:     map[string]interface{}{},
 							Ref:         ref(v1.ObjectMeta{}.OpenAPIModelName()),
 						},
