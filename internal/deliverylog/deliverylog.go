@@ -309,11 +309,18 @@ func apiAttempt(a *dispatcher.Attempt) v1.Attempt {
 	return out
 }
 
+// endpoint is what the pending walk knows of one endpoint's consumer.
+type endpoint struct {
+	name               string
+	filters            []string
+	ackFloor, handedTo uint64
+}
+
 // pending are the events in the stream beyond an endpoint's ack floor
 // that its filter matches and the log has no entry of (seen, by name):
 // Sending when the consumer has handed them to the dispatcher, Queued when
-// not yet. It reads headers only, from the lowest ack floor on, at most
-// MaxPending events.
+// not yet. It reads headers only: the MaxPending events after each
+// endpoint's ack floor.
 func (r *Reader) pending(ctx context.Context, namespace string, sel Selector, seen map[string]bool, each func(*v1.WebhookDelivery)) error {
 	stream, err := r.JS.Stream(ctx, events.StreamName(namespace))
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -321,11 +328,6 @@ func (r *Reader) pending(ctx context.Context, namespace string, sel Selector, se
 	}
 	if err != nil {
 		return fmt.Errorf("opening stream %s: %w", events.StreamName(namespace), err)
-	}
-	type endpoint struct {
-		name               string
-		filters            []string
-		ackFloor, handedTo uint64
 	}
 	var eps []endpoint
 	add := func(info *jetstream.ConsumerInfo) {
@@ -360,14 +362,47 @@ func (r *Reader) pending(ctx context.Context, namespace string, sel Selector, se
 	if len(eps) == 0 {
 		return nil
 	}
-	from := eps[0].ackFloor
+	// Each endpoint's window is the MaxPending events after its ack
+	// floor; overlapping windows are walked once, and one endpoint's deep
+	// backlog does not hide the others' newer events. The walks together
+	// read at most pendingWindows windows' worth.
+	perEndpoint := cmp.Or(r.MaxPending, DefaultMaxPending)
+	slices.SortFunc(eps, func(a, b endpoint) int { return cmp.Compare(a.ackFloor, b.ackFloor) })
+	var windows [][2]uint64 // first and last stream sequence
 	for _, e := range eps {
-		from = min(from, e.ackFloor)
+		from, to := e.ackFloor+1, e.ackFloor+uint64(perEndpoint)
+		if n := len(windows); n > 0 && from <= windows[n-1][1]+1 {
+			windows[n-1][1] = max(windows[n-1][1], to)
+			continue
+		}
+		windows = append(windows, [2]uint64{from, to})
 	}
+	budget := pendingWindows * perEndpoint
+	for _, w := range windows {
+		n := min(int(w[1]-w[0]+1), budget)
+		if n <= 0 {
+			break
+		}
+		budget -= n
+		if err := r.walkPending(ctx, namespace, sel, seen, eps, w[0], n, each); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// pendingWindows caps the pending walks of one read at this many
+// endpoints' windows.
+const pendingWindows = 5
+
+// walkPending reads n events' headers from sequence from on, and calls
+// each for those that an endpoint in eps has not acked, its filter
+// matches and the log has no entry of.
+func (r *Reader) walkPending(ctx context.Context, namespace string, sel Selector, seen map[string]bool, eps []endpoint, from uint64, n int, each func(*v1.WebhookDelivery)) error {
 	return scan(ctx, r.JS, events.StreamName(namespace), jetstream.ConsumerConfig{
 		FilterSubject: events.NamespaceSubjects(namespace), DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq: from + 1, HeadersOnly: true,
-	}, cmp.Or(r.MaxPending, DefaultMaxPending), func(m jetstream.Msg) error {
+		OptStartSeq: from, HeadersOnly: true,
+	}, n, func(m jetstream.Msg) error {
 		md, err := m.Metadata()
 		if err != nil {
 			return err
