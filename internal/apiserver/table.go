@@ -147,54 +147,40 @@ func summaryRow(s *v1.DeliverySummary) metav1.TableRow {
 	}
 }
 
-// table builds kubectl's table of one object or of a list's items.
-func table[T any](obj runtime.Object, columns []metav1.TableColumnDefinition, items func(runtime.Object) ([]T, bool), row func(*T) metav1.TableRow) (*metav1.Table, error) {
+// table builds kubectl's table of one T or of a list of them.
+func table[T any, PT interface {
+	*T
+	runtime.Object
+}](obj runtime.Object, columns []metav1.TableColumnDefinition, row func(*T) metav1.TableRow) (*metav1.Table, error) {
 	t := &metav1.Table{ColumnDefinitions: columns}
-	list, ok := items(obj)
-	if !ok {
-		return nil, fmt.Errorf("no table for %T", obj)
+	items := []runtime.Object{obj}
+	if meta.IsListType(obj) {
+		var err error
+		if items, err = meta.ExtractList(obj); err != nil {
+			return nil, err
+		}
+		if l, err := meta.ListAccessor(obj); err == nil {
+			t.ResourceVersion, t.Continue, t.RemainingItemCount = l.GetResourceVersion(), l.GetContinue(), l.GetRemainingItemCount()
+		}
 	}
-	for i := range list {
-		t.Rows = append(t.Rows, row(&list[i]))
-	}
-	if l, err := meta.ListAccessor(obj); err == nil {
-		t.ResourceVersion, t.Continue, t.RemainingItemCount = l.GetResourceVersion(), l.GetContinue(), l.GetRemainingItemCount()
+	for _, o := range items {
+		item, ok := o.(PT)
+		if !ok {
+			return nil, fmt.Errorf("no table for %T", o)
+		}
+		t.Rows = append(t.Rows, row(item))
 	}
 	return t, nil
 }
 
 func deliveryTable(obj runtime.Object) (*metav1.Table, error) {
-	return table(obj, deliveryColumns, func(o runtime.Object) ([]v1.WebhookDelivery, bool) {
-		switch o := o.(type) {
-		case *v1.WebhookDelivery:
-			return []v1.WebhookDelivery{*o}, true
-		case *v1.WebhookDeliveryList:
-			return o.Items, true
-		}
-		return nil, false
-	}, deliveryRow)
+	return table[v1.WebhookDelivery](obj, deliveryColumns, deliveryRow)
 }
 
 func deadLetterTable(obj runtime.Object) (*metav1.Table, error) {
-	return table(obj, deadLetterColumns, func(o runtime.Object) ([]v1.DeadLetter, bool) {
-		switch o := o.(type) {
-		case *v1.DeadLetter:
-			return []v1.DeadLetter{*o}, true
-		case *v1.DeadLetterList:
-			return o.Items, true
-		}
-		return nil, false
-	}, deadLetterRow)
+	return table[v1.DeadLetter](obj, deadLetterColumns, deadLetterRow)
 }
 
 func summaryTable(obj runtime.Object) (*metav1.Table, error) {
-	return table(obj, summaryColumns, func(o runtime.Object) ([]v1.DeliverySummary, bool) {
-		switch o := o.(type) {
-		case *v1.DeliverySummary:
-			return []v1.DeliverySummary{*o}, true
-		case *v1.DeliverySummaryList:
-			return o.Items, true
-		}
-		return nil, false
-	}, summaryRow)
+	return table[v1.DeliverySummary](obj, summaryColumns, summaryRow)
 }
