@@ -12,9 +12,9 @@ import (
 	"github.com/herald-dev/herald/pkg/events"
 )
 
-// namespaceStreams are a namespace's three streams and its two buckets'.
+// namespaceStreams are a namespace's four streams and its two buckets'.
 func namespaceStreams(ns string) []string {
-	return []string{events.StreamName(ns), streams.AttemptsStream(ns), streams.DeadLetterStream(ns),
+	return []string{events.StreamName(ns), streams.AttemptsStream(ns), streams.DeadLetterStream(ns), streams.ReplayStream(ns),
 		streams.KVStream(streams.VersionsBucket(ns)), streams.KVStream(streams.HealthBucket(ns))}
 }
 

@@ -37,6 +37,7 @@ func heraldExports() jwt.Exports {
 		svc(events.SubjectPrefix+".>", jwt.ResponseTypeSingleton),
 		svc(streams.AttemptsPrefix+".>", jwt.ResponseTypeSingleton),
 		svc(streams.DeadLetterPrefix+".>", jwt.ResponseTypeSingleton),
+		svc(streams.ReplayPrefix+".>", jwt.ResponseTypeSingleton),
 		svc("$KV.>", jwt.ResponseTypeSingleton),
 		svc("$JS.ACK.>", jwt.ResponseTypeSingleton),
 		// A pull request is answered with a batch of messages.

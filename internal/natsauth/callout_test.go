@@ -243,6 +243,18 @@ var _ = Describe("NATS identity per namespace", Ordered, func() {
 		}
 	})
 
+	// A replayed copy is sent even when its version was delivered, so only
+	// the operator may write one: a producer that could would bypass
+	// newest-version-wins, and a dispatcher that could would resend at will.
+	It("lets nobody of a namespace forge a replay in it", func(ctx SpecContext) {
+		for _, sa := range []string{"billing", natsauth.DispatcherServiceAccount} {
+			c := a.connect(ctx, sa)
+			c.refused(natsauthtest.Attack{Kind: "publish", Subject: streams.ReplaySubject(a.ns, "crm", "uid", 1)})
+		}
+		producer := a.connect(ctx, "billing")
+		producer.refused(natsauthtest.Attack{Kind: "publish", Subject: streams.ReplayOutcomeSubject(a.ns, "uid", 1)})
+	})
+
 	It("gives the delivery API's ServiceAccount every namespace's log to read, and nothing to write", func(ctx SpecContext) {
 		r := newTenant(ctx, "herald-read")
 		Expect(k8s.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "apiserver", Namespace: r.ns}})).To(Succeed())

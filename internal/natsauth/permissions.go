@@ -83,6 +83,7 @@ func Permissions(namespace, serviceAccount string, roles ...Role) jwt.Permission
 	evts := events.StreamName(namespace)
 	logs := streams.AttemptsStream(namespace)
 	dead := streams.DeadLetterStream(namespace)
+	replay := streams.ReplayStream(namespace)
 	versions, health := streams.VersionsBucket(namespace), streams.HealthBucket(namespace)
 	kvKeys := func(bucket string) string { return streams.KVSubject(bucket, namespace+".>") }
 	directKeys := func(bucket string) string {
@@ -113,6 +114,15 @@ func Permissions(namespace, serviceAccount string, roles ...Role) jwt.Permission
 				streams.DeadLetterPrefix+"."+namespace+".>",
 				api("STREAM.INFO."+streams.KVStream(versions)), directKeys(versions),
 				kvKeys(versions), kvKeys(health),
+				// Replays: pull and ack the endpoints' replay consumers,
+				// read and write the outcomes (never the copies: only
+				// the operator publishes those), and mark a dead letter
+				// a replay delivered.
+				api("STREAM.INFO."+replay), api("CONSUMER.INFO."+replay+".*"),
+				api("CONSUMER.MSG.NEXT."+replay+".*"), "$JS.ACK."+replay+".>", "$JS.ACK.*.*."+replay+".>",
+				api("DIRECT.GET."+replay)+"."+streams.ReplayOutcomePrefix(namespace)+".>",
+				streams.ReplayOutcomePrefix(namespace)+".>",
+				api("DIRECT.GET."+dead)+"."+streams.DeadLetterPrefix+"."+namespace+".>",
 			)
 		}
 	}

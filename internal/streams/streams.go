@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -76,6 +77,9 @@ type Limits struct {
 	DeadLetterMaxBytes int64
 	VersionsMaxBytes   int64
 	HealthMaxBytes     int64
+	// ReplayMaxBytes is the replays' copies and outcomes; when full a
+	// replay's copies are refused and the replay says so.
+	ReplayMaxBytes int64
 }
 
 // DefaultLimits suit a single local server.
@@ -88,7 +92,7 @@ func DefaultLimits() Limits {
 		AttemptsMaxAge:   7 * 24 * time.Hour,
 		DeadLetterMaxAge: 30 * 24 * time.Hour,
 		VersionsMaxAge:   60 * 24 * time.Hour,
-		// Per namespace: 2.06 GiB of streams and buckets. JetStream reserves every
+		// Per namespace: 2.31 GiB of streams and buckets. JetStream reserves every
 		// stream's budget against the server's max_file_store when the
 		// stream is created, so a server takes as many namespaces as its
 		// max_file_store holds budgets (docs/operations.md, Storage).
@@ -97,11 +101,12 @@ func DefaultLimits() Limits {
 		DeadLetterMaxBytes: 256 << 20,
 		VersionsMaxBytes:   256 << 20,
 		HealthMaxBytes:     64 << 20,
+		ReplayMaxBytes:     256 << 20,
 	}
 }
 
 // NamespaceStreamConfigs are the desired configs of one namespace's
-// streams: its events, its delivery log and its dead letters. The byte
+// streams: its events, its delivery log, its dead letters and its replays. The byte
 // budgets are per namespace: one tenant filling its streams refuses or
 // drops only its own.
 func NamespaceStreamConfigs(l Limits, namespace string) []jetstream.StreamConfig {
@@ -155,6 +160,7 @@ func NamespaceStreamConfigs(l Limits, namespace string) []jetstream.StreamConfig
 			// Direct gets let `herald status` read without a consumer.
 			AllowDirect: true,
 		},
+		ReplayStreamConfig(l, namespace),
 	}
 }
 
@@ -173,7 +179,7 @@ const MaxEndpointsPerNamespace = 10000
 // Namespace reports the namespace whose stream name is, if it is one of
 // Herald's per-namespace streams or buckets.
 func Namespace(stream string) (string, bool) {
-	for _, p := range []string{events.StreamPrefix, AttemptsStreamPrefix, DeadLetterStreamPrefix, KVStream(VersionsBucketPrefix), KVStream(HealthBucketPrefix)} {
+	for _, p := range []string{events.StreamPrefix, AttemptsStreamPrefix, DeadLetterStreamPrefix, ReplayStreamPrefix, KVStream(VersionsBucketPrefix), KVStream(HealthBucketPrefix)} {
 		if ns, ok := strings.CutPrefix(stream, p); ok && ns != "" {
 			return ns, true
 		}
@@ -251,7 +257,7 @@ func EnsureNamespace(ctx context.Context, js jetstream.JetStream, l Limits, name
 // keep it.
 func RemoveEmpty(ctx context.Context, js jetstream.JetStream, namespace string) (remaining int, err error) {
 	kept := false
-	for _, name := range []string{events.StreamName(namespace), AttemptsStream(namespace), DeadLetterStream(namespace)} {
+	for _, name := range []string{events.StreamName(namespace), AttemptsStream(namespace), DeadLetterStream(namespace), ReplayStream(namespace)} {
 		gone, err := removeIfEmpty(ctx, js, name, true)
 		if err != nil {
 			return 0, err
@@ -320,3 +326,5 @@ func AttemptSubject(namespace, endpoint, eventID string) string {
 func EndpointKey(namespace, endpoint string) string {
 	return namespace + "." + endpoint
 }
+
+func itoa(n uint64) string { return strconv.FormatUint(n, 10) }

@@ -17,6 +17,8 @@ func TestEveryStreamAndBucketHasABudgetAndTheRightDiscardPolicy(t *testing.T) {
 		DeadLetterStream("shop"): jetstream.DiscardNew,
 		// The audit trail thins out rather than stopping deliveries.
 		AttemptsStream("shop"): jetstream.DiscardOld,
+		// Refuse: the replay says its copies were refused.
+		ReplayStream("shop"): jetstream.DiscardNew,
 	}
 	cfgs := NamespaceStreamConfigs(l, "shop")
 	if len(cfgs) != len(want) {
@@ -48,7 +50,7 @@ func TestEveryStreamAndBucketHasABudgetAndTheRightDiscardPolicy(t *testing.T) {
 func TestANamespacesStreamsTakeOnlyItsSubjects(t *testing.T) {
 	for _, c := range NamespaceStreamConfigs(DefaultLimits(), "shop") {
 		for _, s := range c.Subjects {
-			for _, own := range []string{events.NamespaceSubjects("shop"), AttemptsPrefix + ".shop.>", DeadLetterPrefix + ".shop.>"} {
+			for _, own := range []string{events.NamespaceSubjects("shop"), AttemptsPrefix + ".shop.>", DeadLetterPrefix + ".shop.>", ReplayPrefix + ".shop.>"} {
 				if s == own {
 					goto next
 				}

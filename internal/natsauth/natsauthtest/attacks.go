@@ -32,6 +32,7 @@ func Against(victim, endpoint string) []Attack {
 	var out []Attack
 	for _, s := range []string{
 		events.NamespaceSubjects(victim), streams.DeadLetterPrefix + "." + victim + ".>", streams.AttemptsPrefix + "." + victim + ".>",
+		streams.ReplayPrefix + "." + victim + ".>",
 		streams.KVSubject(streams.VersionsBucket(victim), ">"), streams.KVSubject(streams.HealthBucket(victim), ">"),
 		"_INBOX.>", natsauth.Inbox(victim, "") + ".>", ">",
 	} {
@@ -40,6 +41,7 @@ func Against(victim, endpoint string) []Attack {
 	for _, s := range []string{
 		events.Subject(victim, "invoice.paid"), streams.AttemptSubject(victim, endpoint, "evt_1"), streams.DeadLetterSubject(victim, endpoint, "evt_1"),
 		streams.KVSubject(streams.VersionsBucket(victim), victim+"."+endpoint+".k"), streams.KVSubject(streams.HealthBucket(victim), streams.EndpointKey(victim, endpoint)),
+		streams.ReplaySubject(victim, endpoint, "uid", 1), streams.ReplayOutcomeSubject(victim, "uid", 1),
 	} {
 		out = append(out, Attack{"publish", s})
 	}
@@ -52,6 +54,8 @@ func Against(victim, endpoint string) []Attack {
 		"$JS.API.DIRECT.GET." + streams.KVStream(streams.VersionsBucket(victim)) + "." + streams.KVSubject(streams.VersionsBucket(victim), victim+"."+endpoint+".k"),
 		"$JS.API.STREAM.INFO." + streams.KVStream(streams.VersionsBucket(victim)), "$JS.API.STREAM.INFO." + streams.KVStream(streams.HealthBucket(victim)),
 		"$JS.API.STREAM.PURGE." + streams.KVStream(streams.VersionsBucket(victim)), "$JS.API.STREAM.PURGE." + streams.KVStream(streams.HealthBucket(victim)),
+		"$JS.API.CONSUMER.MSG.NEXT." + streams.ReplayStream(victim) + "." + consumer,
+		"$JS.API.DIRECT.GET." + streams.ReplayStream(victim) + "." + streams.ReplayOutcomeSubject(victim, "uid", 1),
 		"$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST", "$JS.API.INFO",
 	} {
 		out = append(out, Attack{"request", s})
