@@ -39,6 +39,7 @@ var (
 		{Name: "Code", Type: "string", Description: "last HTTP status code"},
 		{Name: "Last Error", Type: "string", Description: "last failure"},
 		{Name: "Died", Type: "string", Description: "since it was dead-lettered"},
+		{Name: "Delivered By", Type: "string", Description: "the WebhookReplay that has delivered it since"},
 		{Name: "Type", Type: "string", Priority: 1, Description: "event type"},
 		{Name: "Key", Type: "string", Priority: 1, Description: "record the event is about"},
 		{Name: "Message", Type: "string", Priority: 1, Description: "why, in words"},
@@ -117,7 +118,7 @@ func deadLetterRow(d *v1.DeadLetter) metav1.TableRow {
 	return metav1.TableRow{
 		Cells: []any{
 			d.Spec.EventID, d.Spec.Endpoint, d.Status.Reason, int64(d.Status.Attempts), code(d.Status.LastStatusCode),
-			oneLine(d.Status.LastError), age(d.Status.DeadTime), d.Spec.Type, d.Spec.Key, oneLine(d.Status.Message),
+			oneLine(d.Status.LastError), age(d.Status.DeadTime), d.Status.DeliveredByReplay, d.Spec.Type, d.Spec.Key, oneLine(d.Status.Message),
 		},
 		Object: runtime.RawExtension{Object: d},
 	}

@@ -30,7 +30,7 @@ func (r *Reader) DeadLetters(ctx context.Context, namespace string, sel Selector
 		filter = streams.DeadLetterSubject(namespace, orAny(sel.Endpoint), orAny(sel.EventID))
 	}
 	var out []v1.DeadLetter
-	err := scan(ctx, r.JS, streams.DeadLetterStream(namespace), jetstream.ConsumerConfig{
+	err := Scan(ctx, r.JS, streams.DeadLetterStream(namespace), jetstream.ConsumerConfig{
 		FilterSubject: filter, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy,
 	}, 0, func(m jetstream.Msg) error {
 		md, err := m.Metadata()
@@ -90,7 +90,12 @@ func fromDeadLetter(namespace string, data []byte, seq uint64, full bool) (v1.De
 		Status: v1.DeadLetterStatus{
 			Reason: dl.Reason, Message: dl.Why, DeadTime: dead,
 			Attempts: int32(dl.AttemptCount), AttemptsOmitted: int32(dl.AttemptsOmitted),
+			Replay: dl.Replay, DeliveredByReplay: dl.DeliveredByReplay,
 		},
+	}
+	if dl.DeliveredTime != nil {
+		t := metav1.NewTime(*dl.DeliveredTime)
+		out.Status.DeliveredTime = &t
 	}
 	header := func(k string) string {
 		if v := dl.Headers[k]; len(v) > 0 {

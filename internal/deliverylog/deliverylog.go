@@ -123,7 +123,7 @@ func (r *Reader) Deliveries(ctx context.Context, namespace string, sel Selector,
 		filter = streams.AttemptSubject(namespace, orAny(sel.Endpoint), orAny(sel.EventID))
 	}
 	seen := map[string]bool{}
-	err := scan(ctx, r.JS, streams.AttemptsStream(namespace), jetstream.ConsumerConfig{
+	err := Scan(ctx, r.JS, streams.AttemptsStream(namespace), jetstream.ConsumerConfig{
 		FilterSubject: filter, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy,
 	}, 0, func(m jetstream.Msg) error {
 		// Most of a big log is not what a selected phase wants: the
@@ -286,7 +286,7 @@ func fromAttempt(namespace string, a *dispatcher.Attempt, logSeq uint64) v1.Webh
 		Status: v1.WebhookDeliveryStatus{
 			Phase: phaseOf(a.Outcome), Attempts: int32(a.Attempt), LastAttemptTime: &last,
 			LastStatusCode: int32(a.StatusCode), Reason: a.Reason, LastError: a.Error, LastResponse: a.Response,
-			DeadLetterReason: a.DeadReason, Message: a.Why,
+			DeadLetterReason: a.DeadReason, Message: a.Why, Replay: a.Replay,
 		},
 	}
 	if a.NextAttempt != nil && a.Outcome == dispatcher.OutcomeRetrying {
@@ -300,6 +300,7 @@ func apiAttempt(a *dispatcher.Attempt) v1.Attempt {
 	out := v1.Attempt{
 		Attempt: int32(a.Attempt), Time: metav1.NewTime(a.Time), Outcome: a.Outcome,
 		StatusCode: int32(a.StatusCode), Reason: a.Reason, Error: a.Error, Response: a.Response, Message: a.Why,
+		Replay:  a.Replay,
 		Latency: metav1.Duration{Duration: time.Duration(a.LatencyMS * float64(time.Millisecond))},
 	}
 	if a.NextAttempt != nil {
@@ -399,7 +400,7 @@ const pendingWindows = 5
 // each for those that an endpoint in eps has not acked, its filter
 // matches and the log has no entry of.
 func (r *Reader) walkPending(ctx context.Context, namespace string, sel Selector, seen map[string]bool, eps []endpoint, from uint64, n int, each func(*v1.WebhookDelivery)) error {
-	return scan(ctx, r.JS, events.StreamName(namespace), jetstream.ConsumerConfig{
+	return Scan(ctx, r.JS, events.StreamName(namespace), jetstream.ConsumerConfig{
 		FilterSubject: events.NamespaceSubjects(namespace), DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq: from, HeadersOnly: true,
 	}, n, func(m jetstream.Msg) error {
@@ -440,11 +441,11 @@ func (r *Reader) walkPending(ctx context.Context, namespace string, sel Selector
 	})
 }
 
-// scan reads what cfg selects from stream through a short-lived consumer
+// Scan reads what cfg selects from stream through a short-lived consumer
 // that acks nothing, calling each for every message, and deletes the
 // consumer after. limit, when above 0, caps the messages read. A stream
 // that does not exist yet holds nothing.
-func scan(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.ConsumerConfig, limit int, each func(jetstream.Msg) error) error {
+func Scan(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.ConsumerConfig, limit int, each func(jetstream.Msg) error) error {
 	cfg.AckPolicy = jetstream.AckNonePolicy
 	cfg.MemoryStorage = true
 	// A reader that dies mid-scan leaves nothing for long.

@@ -36,6 +36,12 @@ type DeadLetter struct {
 	AttemptCount int `json:"attemptCount"`
 	// AttemptsOmitted is how many log entries Attempts leaves out.
 	AttemptsOmitted int `json:"attemptsOmitted,omitempty"`
+	// Replay names the replay whose attempts failed again, when it was one.
+	Replay string `json:"replay,omitempty"`
+	// DeliveredByReplay names the replay that later delivered the event,
+	// and DeliveredTime says when.
+	DeliveredByReplay string     `json:"deliveredByReplay,omitempty"`
+	DeliveredTime     *time.Time `json:"deliveredTime,omitempty"`
 }
 
 // Why an event was dead-lettered, as DeadLetter.Reason and the
@@ -114,8 +120,9 @@ func (w *worker) storeDeadLetter(ctx context.Context, e event, a *Attempt) error
 	}
 	dl := DeadLetter{
 		Namespace: ep.Namespace, Endpoint: ep.Name, EventID: a.EventID,
-		Subject: msg.Subject(), Sequence: a.Sequence, Headers: msg.Headers(),
+		Subject: e.subject(), Sequence: a.Sequence, Headers: e.headers(),
 		Body: msg.Data(), Reason: a.DeadReason, Why: a.Why, DeadAt: a.Time, AttemptCount: a.Attempt,
+		Replay: a.Replay,
 	}
 	dl.Attempts, dl.AttemptsOmitted = capHistory(own, deadLetterHead, deadLetterTail)
 	b, err := json.Marshal(dl)
@@ -125,7 +132,7 @@ func (w *worker) storeDeadLetter(ctx context.Context, e event, a *Attempt) error
 	// Whatever the history, the dead letter must fit one message.
 	out := &nats.Msg{Subject: streams.DeadLetterSubject(ep.Namespace, ep.Name, a.EventID), Header: nats.Header{}}
 	hdrBytes := 0
-	for k, v := range msg.Headers() {
+	for k, v := range e.headers() {
 		// Nats-* headers are publish instructions (expected stream, msg id)
 		// meant for the event stream; the body keeps them all.
 		if !strings.HasPrefix(k, "Nats-") && len(k) <= 64 && len(v) == 1 && len(v[0]) <= deadLetterHeader {
@@ -153,8 +160,13 @@ func (w *worker) storeDeadLetter(ctx context.Context, e event, a *Attempt) error
 		}
 	}
 	out.Data = b
-	// Deduplicates a dead letter written twice around a crash.
-	out.Header.Set(nats.MsgIdHdr, ep.ID()+"/"+itoa(a.Sequence))
+	// Deduplicates a dead letter written twice around a crash; a
+	// replay's is another.
+	id := ep.ID() + "/" + itoa(a.Sequence)
+	if e.replay != nil {
+		id += "/" + e.replay.uid
+	}
+	out.Header.Set(nats.MsgIdHdr, id)
 	out.Header.Set(HeaderDeadReason, a.DeadReason)
 	if _, err := w.d.js.PublishMsg(ctx, out); err != nil {
 		return fmt.Errorf("storing dead letter: %w", err)

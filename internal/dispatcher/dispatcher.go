@@ -143,6 +143,7 @@ type Dispatcher struct {
 	opts     options
 	buckets  sync.Map // namespace -> *buckets: its versions and health records, opened once
 	logs     sync.Map // namespace -> jetstream.Stream: delivery logs, read back for dead letters and redeliveries
+	dlqs     sync.Map // namespace -> jetstream.Stream: dead letters, marked when a replay delivers one
 
 	mu sync.Mutex
 	// ctx is set by Run; workers live under it. Endpoints upserted before
@@ -219,6 +220,19 @@ func (d *Dispatcher) logStream(ctx context.Context, namespace string) (jetstream
 		return nil, fmt.Errorf("opening delivery log %s: %w", streams.AttemptsStream(namespace), err)
 	}
 	d.logs.Store(namespace, s)
+	return s, nil
+}
+
+// deadLetterStream is a namespace's dead-letter stream, opened once.
+func (d *Dispatcher) deadLetterStream(ctx context.Context, namespace string) (jetstream.Stream, error) {
+	if s, ok := d.dlqs.Load(namespace); ok {
+		return s.(jetstream.Stream), nil
+	}
+	s, err := d.js.Stream(ctx, streams.DeadLetterStream(namespace))
+	if err != nil {
+		return nil, fmt.Errorf("opening dead letters %s: %w", streams.DeadLetterStream(namespace), err)
+	}
+	d.dlqs.Store(namespace, s)
 	return s, nil
 }
 

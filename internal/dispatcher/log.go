@@ -37,6 +37,8 @@ type Attempt struct {
 	DeadReason string `json:"deadReason,omitempty"`
 	// Why says why an event went dead, or what else happened, in words.
 	Why string `json:"why,omitempty"`
+	// Replay names the WebhookReplay the attempt was made for.
+	Replay string `json:"replay,omitempty"`
 }
 
 // logAttempt appends a to the delivery log without waiting for the ack;

@@ -81,7 +81,10 @@ type worker struct {
 	// settling holds the events whose outcome is decided and whose
 	// bookkeeping settle retries: kept alive, and a redelivered copy is
 	// dropped, so the decision is never taken again.
-	settling   map[uint64]jetstream.Msg
+	settling map[uint64]jetstream.Msg
+	// sending holds the ordered keys with a request in flight, live or
+	// replayed; the channel closes when it ends.
+	sending    map[string]chan struct{}
 	wg         sync.WaitGroup // event goroutines
 	settlingWG sync.WaitGroup // bookkeeping retries (see settle)
 }
@@ -105,6 +108,7 @@ func newWorker(d *Dispatcher, ep Endpoint) *worker {
 		out:      map[string]map[uint64]time.Time{},
 		progress: map[uint64]progress{},
 		settling: map[uint64]jetstream.Msg{},
+		sending:  map[string]chan struct{}{},
 	}
 	w.ep.Store(&ep)
 	w.ctx, w.cancel = context.WithCancel(d.ctx)
@@ -188,6 +192,10 @@ func (w *worker) run() {
 		return
 	}
 	go w.keepAlive(ctx)
+	if !w.fixed.Suspend {
+		w.wg.Add(1)
+		go func() { defer w.wg.Done(); w.replays(ctx) }()
+	}
 	if w.fixed.Suspend {
 		for {
 			w.sweep(ctx, cons)
@@ -299,6 +307,32 @@ type event struct {
 	meta events.Meta
 	bad  error // the producer contract rule it breaks, if any
 	lane string
+	// replay is set on a replayed copy (replay.go): its replay, and the
+	// original's subject, sequence and headers.
+	replay *replayed
+}
+
+// seq is the event's sequence in the events stream.
+func (e event) seq() uint64 {
+	if e.replay != nil {
+		return e.replay.seq
+	}
+	return e.md.Sequence.Stream
+}
+
+// subject and headers are the event's as published.
+func (e event) subject() string {
+	if e.replay != nil {
+		return e.replay.subject
+	}
+	return e.msg.Subject()
+}
+
+func (e event) headers() nats.Header {
+	if e.replay != nil {
+		return e.replay.headers
+	}
+	return e.msg.Headers()
 }
 
 func (w *worker) parse(msg jetstream.Msg) (event, bool) {
@@ -566,7 +600,12 @@ func (w *worker) acquireSlot(ctx context.Context, msg jetstream.Msg) bool {
 // waitRate waits for the endpoint's rate limit, keeping msg alive: behind
 // a low limit the wait can outlast the ack wait.
 func (w *worker) waitRate(ctx context.Context, msg jetstream.Msg) bool {
-	r := w.limiter.Reserve()
+	return w.waitLimiter(ctx, msg, w.limiter)
+}
+
+// waitLimiter waits for l, keeping msg alive.
+func (w *worker) waitLimiter(ctx context.Context, msg jetstream.Msg, l *rate.Limiter) bool {
+	r := l.Reserve()
 	if d := r.Delay(); d > 0 {
 		if !w.holdFor(ctx, msg, d) {
 			r.Cancel()
@@ -666,7 +705,7 @@ func windowStart(eventTime, stored time.Time) time.Time {
 // anything, so the log and dead letter name it by its stream sequence.
 func (w *worker) newAttempt(e event) *Attempt {
 	ep := w.ep.Load()
-	seq := e.md.Sequence.Stream
+	seq := e.seq()
 	if e.bad != nil {
 		return &Attempt{
 			EventID: "seq-" + itoa(seq), Namespace: ep.Namespace, Endpoint: ep.Name, Sequence: seq,
@@ -780,10 +819,20 @@ func (w *worker) handle(ctx context.Context, e event) {
 		_ = msg.Nak()
 		return
 	}
-	if keyed && !ep.PerKey {
-		// Unordered endpoints check again at the last moment: the lane
-		// keeps versioned events of a key in order, this catches what was
-		// delivered while the event waited for its slot.
+	if e.lane != "" {
+		// One request of a key at a time, against a replay of it too.
+		if !w.lockKey(ctx, msg, e.lane) {
+			release(w.slots, 1)
+			_ = msg.Nak()
+			return
+		}
+		defer w.unlockKey(e.lane)
+	}
+	if keyed && (!ep.PerKey || e.lane != "") {
+		// Check again at the last moment: the lane keeps versioned events
+		// of a key in order, this catches what was delivered while the
+		// event waited for its slot (on an unordered endpoint) or for a
+		// replay of its key.
 		if last, err := w.vers.delivered(ctx, ev.Key); err == nil && !m.newer(last) {
 			release(w.slots, 1)
 			w.supersede(e, a)

@@ -93,6 +93,8 @@ type WebhookDeliveryStatus struct {
 	DeadLetterReason string `json:"deadLetterReason,omitempty"`
 	// Message says what else happened, in words.
 	Message string `json:"message,omitempty"`
+	// Replay names the WebhookReplay the latest attempt was made for.
+	Replay string `json:"replay,omitempty"`
 	// History is every logged attempt, oldest first; on get only.
 	History []Attempt `json:"history,omitempty"`
 }
@@ -113,6 +115,8 @@ type Attempt struct {
 	Response        string       `json:"response,omitempty"`
 	NextAttemptTime *metav1.Time `json:"nextAttemptTime,omitempty"`
 	Message         string       `json:"message,omitempty"`
+	// Replay names the WebhookReplay the attempt was made for.
+	Replay string `json:"replay,omitempty"`
 }
 
 // WebhookDeliveryList is a page of deliveries, newest first.
@@ -165,6 +169,13 @@ type DeadLetterStatus struct {
 	LastStatusCode  int32  `json:"lastStatusCode,omitempty"`
 	LastError       string `json:"lastError,omitempty"`
 	LastResponse    string `json:"lastResponse,omitempty"`
+	// Replay names the WebhookReplay whose attempts failed again, when
+	// the dead letter is a replay's.
+	Replay string `json:"replay,omitempty"`
+	// DeliveredByReplay names the WebhookReplay that later delivered the
+	// event; DeliveredTime says when.
+	DeliveredByReplay string       `json:"deliveredByReplay,omitempty"`
+	DeliveredTime     *metav1.Time `json:"deliveredTime,omitempty"`
 	// Headers are the event's headers as published; on get only.
 	Headers map[string]string `json:"headers,omitempty"`
 	// Payload is the event's body as published, when it is JSON; on get

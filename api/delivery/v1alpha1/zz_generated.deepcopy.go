@@ -138,6 +138,10 @@ func (in *DeadLetterSpec) DeepCopy() *DeadLetterSpec {
 func (in *DeadLetterStatus) DeepCopyInto(out *DeadLetterStatus) {
 	*out = *in
 	in.DeadTime.DeepCopyInto(&out.DeadTime)
+	if in.DeliveredTime != nil {
+		in, out := &in.DeliveredTime, &out.DeliveredTime
+		*out = (*in).DeepCopy()
+	}
 	if in.Headers != nil {
 		in, out := &in.Headers, &out.Headers
 		*out = make(map[string]string, len(*in))

@@ -173,6 +173,13 @@ func schema_herald_api_delivery_v1alpha1_Attempt(ref common.ReferenceCallback) c
 							Format: "",
 						},
 					},
+					"replay": {
+						SchemaProps: spec.SchemaProps{
+							Description: "Replay names the WebhookReplay the attempt was made for.",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
 				},
 				Required: []string{"attempt", "time", "outcome"},
 			},
@@ -431,6 +438,25 @@ func schema_herald_api_delivery_v1alpha1_DeadLetterStatus(ref common.ReferenceCa
 						SchemaProps: spec.SchemaProps{
 							Type:   []string{"string"},
 							Format: "",
+						},
+					},
+					"replay": {
+						SchemaProps: spec.SchemaProps{
+							Description: "Replay names the WebhookReplay whose attempts failed again, when the dead letter is a replay's.",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
+					"deliveredByReplay": {
+						SchemaProps: spec.SchemaProps{
+							Description: "DeliveredByReplay names the WebhookReplay that later delivered the event; DeliveredTime says when.",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
+					"deliveredTime": {
+						SchemaProps: spec.SchemaProps{
+							Ref: ref(v1.Time{}.OpenAPIModelName()),
 						},
 					},
 					"headers": {
@@ -931,6 +957,13 @@ func schema_herald_api_delivery_v1alpha1_WebhookDeliveryStatus(ref common.Refere
 					"message": {
 						SchemaProps: spec.SchemaProps{
 							Description: "Message says what else happened, in words.",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
+					"replay": {
+						SchemaProps: spec.SchemaProps{
+							Description: "Replay names the WebhookReplay the latest attempt was made for.",
 							Type:        []string{"string"},
 							Format:      "",
 						},
