@@ -72,12 +72,13 @@ func runManager(ctx context.Context, args []string) error {
 	fs.DurationVar(&f.limits.DeadLetterMaxAge, "dead-letter-max-age", d.DeadLetterMaxAge, "how long a dead letter is kept for replay")
 	fs.DurationVar(&f.limits.VersionsMaxAge, "versions-max-age", d.VersionsMaxAge, "how long the newest delivered version of a key is remembered; must outlive replays")
 	f.limits.EventsMaxBytes, f.limits.AttemptsMaxBytes, f.limits.DeadLetterMaxBytes = d.EventsMaxBytes, d.AttemptsMaxBytes, d.DeadLetterMaxBytes
-	f.limits.VersionsMaxBytes, f.limits.HealthMaxBytes = d.VersionsMaxBytes, d.HealthMaxBytes
+	f.limits.VersionsMaxBytes, f.limits.HealthMaxBytes, f.limits.ReplayMaxBytes = d.VersionsMaxBytes, d.HealthMaxBytes, d.ReplayMaxBytes
 	fs.Var(bytesFlag{&f.limits.EventsMaxBytes}, "events-max-bytes", "byte budget of the events stream; when full it refuses new publishes (producers get an error), never drops stored events")
 	fs.Var(bytesFlag{&f.limits.AttemptsMaxBytes}, "attempts-max-bytes", "byte budget of the delivery log; when full it drops its oldest entries")
 	fs.Var(bytesFlag{&f.limits.DeadLetterMaxBytes}, "dead-letter-max-bytes", "byte budget of the dead letters; when full new dead letters wait (their events are kept, not resent)")
 	fs.Var(bytesFlag{&f.limits.VersionsMaxBytes}, "versions-max-bytes", "byte budget of the delivered-versions bucket")
 	fs.Var(bytesFlag{&f.limits.HealthMaxBytes}, "health-max-bytes", "byte budget of the endpoint health bucket")
+	fs.Var(bytesFlag{&f.limits.ReplayMaxBytes}, "replay-max-bytes", "byte budget of the replays' copies and outcomes; when full new replays wait")
 	fs.StringVar(&f.dispatch, "dispatch", string(controller.DispatchDeployment), "where deliveries run: deployment (one dispatcher Deployment per namespace) or in-process (inside this manager)")
 	fs.StringVar(&f.dispatcherImage, "dispatcher-image", "", "image of the per-namespace dispatcher (this binary); required with --dispatch=deployment")
 	def := controller.DefaultDispatcherResources()
@@ -238,6 +239,9 @@ func setupControllers(ctx context.Context, mgr ctrl.Manager, js jetstream.JetStr
 	}
 	if err := (&controller.RetryPolicyReconciler{Client: mgr.GetClient(), EventsRetention: f.limits.EventsMaxAge}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up retrypolicy controller: %w", err)
+	}
+	if err := (&controller.WebhookReplayReconciler{Client: mgr.GetClient(), JS: js, Recorder: mgr.GetEventRecorder("herald-replay")}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up webhookreplay controller: %w", err)
 	}
 	switch mode {
 	case controller.DispatchDeployment:

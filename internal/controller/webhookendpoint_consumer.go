@@ -219,3 +219,39 @@ func observeBacklog(ctx context.Context, js jetstream.JetStream, info *jetstream
 	}
 	return obs, nil
 }
+
+// ensureReplayConsumer creates the endpoint's consumer on its namespace's
+// replay stream, or brings its ack wait back to the endpoint's timeout.
+// A namespace whose streams predate replays gets its replay stream here.
+func ensureReplayConsumer(ctx context.Context, js jetstream.JetStream, l streams.Limits, ep *v1.WebhookEndpoint) error {
+	want := streams.ReplayConsumerConfig(ep.Namespace, ep.Name, &ep.Spec)
+	stream := streams.ReplayStream(ep.Namespace)
+	c, err := js.Consumer(ctx, stream, want.Durable)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		if err := streams.EnsureNamespace(ctx, js, l, ep.Namespace); err != nil {
+			return err
+		}
+		c, err = js.Consumer(ctx, stream, want.Durable)
+	}
+	switch {
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+	case err != nil:
+		return fmt.Errorf("reading replay consumer %s: %w", want.Durable, err)
+	case c.CachedInfo().Config.AckWait == want.AckWait && c.CachedInfo().Config.FilterSubject == want.FilterSubject:
+		return nil
+	}
+	if _, err := js.CreateOrUpdateConsumer(ctx, stream, want); err != nil {
+		return fmt.Errorf("ensuring replay consumer %s: %w", want.Durable, err)
+	}
+	return nil
+}
+
+// deleteReplayConsumer deletes the endpoint's replay consumer; one that is
+// gone (or a namespace without a replay stream) is not an error.
+func deleteReplayConsumer(ctx context.Context, js jetstream.JetStream, namespace, name string) error {
+	err := js.DeleteConsumer(ctx, streams.ReplayStream(namespace), streams.ConsumerName(namespace, name))
+	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("deleting replay consumer %s: %w", streams.ConsumerName(namespace, name), err)
+	}
+	return nil
+}

@@ -268,6 +268,9 @@ func (r *WebhookEndpointReconciler) reconcileConsumer(ctx context.Context, ep *v
 			info, action, err = ensureConsumer(ctx, r.JS, want, ep.Namespace, ep.Name, known)
 		}
 	}
+	if err == nil {
+		err = ensureReplayConsumer(ctx, r.JS, r.Streams, ep)
+	}
 	if err != nil {
 		obs.NATSErr = err
 		return err
@@ -418,6 +421,9 @@ func (r *WebhookEndpointReconciler) reconcileDelete(ctx context.Context, ep *v1.
 	cctx, cancel := context.WithTimeout(ctx, r.CleanupTimeout)
 	defer cancel()
 	err := deleteConsumer(cctx, r.JS, ep.Namespace, ep.Name)
+	if err == nil {
+		err = deleteReplayConsumer(cctx, r.JS, ep.Namespace, ep.Name)
+	}
 	if err == nil {
 		// A later endpoint of the same name must not inherit old totals
 		// or have its events superseded by old versions.
