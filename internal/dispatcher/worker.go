@@ -73,7 +73,7 @@ type worker struct {
 	// out holds, per key, the events handed back to the stream and until
 	// when to wait for them: none of the key's later events may start
 	// before they are back, so the hand-back never reorders a key.
-	out map[string]map[uint64]time.Time
+	out map[string]map[uint64]handedBack
 	// progress is what this worker knows of events not finished yet, by
 	// stream sequence: HTTP attempts made, bookkeeping failures. Without
 	// an entry a redelivered event's history is read from the delivery log.
@@ -105,7 +105,7 @@ func newWorker(d *Dispatcher, ep Endpoint) *worker {
 		held:     make(chan struct{}, ep.MaxInFlight*heldPerSlot),
 		lanes:    map[string][]event{},
 		inUse:    map[uint64]bool{},
-		out:      map[string]map[uint64]time.Time{},
+		out:      map[string]map[uint64]handedBack{},
 		progress: map[uint64]progress{},
 		settling: map[uint64]jetstream.Msg{},
 		sending:  map[string]chan struct{}{},
@@ -403,9 +403,21 @@ func (w *worker) aheadLocked(key string, seq uint64, now time.Time) int {
 	out := w.out[key]
 	delete(out, seq)
 	n := 0
-	for s, until := range out {
+	var reconnects uint64
+	if len(out) > 0 {
+		reconnects = w.reconnects()
+	}
+	for s, h := range out {
+		if now.After(h.until) && h.reconnects != reconnects {
+			// NATS came back since: a restarted server redelivers what was
+			// pending an ack wait after it starts, not when the hand-back
+			// asked, so the event gets that long again before a later one
+			// of its key may overtake it.
+			h = handedBack{until: now.Add(streams.AckWait(w.fixed.Timeout)), reconnects: reconnects}
+			out[s] = h
+		}
 		switch {
-		case now.After(until):
+		case now.After(h.until):
 			delete(out, s)
 		case s < seq:
 			n++
@@ -417,6 +429,16 @@ func (w *worker) aheadLocked(key string, seq uint64, now time.Time) int {
 	return n
 }
 
+// handedBack is an event returned to the stream: until when its key's
+// later events wait for it, and how often the connection had reconnected
+// then.
+type handedBack struct {
+	until      time.Time
+	reconnects uint64
+}
+
+func (w *worker) reconnects() uint64 { return w.d.js.Conn().Stats().Reconnects }
+
 // handBackLocked returns e to the stream, to come back about when its
 // turn in the key will be: pos requests from now. It is not an attempt.
 func (w *worker) handBackLocked(e event, pos int, now time.Time) {
@@ -427,9 +449,9 @@ func (w *worker) handBackLocked(e event, pos int, now time.Time) {
 	}
 	delay := min(max(time.Duration(pos)*lat, 20*time.Millisecond), streams.AckWait(w.fixed.Timeout))
 	if w.out[e.lane] == nil {
-		w.out[e.lane] = map[uint64]time.Time{}
+		w.out[e.lane] = map[uint64]handedBack{}
 	}
-	w.out[e.lane][seq] = now.Add(delay + streams.AckWait(w.fixed.Timeout))
+	w.out[e.lane][seq] = handedBack{until: now.Add(delay + streams.AckWait(w.fixed.Timeout)), reconnects: w.reconnects()}
 	if _, known := w.progress[seq]; !known && e.md.NumDelivered == 1 && len(w.progress) < maxProgress {
 		w.progress[seq] = progress{} // so its return reads no history
 	}
