@@ -153,8 +153,17 @@ func (r *WebhookReplayReconciler) start(ctx context.Context, rp *v1.WebhookRepla
 		stall(rp, v1.ReasonLimitExceeded, fmt.Sprintf("the selection matches %s events, more than spec.limit %d; nothing was sent: narrow the selection, or create a replay with a higher limit (at most %d)", count, limit, v1.MaxReplayLimit))
 		return ctrl.Result{}, nil
 	}
+	copies := 0
 	if !rp.Spec.DryRun {
 		if err := r.copyEvents(ctx, rp, sel.events); err != nil {
+			// A full replay stream, say: the replay says so, and retries.
+			rp.Status.Phase = v1.ReplayPending
+			setReplayCondition(rp, v1.ReconcilingCondition, metav1.ConditionTrue, v1.ReasonReplayRefused, err.Error())
+			setReplayCondition(rp, v1.ReadyCondition, metav1.ConditionFalse, v1.ReasonReplayRefused, err.Error())
+			ctrl.LoggerFrom(ctx).Error(err, "copying the replay's events; retrying")
+			return ctrl.Result{RequeueAfter: 10 * time.Second}, nil
+		}
+		if copies, err = r.countCopies(ctx, rp); err != nil {
 			return ctrl.Result{}, err
 		}
 	}
@@ -176,6 +185,9 @@ func (r *WebhookReplayReconciler) start(ctx context.Context, rp *v1.WebhookRepla
 			rp.Status.Events = append(rp.Status.Events, line)
 		}
 	}
+	// What this pass skipped may have been copied by an earlier one that
+	// crashed: the copies in the stream are what the replay waits for.
+	rp.Status.Matched = max(rp.Status.Matched, int32(copies)+rp.Status.Skipped)
 	if rp.Spec.DryRun {
 		rp.Status.Phase, rp.Status.CompletionTime = v1.ReplaySucceeded, &now
 		finish(rp, metav1.ConditionTrue, v1.ReasonDryRun, fmt.Sprintf("dry run: %d events would be sent, %d skipped; nothing was sent", rp.Status.Matched-rp.Status.Skipped, rp.Status.Skipped))
@@ -217,6 +229,21 @@ func (r *WebhookReplayReconciler) follow(ctx context.Context, rp *v1.WebhookRepl
 		}
 	}
 	copies := s.Matched - s.Skipped
+	ep := &v1.WebhookEndpoint{}
+	if err := r.Get(ctx, types.NamespacedName{Namespace: rp.Namespace, Name: rp.Spec.Endpoint}, ep); apierrors.IsNotFound(err) && final < copies {
+		// Deleted mid-replay: what is left is not sent, to it or to an
+		// endpoint created later under its name.
+		if err := purgeCopies(ctx, r.JS, rp.Namespace, rp.Spec.Endpoint, string(rp.UID)); err != nil {
+			return ctrl.Result{}, err
+		}
+		now := metav1.Now()
+		s.Phase, s.CompletionTime = v1.ReplayFailed, &now
+		s.Failed += copies - final
+		stall(rp, v1.ReasonEndpointMissing, fmt.Sprintf("WebhookEndpoint %q was deleted mid-replay: %d of %d events were not sent", rp.Spec.Endpoint, copies-final, copies))
+		return ctrl.Result{}, nil
+	} else if err != nil && !apierrors.IsNotFound(err) {
+		return ctrl.Result{}, fmt.Errorf("reading the endpoint: %w", err)
+	}
 	if final < copies {
 		s.Phase = v1.ReplayRunning
 		msg := fmt.Sprintf("%d of %d events finished (%d delivered, %d superseded, %d failed), %d skipped, at most %d/s", final, copies, s.Delivered, s.Superseded, s.Failed, s.Skipped, rp.Spec.Rate)
@@ -224,6 +251,11 @@ func (r *WebhookReplayReconciler) follow(ctx context.Context, rp *v1.WebhookRepl
 		setReplayCondition(rp, v1.ReconcilingCondition, metav1.ConditionTrue, v1.ReasonReplayRunning, msg)
 		setReplayCondition(rp, v1.ReadyCondition, metav1.ConditionFalse, v1.ReasonReplayRunning, msg)
 		return ctrl.Result{RequeueAfter: r.Poll}, nil
+	}
+	// Done: the copies are needed no more, and would hold the stream's
+	// budget for a week. The outcomes stay until the replay goes.
+	if err := purgeCopies(ctx, r.JS, rp.Namespace, rp.Spec.Endpoint, string(rp.UID)); err != nil {
+		return ctrl.Result{}, err
 	}
 	now := metav1.Now()
 	s.CompletionTime = &now

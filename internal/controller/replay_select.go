@@ -77,6 +77,8 @@ func (r *WebhookReplayReconciler) selectEvents(ctx context.Context, rp *v1.Webho
 				add(selected{id: id, seq: uint64(d.Spec.StreamSequence)})
 			}
 		}
+		// Stream order, so a key's versions go oldest first.
+		slices.SortStableFunc(sel.events, func(a, b selected) int { return cmpUint(a.seq, b.seq) })
 	case spec.TimeRange != nil:
 		filters, err := streams.FilterSubjects(ns, ep.Spec.EventTypes)
 		if err != nil {
@@ -272,6 +274,36 @@ func (r *WebhookReplayReconciler) replayOutcomes(ctx context.Context, rp *v1.Web
 		return nil
 	})
 	return out, err
+}
+
+// countCopies is how many copies of a replay the replay stream holds:
+// what the replay waits for, whatever passes of start made them.
+func (r *WebhookReplayReconciler) countCopies(ctx context.Context, rp *v1.WebhookReplay) (int, error) {
+	s, err := r.JS.Stream(ctx, streams.ReplayStream(rp.Namespace))
+	if err != nil {
+		return 0, fmt.Errorf("opening the replay stream: %w", err)
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(streams.ReplaySubjects(rp.Namespace, rp.Spec.Endpoint, string(rp.UID))))
+	if err != nil {
+		return 0, fmt.Errorf("counting the replay's copies: %w", err)
+	}
+	return len(info.State.Subjects), nil
+}
+
+// purgeCopies removes copies on the replay stream: one replay's (uid),
+// or with uid "*" every replay's to an endpoint. Outcomes stay.
+func purgeCopies(ctx context.Context, js jetstream.JetStream, namespace, endpoint, uid string) error {
+	s, err := js.Stream(ctx, streams.ReplayStream(namespace))
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("opening the replay stream: %w", err)
+	}
+	if err := s.Purge(ctx, jetstream.WithPurgeSubject(streams.ReplaySubjects(namespace, endpoint, uid))); err != nil {
+		return fmt.Errorf("purging replay copies: %w", err)
+	}
+	return nil
 }
 
 // purgeReplay removes a replay's copies and outcomes: a deleted replay

@@ -425,6 +425,10 @@ func (r *WebhookEndpointReconciler) reconcileDelete(ctx context.Context, ep *v1.
 		err = deleteReplayConsumer(cctx, r.JS, ep.Namespace, ep.Name)
 	}
 	if err == nil {
+		// Unsent copies would go to a later endpoint of this name.
+		err = purgeCopies(cctx, r.JS, ep.Namespace, ep.Name, "*")
+	}
+	if err == nil {
 		// A later endpoint of the same name must not inherit old totals
 		// or have its events superseded by old versions.
 		err = purgeEndpointRecords(cctx, r.JS, ep.Namespace, ep.Name)

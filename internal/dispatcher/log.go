@@ -37,8 +37,10 @@ type Attempt struct {
 	DeadReason string `json:"deadReason,omitempty"`
 	// Why says why an event went dead, or what else happened, in words.
 	Why string `json:"why,omitempty"`
-	// Replay names the WebhookReplay the attempt was made for.
-	Replay string `json:"replay,omitempty"`
+	// Replay names the WebhookReplay the attempt was made for, and
+	// ReplayUID is its UID.
+	Replay    string `json:"replay,omitempty"`
+	ReplayUID string `json:"replayUID,omitempty"`
 }
 
 // logAttempt appends a to the delivery log without waiting for the ack;

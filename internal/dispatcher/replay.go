@@ -39,9 +39,9 @@ import (
 //     streams.ReplayOutcomeSubject. A redelivered copy whose outcome is
 //     final is acked unsent, and one whose decision is logged finishes
 //     the bookkeeping unsent. So the replay machinery sends an event at
-//     most once per replay, whatever restarts; the one window left is a
-//     crash between the receiver's answer and the log write, where it is
-//     sent again (at least once wins).
+//     most once per replay, whatever restarts; the one window left is
+//     between the receiver's answer and the log write (a crash, or NATS
+//     refusing the write), where it is sent again: at least once wins.
 
 // ReplayOutcome is what became of one replayed event; the last one on its
 // subject is its state.
@@ -101,13 +101,18 @@ func (w *worker) replays(ctx context.Context) {
 		var evs []event
 		if err == nil {
 			evs = w.collectReplays(first, evs)
+			if berr := first.Error(); berr != nil && !errors.Is(berr, nats.ErrTimeout) && !errors.Is(berr, context.DeadlineExceeded) {
+				err = berr
+			}
 		}
 		cancel()
-		if err != nil || len(evs) == 0 {
-			if err != nil && ctx.Err() == nil {
-				w.log.Error(err, "fetching replayed events")
-				sleep(ctx, time.Second)
-			}
+		if err != nil && ctx.Err() == nil && len(evs) == 0 {
+			// A pull refused at once (a missing consumer, a leader
+			// change) must not turn into a busy loop.
+			w.log.Error(err, "fetching replayed events")
+			sleep(ctx, time.Second)
+		}
+		if len(evs) == 0 {
 			continue
 		}
 		if more, err := cons.FetchNoWait(n - 1); err == nil {
@@ -145,6 +150,24 @@ func (w *worker) replayBatch(ctx context.Context, stream jetstream.Stream, evs [
 	for _, e := range evs {
 		replayLimiter(limiters, e.replay)
 	}
+	// Copies waiting in a lane behind the replay's rate are kept alive, so
+	// their ack wait does not run out before their turn.
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(w.keepAliveEvery())
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				for _, e := range evs {
+					_ = e.msg.InProgress()
+				}
+			}
+		}
+	}()
+	defer close(done)
 	var wg sync.WaitGroup
 	for _, lane := range lanes {
 		wg.Add(1)
@@ -206,12 +229,16 @@ func (w *worker) handleReplay(ctx context.Context, stream jetstream.Stream, e ev
 	ep := w.ep.Load()
 	msg, ev, r := e.msg, e.meta, e.replay
 	a := w.newAttempt(e)
-	a.Replay = r.name
+	a.Replay, a.ReplayUID = r.name, r.uid
 	if o, err := replayOutcome(ctx, stream, ep.Namespace, r); err != nil {
 		w.replayLater(e, "replayOutcome", err)
 		return
 	} else if o != nil && o.Final() {
 		_ = msg.Ack() // decided and recorded before a restart
+		return
+	}
+	if e.bad != nil {
+		w.finishReplay(e, a, true)
 		return
 	}
 	// The retry window opens at the copy's first attempt: copies wait
@@ -227,10 +254,6 @@ func (w *worker) handleReplay(ctx context.Context, stream jetstream.Stream, e ev
 		if sent > 0 {
 			start = first
 		}
-	}
-	if e.bad != nil {
-		w.finishReplay(e, a, true)
-		return
 	}
 	now := time.Now()
 	if a.Attempt > 0 && now.After(start.Add(ep.Policy.Window+streams.AckWait(w.fixed.Timeout))) {
@@ -259,6 +282,12 @@ func (w *worker) handleReplay(ctx context.Context, stream jetstream.Stream, e ev
 	if superseded() {
 		return
 	}
+	// The replay's own rate comes before the request slot: a slow replay
+	// must not hold slots that live events need while it waits.
+	if lim != nil && !w.waitLimiter(ctx, msg, lim) {
+		_ = msg.Nak()
+		return
+	}
 	if !w.acquireSlot(ctx, msg) {
 		_ = msg.Nak()
 		return
@@ -272,7 +301,7 @@ func (w *worker) handleReplay(ctx context.Context, stream jetstream.Stream, e ev
 	if probe {
 		defer w.endTurn()
 	}
-	if (lim != nil && !w.waitLimiter(ctx, msg, lim)) || !w.waitRate(ctx, msg) || ctx.Err() != nil {
+	if !w.waitRate(ctx, msg) || ctx.Err() != nil {
 		release(w.slots, 1)
 		_ = msg.Nak()
 		return
@@ -357,8 +386,9 @@ func (w *worker) replayPrior(ctx context.Context, e event) (int, time.Time, *Att
 	var decided *Attempt
 	for i := range hist {
 		h := &hist[i]
-		// The copy's own entries: this replay's, since the copy was made.
-		if h.Replay != e.replay.name || h.Sequence != e.replay.seq || h.Time.Before(e.md.Timestamp) {
+		// The copy's own entries: this replay's (by UID: a name may be
+		// used again), of this event.
+		if h.ReplayUID != e.replay.uid || h.Sequence != e.replay.seq {
 			continue
 		}
 		sent = max(sent, h.Attempt)
@@ -427,6 +457,10 @@ func (w *worker) finishReplay(e event, a *Attempt, fresh bool) {
 // replayLater sends a copy whose bookkeeping failed back, to come again
 // after a backoff that grows with its deliveries.
 func (w *worker) replayLater(e event, what string, err error) {
+	if w.ctx.Err() != nil {
+		_ = e.msg.Nak() // stopping: not the bookkeeping's fault
+		return
+	}
 	w.metrics.bookkeepingFailed(what)
 	w.log.Error(err, "replayed event's bookkeeping failed; it comes back and is not sent again if decided", "what", what, "eventID", e.meta.ID)
 	d := min(time.Duration(e.md.NumDelivered)*500*time.Millisecond, 30*time.Second)

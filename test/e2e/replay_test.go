@@ -73,7 +73,7 @@ spec:
 		Expect(strings.Fields(strings.Split(out, "\n")[0])).To(Equal([]string{"NAME", "ENDPOINT", "MATCHED", "DELIVERED", "FAILED", "PHASE", "AGE"}))
 		Expect(out).To(MatchRegexp(`(?m)^fixed\s+crm-replay\s+1\s+1\s+0\s+Succeeded\s`))
 		out = kubectl("get", "deadletters", "-n", a.ns, "--field-selector", "endpoint=crm-replay")
-		Expect(out).To(MatchRegexp(`(?m)^` + ids[a.ns] + `\s.*\sfixed\s*$`), "the dead letter says which replay delivered it")
+		Expect(out).To(MatchRegexp(`(?m)^`+ids[a.ns]+`\s.*\sfixed\s*$`), "the dead letter says which replay delivered it")
 
 		By("B's tenant replaying the endpoint of the same name in B")
 		out, err = replay(b, "fixed")
