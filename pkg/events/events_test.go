@@ -14,7 +14,7 @@ import (
 	"github.com/herald-dev/herald/pkg/events"
 )
 
-func jetStream(t *testing.T) jetstream.JetStream {
+func jetStream(t testing.TB) jetstream.JetStream {
 	t.Helper()
 	srv, err := testenv.NATS(t.TempDir())
 	if err != nil {

@@ -53,6 +53,96 @@ func NewPublisher(js jetstream.JetStream, opts ...Option) (*Publisher, error) {
 // ErrNoStream when the namespace has no stream yet,
 // and the JetStream error otherwise.
 func (p *Publisher) Publish(ctx context.Context, e Event) (*jetstream.PubAck, error) {
+	msg, err := p.message(e)
+	if err != nil {
+		return nil, err
+	}
+	ack, err := p.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(StreamName(e.Namespace)))
+	if err != nil {
+		return nil, publishError(e.ID, msg.Subject, err)
+	}
+	return ack, nil
+}
+
+// Pending is an event sent by PublishAsync whose store is not confirmed yet.
+type Pending struct {
+	id, subject string
+	future      jetstream.PubAckFuture
+}
+
+// Wait returns the stream's ack for the event, or the error Publish would
+// have returned for it. An event is stored only when Wait says so.
+func (p *Pending) Wait(ctx context.Context) (*jetstream.PubAck, error) {
+	select {
+	case ack := <-p.future.Ok():
+		return ack, nil
+	case err := <-p.future.Err():
+		return nil, publishError(p.id, p.subject, err)
+	case <-ctx.Done():
+		return nil, fmt.Errorf("publishing event %q to %s: waiting for its ack: %w", p.id, p.subject, ctx.Err())
+	}
+}
+
+// PublishAsync validates e and sends it without waiting for the stream:
+// the caller goes on and confirms the store with Wait. An invalid event is
+// refused here, with Publish's errors, and nothing is sent. When the
+// JetStream context already has its maximum of unconfirmed publishes
+// (jetstream.WithPublishAsyncMaxPending, 4,000 by default), this waits for
+// room up to the stall wait and then fails.
+func (p *Publisher) PublishAsync(e Event) (*Pending, error) {
+	msg, err := p.message(e)
+	if err != nil {
+		return nil, err
+	}
+	f, err := p.js.PublishMsgAsync(msg, jetstream.WithExpectStream(StreamName(e.Namespace)))
+	if err != nil {
+		return nil, publishError(e.ID, msg.Subject, err)
+	}
+	return &Pending{id: e.ID, subject: msg.Subject, future: f}, nil
+}
+
+// PublishBatch publishes evs asynchronously, at most window of them
+// unconfirmed at a time, and returns once every one is confirmed or
+// failed: errs[i] is nil when evs[i] is stored (or was a duplicate) and
+// otherwise the error Publish would have returned for it. A failed event
+// does not stop the others; it is the caller's to retry. Events of one key
+// keep their order in the stream, as NATS stores one connection's
+// publishes in the order it sent them.
+func (p *Publisher) PublishBatch(ctx context.Context, evs []Event, window int) (errs []error) {
+	errs = make([]error, len(evs))
+	if window <= 0 {
+		window = DefaultBatchWindow
+	}
+	pending := make([]*Pending, len(evs))
+	confirmed := 0
+	confirm := func(i int) {
+		if pending[i] != nil {
+			_, errs[i] = pending[i].Wait(ctx)
+		}
+	}
+	for i, e := range evs {
+		for ; i-confirmed >= window; confirmed++ {
+			confirm(confirmed)
+		}
+		if ctx.Err() != nil {
+			errs[i] = fmt.Errorf("publishing event %q: %w", e.ID, ctx.Err())
+			continue
+		}
+		pending[i], errs[i] = p.PublishAsync(e)
+	}
+	for ; confirmed < len(evs); confirmed++ {
+		confirm(confirmed)
+	}
+	return errs
+}
+
+// DefaultBatchWindow is PublishBatch's number of unconfirmed events when
+// the caller gives none: enough to keep a round trip's worth of events in
+// flight, well under the JetStream context's default of 4,000.
+const DefaultBatchWindow = 1000
+
+// message validates and encodes e into the NATS message it is published as.
+func (p *Publisher) message(e Event) (*nats.Msg, error) {
 	body, headers, err := e.Encode(p.maxBody)
 	if err != nil {
 		return nil, fmt.Errorf("event %q: %w", e.ID, err)
@@ -61,17 +151,18 @@ func (p *Publisher) Publish(ctx context.Context, e Event) (*jetstream.PubAck, er
 	for k, v := range headers {
 		msg.Header.Set(k, v)
 	}
-	ack, err := p.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(StreamName(e.Namespace)))
-	if err != nil {
-		switch {
-		case isFull(err):
-			err = fmt.Errorf("%w: %w", ErrStreamFull, err)
-		case errors.Is(err, jetstream.ErrNoStreamResponse):
-			err = fmt.Errorf("%w: %w", ErrNoStream, err)
-		}
-		return nil, fmt.Errorf("publishing event %q to %s: %w", e.ID, msg.Subject, err)
+	return msg, nil
+}
+
+// publishError wraps a JetStream error with the sentinel a caller can act on.
+func publishError(id, subject string, err error) error {
+	switch {
+	case isFull(err):
+		err = fmt.Errorf("%w: %w", ErrStreamFull, err)
+	case errors.Is(err, jetstream.ErrNoStreamResponse):
+		err = fmt.Errorf("%w: %w", ErrNoStream, err)
 	}
-	return ack, nil
+	return fmt.Errorf("publishing event %q to %s: %w", id, subject, err)
 }
 
 // isFull reports whether JetStream refused a message because the stream
