@@ -24,7 +24,7 @@ func TestPublishBatchStoresEveryValidEventInOrderAndRefusesTheRest(t *testing.T)
 		e.Version = int64(i + 1)
 		evs = append(evs, e)
 	}
-	evs[7].ID = "evt.7"                     // refused before it is sent
+	evs[7].ID = "evt.7"                    // refused before it is sent
 	evs[8].Namespace = "no-endpoints-here" // refused by NATS: no stream
 	evs[9].ID = evs[3].ID                  // a duplicate is stored once, and is no error
 	errs := pub.PublishBatch(context.Background(), evs, 16)
