@@ -156,6 +156,13 @@ type Dispatcher struct {
 	newest  map[string]*worker
 	pending map[string]Endpoint
 	wg      sync.WaitGroup
+
+	// conn is cancelled when the NATS connection reconnects and then
+	// replaced: a long pull waiting on the old connection's server may
+	// have been forgotten by a restarted one, so every pull is redone.
+	connMu sync.Mutex
+	conn   context.Context
+	connX  context.CancelFunc
 }
 
 // New returns a Dispatcher that reads from js. Each endpoint's worker
@@ -254,11 +261,49 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	d.mu.Unlock()
 	d.wg.Add(1)
 	go func() { defer d.wg.Done(); d.retryLog(ctx) }()
+	d.wg.Add(1)
+	go func() { defer d.wg.Done(); d.watchReconnects(ctx) }()
 
 	<-ctx.Done()
 	// ctx is done, so every worker is already stopping; wait for them all.
 	d.wg.Wait()
 	return nil
+}
+
+// connection is a context that ends when the NATS connection next
+// reconnects (or the dispatcher stops): long pulls wait on it.
+func (d *Dispatcher) connection() context.Context {
+	d.connMu.Lock()
+	defer d.connMu.Unlock()
+	if d.conn == nil {
+		d.conn, d.connX = context.WithCancel(context.Background())
+	}
+	return d.conn
+}
+
+func (d *Dispatcher) watchReconnects(ctx context.Context) {
+	nc := d.js.Conn()
+	ch := nc.StatusChanged(nats.CONNECTED)
+	defer nc.RemoveStatusListener(ch)
+	for {
+		select {
+		case <-ctx.Done():
+			d.renewConnection()
+			return
+		case <-ch:
+			d.renewConnection()
+		}
+	}
+}
+
+// renewConnection ends the pulls of the connection until now.
+func (d *Dispatcher) renewConnection() {
+	d.connMu.Lock()
+	defer d.connMu.Unlock()
+	if d.connX != nil {
+		d.connX()
+	}
+	d.conn = nil
 }
 
 // Upsert starts delivering to ep, or applies a changed configuration. A

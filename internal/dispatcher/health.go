@@ -85,6 +85,9 @@ type tracker struct {
 	pending int64 // PendingWrites
 	dirty   bool
 	kick    chan struct{}
+	// dirtied wakes run when the record becomes dirty: an idle
+	// endpoint's tracker sleeps instead of ticking.
+	dirtied chan struct{}
 	// changed is closed, and replaced, whenever who may take a turn
 	// changes: a probe ends, the endpoint recovers, a retry is scheduled.
 	changed chan struct{}
@@ -93,7 +96,7 @@ type tracker struct {
 const maxTrackedRetries = 10_000
 
 func newTracker(d *Dispatcher, namespace, name string) *tracker {
-	return &tracker{d: d, key: streams.EndpointKey(namespace, name), kick: make(chan struct{}, 1), changed: make(chan struct{})}
+	return &tracker{d: d, key: streams.EndpointKey(namespace, name), kick: make(chan struct{}, 1), dirtied: make(chan struct{}, 1), changed: make(chan struct{})}
 }
 
 // load takes the totals over from the record a previous worker wrote; a
@@ -116,15 +119,27 @@ func (t *tracker) load(ctx context.Context) {
 	t.h.InFlight, t.h.Probing, t.h.NextRetry, t.h.PendingWrites = 0, false, nil, 0
 }
 
+// run writes the record: at once on a kick, otherwise one health interval
+// after it became dirty, so a busy endpoint writes once per interval and an
+// idle one never wakes.
 func (t *tracker) run(ctx context.Context) {
-	tick := time.NewTicker(t.d.opts.healthInterval)
-	defer tick.Stop()
+	timer := time.NewTimer(t.d.opts.healthInterval)
+	timer.Stop()
+	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
 		case <-t.kick:
+		case <-t.dirtied:
+			timer.Reset(t.d.opts.healthInterval)
+			select {
+			case <-ctx.Done():
+				return
+			case <-timer.C:
+			case <-t.kick:
+				timer.Stop()
+			}
 		}
 		t.write(ctx)
 	}
@@ -165,8 +180,18 @@ func (t *tracker) write(ctx context.Context) {
 			t.d.opts.log.Error(err, "writing endpoint health", "endpoint", t.key)
 		}
 		t.mu.Lock()
-		t.dirty = true
+		t.markDirtyLocked()
 		t.mu.Unlock()
+	}
+}
+
+func (t *tracker) markDirtyLocked() {
+	if !t.dirty {
+		t.dirty = true
+		select {
+		case t.dirtied <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -177,7 +202,7 @@ func (t *tracker) turnsChangedLocked() {
 }
 
 func (t *tracker) stateChanged(kick bool) {
-	t.dirty = true
+	t.markDirtyLocked()
 	if kick {
 		select {
 		case t.kick <- struct{}{}:

@@ -69,10 +69,6 @@ type replayed struct {
 	headers   nats.Header // the original's, as published
 }
 
-// replayFetchWait is how long the replay consumer's pull waits: replays
-// are rare, so an idle endpoint costs NATS one pull this often.
-const replayFetchWait = 30 * time.Second
-
 // replays delivers the endpoint's replayed copies until ctx ends. A batch
 // is what the consumer has ready; its events of one key go one at a time
 // in stream order (the order the replay selected them in), and the next
@@ -96,8 +92,7 @@ func (w *worker) replays(ctx context.Context) {
 	n := cap(w.slots) * heldPerSlot
 	for ctx.Err() == nil {
 		// One long pull for the first copy, then whatever else is ready.
-		fctx, cancel := context.WithTimeout(ctx, replayFetchWait)
-		first, err := cons.Fetch(1, jetstream.FetchContext(fctx))
+		first, cancel, err := w.pull(ctx, cons, 1, replayWait)
 		var evs []event
 		if err == nil {
 			evs = w.collectReplays(first, evs)

@@ -25,7 +25,18 @@ import (
 )
 
 const (
-	fetchWait = 2 * time.Second
+	// fetchWait is how long a pull waits for events when there are none.
+	// An idle consumer costs NATS a pull, its expiry and a heartbeat or
+	// two per fetchWait. Events arrive on the open pull as soon as they
+	// are stored, so a long wait delays nothing; a reconnect cancels it
+	// (connection), and missing heartbeats end it if the server forgot it
+	// without the client noticing.
+	fetchWait = 2 * time.Minute
+	// replayWait is the replay consumer's: replays are rarer still.
+	replayWait = 5 * time.Minute
+	// probeWait is the pull's wait while probing: nothing may come for the
+	// due retry, and the sweep must not wait half a minute behind it.
+	probeWait = 2 * time.Second
 	// heldPerSlot bounds events held in memory (in flight plus waiting in a
 	// key's lane) to this many per request slot.
 	heldPerSlot = 4
@@ -82,6 +93,10 @@ type worker struct {
 	// bookkeeping settle retries: kept alive, and a redelivered copy is
 	// dropped, so the decision is never taken again.
 	settling map[uint64]jetstream.Msg
+	// heldBack wakes keepAlive when an event starts waiting in a lane or
+	// settling: with none waiting it sleeps, so an idle worker costs no
+	// timer.
+	heldBack chan struct{}
 	// sending holds the ordered keys with a request in flight, live or
 	// replayed; the channel closes when it ends.
 	sending    map[string]chan struct{}
@@ -108,6 +123,7 @@ func newWorker(d *Dispatcher, ep Endpoint) *worker {
 		out:      map[string]map[uint64]handedBack{},
 		progress: map[uint64]progress{},
 		settling: map[uint64]jetstream.Msg{},
+		heldBack: make(chan struct{}, 1),
 		sending:  map[string]chan struct{}{},
 	}
 	w.ep.Store(&ep)
@@ -221,7 +237,7 @@ func (w *worker) run() {
 			if !acquire(ctx, w.held) {
 				return
 			}
-			if w.fetch(ctx, cons, 1) == 0 {
+			if w.fetch(ctx, cons, 1, probeWait) == 0 {
 				// Nothing came for the due retry: forget it, or the next
 				// probe would be due at once. An event that came takes
 				// the turn, and its end forgets it.
@@ -237,7 +253,7 @@ func (w *worker) run() {
 		for n < cap(w.held) && tryAcquire(w.held) {
 			n++
 		}
-		w.fetch(ctx, cons, n)
+		w.fetch(ctx, cons, n, fetchWait)
 	}
 }
 
@@ -276,13 +292,12 @@ func waitFor[T any](ctx context.Context, w *worker, what string, open func() (T,
 	}
 }
 
-// fetch pulls up to n events, for which n held slots are already taken,
-// and says how many came.
-func (w *worker) fetch(ctx context.Context, cons jetstream.Consumer, n int) (got int) {
+// fetch pulls up to n events, waiting up to wait for them, for which n
+// held slots are already taken, and says how many came.
+func (w *worker) fetch(ctx context.Context, cons jetstream.Consumer, n int, wait time.Duration) (got int) {
 	defer func() { release(w.held, n-got) }()
-	fctx, cancel := context.WithTimeout(ctx, fetchWait)
+	batch, cancel, err := w.pull(ctx, cons, n, wait)
 	defer cancel()
-	batch, err := cons.Fetch(n, jetstream.FetchContext(fctx))
 	if err != nil {
 		if ctx.Err() == nil {
 			w.log.Error(err, "fetching events")
@@ -298,6 +313,20 @@ func (w *worker) fetch(ctx context.Context, cons jetstream.Consumer, n int) (got
 		w.log.V(1).Info("fetch ended", "error", err.Error())
 	}
 	return got
+}
+
+// pull asks for up to n events, waiting up to wait for them. The pull
+// ends with the worker or with the NATS connection it was sent on; a long
+// one has heartbeats, at the longest interval nats.go allows.
+func (w *worker) pull(ctx context.Context, cons jetstream.Consumer, n int, wait time.Duration) (jetstream.MessageBatch, context.CancelFunc, error) {
+	fctx, cancel := context.WithTimeout(ctx, wait)
+	stop := context.AfterFunc(w.d.connection(), cancel)
+	opts := []jetstream.FetchOpt{jetstream.FetchContext(fctx)}
+	if wait >= 10*time.Second {
+		opts = append(opts, jetstream.FetchHeartbeat(wait*2/5))
+	}
+	batch, err := cons.Fetch(n, opts...)
+	return batch, func() { stop(); cancel() }, err
 }
 
 // event is a pulled message with its metadata, parsed and checked once.
@@ -385,6 +414,7 @@ func (w *worker) accept(ctx context.Context, msg jetstream.Msg) {
 			i, _ := slices.BinarySearchFunc(q, seq, func(x event, s uint64) int { return cmp.Compare(x.md.Sequence.Stream, s) })
 			w.lanes[key] = slices.Insert(q, i, e)
 			w.mu.Unlock()
+			w.wakeKeepAlive()
 			return
 		}
 		w.lanes[key] = nil
@@ -505,6 +535,22 @@ func (w *worker) keepAlive(ctx context.Context) {
 		for _, m := range waiting {
 			_ = m.InProgress()
 		}
+		if len(waiting) == 0 {
+			t.Stop()
+			select {
+			case <-ctx.Done():
+				return
+			case <-w.heldBack:
+			}
+			t.Reset(w.keepAliveEvery())
+		}
+	}
+}
+
+func (w *worker) wakeKeepAlive() {
+	select {
+	case w.heldBack <- struct{}{}:
+	default:
 	}
 }
 
@@ -988,6 +1034,7 @@ func (w *worker) settle(msg jetstream.Msg, what string, fn func(context.Context)
 	w.mu.Lock()
 	w.settling[seq] = msg
 	w.mu.Unlock()
+	w.wakeKeepAlive()
 	w.health.pendingWrites(1)
 	w.metrics.pending.Inc()
 	w.settlingWG.Add(1)
