@@ -6,8 +6,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"strings"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -23,15 +23,18 @@ import (
 //
 //   - startup-s: from the dispatcher's start, with one event waiting for
 //     every endpoint, until every endpoint has received it;
+//
 //   - idle-cpu-%-per-1000: then, with nothing flowing, the CPU this
 //     process (dispatcher and NATS server together) uses, in percent of a
 //     core per 1,000 endpoints, over four minutes (two pulls' waits);
+//
 //   - idle-nats-msgs/s: the messages NATS moves in that window (pulls,
 //     their expiries, heartbeats);
+//
 //   - heap-MiB-per-1000: the live heap the running dispatcher adds, per
 //     1,000 endpoints.
 //
-//	go test ./internal/dispatcher -run '^$' -bench IdleEndpoints -benchtime 1x
+//     go test ./internal/dispatcher -run '^$' -bench IdleEndpoints -benchtime 1x
 func BenchmarkIdleEndpoints(b *testing.B) {
 	const endpoints = 1000
 	const window = 4 * time.Minute
