@@ -30,6 +30,8 @@ func runDispatcher(ctx context.Context, args []string) error {
 	probeAddr := fs.String("health-probe-bind-address", ":8081", "health and readiness probe address")
 	egressCfg := egressFlags(fs)
 	resync := fs.Duration("resync-interval", controller.DefaultDispatchResync, "how often each endpoint's Secret is re-read (rotation latency)")
+	cacheBytes := int64(dispatcher.DefaultVersionCacheBytes)
+	fs.Var(bytesFlag{&cacheBytes}, "version-cache-bytes", "memory the delivered-version caches take, all endpoints together")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -50,7 +52,7 @@ func runDispatcher(ctx context.Context, args []string) error {
 	guard := egress.New(*egressCfg)
 	var d *dispatcher.Dispatcher
 	for {
-		d, err = dispatcher.New(ctx, js, dispatcher.WithLogger(log), dispatcher.WithEgressGuard(guard))
+		d, err = dispatcher.New(ctx, js, dispatcher.WithLogger(log), dispatcher.WithEgressGuard(guard), dispatcher.WithVersionCacheBytes(cacheBytes))
 		if err == nil {
 			break
 		}

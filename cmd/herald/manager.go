@@ -38,6 +38,7 @@ type managerFlags struct {
 	streamReplicas             int
 	maxBodyBytes               int
 	limits                     streams.Limits
+	versionCacheBytes          int64
 	dispatcherResources        corev1.ResourceRequirements
 	dispatcherImagePullPolicy  string
 	dispatch                   string
@@ -78,6 +79,8 @@ func runManager(ctx context.Context, args []string) error {
 	fs.Var(bytesFlag{&f.limits.DeadLetterMaxBytes}, "dead-letter-max-bytes", "byte budget of the dead letters; when full new dead letters wait (their events are kept, not resent)")
 	fs.Var(bytesFlag{&f.limits.VersionsMaxBytes}, "versions-max-bytes", "byte budget of the delivered-versions bucket")
 	fs.Var(bytesFlag{&f.limits.HealthMaxBytes}, "health-max-bytes", "byte budget of the endpoint health bucket")
+	f.versionCacheBytes = dispatcher.DefaultVersionCacheBytes
+	fs.Var(bytesFlag{&f.versionCacheBytes}, "version-cache-bytes", "memory the in-process dispatcher's delivered-version caches take, all endpoints together")
 	fs.Var(bytesFlag{&f.limits.ReplayMaxBytes}, "replay-max-bytes", "byte budget of the replays' copies and outcomes; when full new replays wait")
 	fs.StringVar(&f.dispatch, "dispatch", string(controller.DispatchDeployment), "where deliveries run: deployment (one dispatcher Deployment per namespace) or in-process (inside this manager)")
 	fs.StringVar(&f.dispatcherImage, "dispatcher-image", "", "image of the per-namespace dispatcher (this binary); required with --dispatch=deployment")
@@ -264,7 +267,7 @@ func setupControllers(ctx context.Context, mgr ctrl.Manager, js jetstream.JetStr
 		}
 	case controller.DispatchInProcess:
 		d, err := dispatcher.New(ctx, js, dispatcher.WithLogger(ctrl.Log.WithName("dispatcher")),
-			dispatcher.WithEgressGuard(guard))
+			dispatcher.WithEgressGuard(guard), dispatcher.WithVersionCacheBytes(f.versionCacheBytes))
 		if err != nil {
 			return fmt.Errorf("creating dispatcher: %w", err)
 		}

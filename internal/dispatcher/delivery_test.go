@@ -291,6 +291,27 @@ var _ = Describe("Dispatcher", func() {
 			Eventually(func(g Gomega) { g.Expect(healthOf(g, ns, "crm").Superseded).To(BeEquivalentTo(1)) }).Should(Succeed())
 		})
 
+		It("keeps every endpoint's version cache within one byte budget, and still supersedes an older version of a key it forgot", func() {
+			const budget = 8 << 10 // about 80 keys, against 1,000 delivered
+			rc := newReceiver(always(200))
+			d := startDispatcherWith([]dispatcher.Option{dispatcher.WithVersionCacheBytes(budget)},
+				endpoint(ns, "billing", rc.URL+"/billing"), endpoint(ns, "crm", rc.URL+"/crm"))
+			for i := range 500 {
+				publish(ns, "a.b", fmt.Sprintf("evt_new_%d", i), fmt.Sprintf("sub_%d", i), 2, map[string]any{"v": 2})
+			}
+			Eventually(rc.count, 30*time.Second).Should(Equal(1000))
+			Eventually(d.VersionCacheBytes).Should(BeNumerically("<=", budget))
+			Expect(d.VersionCacheBytes()).To(BeNumerically(">", 0))
+
+			for i := range 20 {
+				publish(ns, "a.b", fmt.Sprintf("evt_old_%d", i), fmt.Sprintf("sub_%d", i), 1, map[string]any{"v": 1})
+			}
+			for i := range 20 {
+				Eventually(status(ns, fmt.Sprintf("evt_old_%d", i))).Should(HaveEach(HaveField("State", dispatcher.StateSuperseded)))
+			}
+			Expect(rc.count()).To(Equal(1000))
+		})
+
 		It("runs the MISSION example: billing gets both versions at once, CRM is not stuck and ends on the newest", func() {
 			billing := newReceiver(always(200))
 			var crmUp = make(chan struct{})

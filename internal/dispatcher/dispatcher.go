@@ -34,6 +34,8 @@ type options struct {
 	userAgent       string
 	sweepInterval   time.Duration
 	egress          *egress.Guard
+	// versionCacheBytes bounds every endpoint's version cache together.
+	versionCacheBytes int64
 	// Set only by the cost benchmark (export_test.go), to show what the
 	// durable writes cost; Herald itself never turns them off.
 	noVersionRecords bool
@@ -101,6 +103,18 @@ func WithProbeAfter(n int) Option {
 // waiting events are checked for the end of their retry window (default
 // 1m); it must stay well below the margin between the longest window and
 // the events stream's retention.
+// WithVersionCacheBytes bounds the memory the delivered-version caches of
+// all endpoints take together (DefaultVersionCacheBytes by default).
+func WithVersionCacheBytes(n int64) Option {
+	return func(o *options) error {
+		if n <= 0 {
+			return fmt.Errorf("%w: version cache bytes must be positive, got %d", ErrInvalidOption, n)
+		}
+		o.versionCacheBytes = n
+		return nil
+	}
+}
+
 func WithSweepInterval(d time.Duration) Option {
 	return func(o *options) error {
 		if d <= 0 {
@@ -157,6 +171,8 @@ type Dispatcher struct {
 	pending map[string]Endpoint
 	wg      sync.WaitGroup
 
+	versionCache *cacheBudget
+
 	// conn is cancelled when the NATS connection reconnects and then
 	// replaced: a long pull waiting on the old connection's server may
 	// have been forgotten by a restarted one, so every pull is redone.
@@ -178,6 +194,8 @@ func New(ctx context.Context, js jetstream.JetStream, opts ...Option) (*Dispatch
 		userAgent:       "Herald-Webhooks/" + Version,
 		sweepInterval:   time.Minute,
 		egress:          egress.New(egress.Config{}),
+
+		versionCacheBytes: DefaultVersionCacheBytes,
 	}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
@@ -186,7 +204,8 @@ func New(ctx context.Context, js jetstream.JetStream, opts ...Option) (*Dispatch
 	}
 	d := &Dispatcher{js: js, opts: o,
 		logRetry: make(chan *nats.Msg, logRetries),
-		workers:  map[string]*worker{}, newest: map[string]*worker{}, pending: map[string]Endpoint{}}
+		workers:  map[string]*worker{}, newest: map[string]*worker{}, pending: map[string]Endpoint{},
+		versionCache: newCacheBudget(o.versionCacheBytes)}
 	var err error
 	d.logJS, err = jetstream.New(js.Conn(), jetstream.WithPublishAsyncErrHandler(d.logFailed))
 	if err != nil {

@@ -9,3 +9,6 @@ func WithoutVersionRecords() Option {
 func WithoutDeliveryLog() Option {
 	return func(o *options) error { o.noDeliveryLog = true; return nil }
 }
+
+// VersionCacheBytes is what the endpoints' version caches hold together.
+func (d *Dispatcher) VersionCacheBytes() int64 { return d.versionCache.used.Load() }

@@ -1,14 +1,17 @@
 package dispatcher
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -39,9 +42,12 @@ func (m mark) newer(o mark) bool {
 type versionStore struct {
 	kv     jetstream.KeyValue
 	prefix string // <namespace>.<endpoint>.
+	budget *cacheBudget
 
-	mu    sync.Mutex
-	cache map[string]cached
+	mu     sync.Mutex
+	cache  map[string]cached
+	bytes  int64 // what cache takes, by entrySize
+	closed bool  // the worker ended: cache nothing more
 }
 
 type cached struct {
@@ -53,14 +59,107 @@ type cached struct {
 // dirty reports whether m still has to be written.
 func (c cached) dirty() bool { return c.rev == 0 && c.m != (mark{}) || c.m.newer(c.stored) }
 
-const versionCacheSize = 100_000
+// cacheBudget bounds the bytes every endpoint's version cache of one
+// dispatcher takes together: keys are up to 256 bytes each and endpoints
+// run to thousands, so a count per endpoint would bound nothing. Over
+// budget, the largest caches give up half their written entries first;
+// an entry whose write is pending is never dropped, and a dropped one is
+// read back from the bucket when its key comes again.
+type cacheBudget struct {
+	limit int64
+	used  atomic.Int64
+
+	mu     sync.Mutex
+	stores map[*versionStore]struct{}
+}
+
+// DefaultVersionCacheBytes is a dispatcher's version cache budget: about
+// 500,000 keys of 100 bytes.
+const DefaultVersionCacheBytes = 128 << 20
+
+func newCacheBudget(limit int64) *cacheBudget {
+	return &cacheBudget{limit: limit, stores: map[*versionStore]struct{}{}}
+}
+
+// entrySize is what a cached key costs: the key, the entry and its share
+// of the map.
+func entrySize(key string) int64 { return int64(len(key)) + 80 }
+
+// shed drops written entries, from the largest caches down, until the
+// budget has a tenth to spare.
+func (b *cacheBudget) shed() {
+	if b.used.Load() <= b.limit {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	type sized struct {
+		s *versionStore
+		n int64
+	}
+	stores := make([]sized, 0, len(b.stores))
+	for s := range b.stores {
+		stores = append(stores, sized{s, s.size()})
+	}
+	slices.SortFunc(stores, func(x, y sized) int { return cmp.Compare(y.n, x.n) })
+	for _, x := range stores {
+		if b.used.Load() <= b.limit*9/10 {
+			return
+		}
+		x.s.dropHalf()
+	}
+}
+
+func (s *versionStore) size() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.bytes
+}
+
+// dropHalf forgets about half of the written entries, chosen by map order.
+func (s *versionStore) dropHalf() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	target := s.bytes / 2
+	for k, v := range s.cache {
+		if s.bytes <= target {
+			return
+		}
+		if !v.dirty() {
+			s.forgetLocked(k)
+		}
+	}
+}
+
+func (s *versionStore) forgetLocked(key string) {
+	delete(s.cache, key)
+	s.bytes -= entrySize(key)
+	s.budget.used.Add(-entrySize(key))
+}
+
+// close gives the store's bytes back to the budget.
+func (s *versionStore) close() {
+	s.budget.mu.Lock()
+	delete(s.budget.stores, s)
+	s.budget.mu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	for k := range s.cache {
+		s.forgetLocked(k)
+	}
+}
 
 // maxKeyToken bounds the bucket key token an ordering key becomes: longer
 // keys are hashed, so no tenant's key can make a subject NATS refuses.
 const maxKeyToken = 64
 
-func newVersionStore(kv jetstream.KeyValue, namespace, endpoint string) *versionStore {
-	return &versionStore{kv: kv, prefix: streams.EndpointKey(namespace, endpoint) + ".", cache: map[string]cached{}}
+func newVersionStore(kv jetstream.KeyValue, budget *cacheBudget, namespace, endpoint string) *versionStore {
+	s := &versionStore{kv: kv, budget: budget, prefix: streams.EndpointKey(namespace, endpoint) + ".", cache: map[string]cached{}}
+	budget.mu.Lock()
+	budget.stores[s] = struct{}{}
+	budget.mu.Unlock()
+	return s
 }
 
 // kvKey encodes an ordering key into the bucket's key alphabet.
@@ -109,7 +208,10 @@ func (s *versionStore) read(ctx context.Context, key string) (cached, error) {
 // aged out or been purged, so its revision can go down).
 func (s *versionStore) merge(key string, c cached, authoritative bool) cached {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	if s.closed {
+		s.mu.Unlock()
+		return c
+	}
 	old, ok := s.cache[key]
 	if ok {
 		if old.m.newer(c.m) {
@@ -118,14 +220,13 @@ func (s *versionStore) merge(key string, c cached, authoritative bool) cached {
 		if !authoritative && old.rev > c.rev {
 			c.stored, c.rev = old.stored, old.rev
 		}
-	} else if len(s.cache) >= versionCacheSize {
-		for k, v := range s.cache {
-			if !v.dirty() {
-				delete(s.cache, k)
-			}
-		}
+	} else {
+		s.bytes += entrySize(key)
+		s.budget.used.Add(entrySize(key))
 	}
 	s.cache[key] = c
+	s.mu.Unlock()
+	s.budget.shed()
 	return c
 }
 

@@ -197,7 +197,8 @@ func (w *worker) run() {
 	if b == nil {
 		return
 	}
-	w.vers = newVersionStore(b.versions, w.fixed.Namespace, w.fixed.Name)
+	w.vers = newVersionStore(b.versions, w.d.versionCache, w.fixed.Namespace, w.fixed.Name)
+	defer w.vers.close() // after shutdown, which still settles events
 	w.health.kv = b.health
 	w.health.load(ctx)
 	defer w.shutdown()
