@@ -99,10 +99,6 @@ func WithProbeAfter(n int) Option {
 	}
 }
 
-// WithSweepInterval sets how often a suspended or probing endpoint's
-// waiting events are checked for the end of their retry window (default
-// 1m); it must stay well below the margin between the longest window and
-// the events stream's retention.
 // WithVersionCacheBytes bounds the memory the delivered-version caches of
 // all endpoints take together (DefaultVersionCacheBytes by default).
 func WithVersionCacheBytes(n int64) Option {
@@ -115,6 +111,10 @@ func WithVersionCacheBytes(n int64) Option {
 	}
 }
 
+// WithSweepInterval sets how often a suspended or probing endpoint's
+// waiting events are checked for the end of their retry window (default
+// 1m); it must stay well below the margin between the longest window and
+// the events stream's retention.
 func WithSweepInterval(d time.Duration) Option {
 	return func(o *options) error {
 		if d <= 0 {
@@ -304,12 +304,20 @@ func (d *Dispatcher) watchReconnects(ctx context.Context) {
 	nc := d.js.Conn()
 	ch := nc.StatusChanged(nats.CONNECTED)
 	defer nc.RemoveStatusListener(ch)
+	server := nc.ConnectedServerId()
 	for {
 		select {
 		case <-ctx.Done():
 			d.renewConnection()
 			return
 		case <-ch:
+		}
+		// Back on the same server, the pulls are still there and the
+		// inbox is resubscribed: cancelling them would only drop what
+		// they were sent. A new server (a restart makes a new id) has
+		// forgotten them.
+		if id := nc.ConnectedServerId(); id != server {
+			server = id
 			d.renewConnection()
 		}
 	}

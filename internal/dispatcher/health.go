@@ -277,6 +277,13 @@ func (t *tracker) deadLettered() {
 	t.stateChanged(false)
 }
 
+// failing reports whether the endpoint's last attempt failed.
+func (t *tracker) failing() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.h.ConsecutiveFailures > 0
+}
+
 func (t *tracker) probing() bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()

@@ -90,9 +90,11 @@ func (w *worker) replays(ctx context.Context) {
 	}
 	limiters := map[string]*rate.Limiter{}
 	n := cap(w.slots) * heldPerSlot
+	wait := replayWait
 	for ctx.Err() == nil {
-		// One long pull for the first copy, then whatever else is ready.
-		first, cancel, err := w.pull(ctx, cons, 1, replayWait)
+		// One long pull for the first copy, then whatever else is ready;
+		// short pulls while a replay runs (see run on heartbeat timers).
+		first, cancel, err := w.pull(ctx, cons, 1, wait)
 		var evs []event
 		if err == nil {
 			evs = w.collectReplays(first, evs)
@@ -101,6 +103,9 @@ func (w *worker) replays(ctx context.Context) {
 			}
 		}
 		cancel()
+		if errors.Is(err, context.Canceled) || errors.Is(err, jetstream.ErrNoHeartbeat) {
+			err = nil // a pull redone after a reconnect or a lost heartbeat
+		}
 		if err != nil && ctx.Err() == nil && len(evs) == 0 {
 			// A pull refused at once (a missing consumer, a leader
 			// change) must not turn into a busy loop.
@@ -108,8 +113,10 @@ func (w *worker) replays(ctx context.Context) {
 			sleep(ctx, time.Second)
 		}
 		if len(evs) == 0 {
+			wait = replayWait
 			continue
 		}
+		wait = probeWait
 		if more, err := cons.FetchNoWait(n - 1); err == nil {
 			evs = w.collectReplays(more, evs)
 		}

@@ -97,7 +97,7 @@ func BenchmarkIdleEndpoints(b *testing.B) {
 			counts[k]++
 			cmu.Unlock()
 		})
-		defer sub.Unsubscribe()
+		defer func() { _ = sub.Unsubscribe() }()
 	}
 	v0, _ := env.srv.Varz(nil)
 	stopProfile := profileDeliveries(b, "idle")

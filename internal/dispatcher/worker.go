@@ -34,8 +34,9 @@ const (
 	fetchWait = 2 * time.Minute
 	// replayWait is the replay consumer's: replays are rarer still.
 	replayWait = 5 * time.Minute
-	// probeWait is the pull's wait while probing: nothing may come for the
-	// due retry, and the sweep must not wait half a minute behind it.
+	// probeWait is the pull's wait while probing (nothing may come for the
+	// due retry, and the sweep must not wait behind it), while failing and
+	// while busy: short enough to need no heartbeat.
 	probeWait = 2 * time.Second
 	// heldPerSlot bounds events held in memory (in flight plus waiting in a
 	// key's lane) to this many per request slot.
@@ -222,6 +223,7 @@ func (w *worker) run() {
 		}
 	}
 	nextSweep := time.Now().Add(w.d.opts.sweepInterval)
+	busy := false // the last pull came back full
 	for ctx.Err() == nil {
 		if w.health.probing() {
 			if !time.Now().Before(nextSweep) {
@@ -254,7 +256,16 @@ func (w *worker) run() {
 		for n < cap(w.held) && tryAcquire(w.held) {
 			n++
 		}
-		w.fetch(ctx, cons, n, fetchWait)
+		// A long pull only while there is nothing to pull and nothing
+		// failing: a busy endpoint's pulls come back full at once, and
+		// nats.go keeps a long pull's heartbeat timer for two heartbeats
+		// after it ends, one per pull; a failing endpoint must notice
+		// within seconds that it has started probing.
+		wait := fetchWait
+		if busy || w.health.failing() {
+			wait = probeWait
+		}
+		busy = w.fetch(ctx, cons, n, wait) == n
 	}
 }
 

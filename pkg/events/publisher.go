@@ -71,7 +71,9 @@ type Pending struct {
 }
 
 // Wait returns the stream's ack for the event, or the error Publish would
-// have returned for it. An event is stored only when Wait says so.
+// have returned for it. Only an ack means stored; after an error (a
+// context that ended, an ack that timed out) the event may or may not be
+// stored, and a retry with the same id is stored at most once.
 func (p *Pending) Wait(ctx context.Context) (*jetstream.PubAck, error) {
 	select {
 	case ack := <-p.future.Ok():
@@ -105,9 +107,12 @@ func (p *Publisher) PublishAsync(e Event) (*Pending, error) {
 // unconfirmed at a time, and returns once every one is confirmed or
 // failed: errs[i] is nil when evs[i] is stored (or was a duplicate) and
 // otherwise the error Publish would have returned for it. A failed event
-// does not stop the others; it is the caller's to retry. Events of one key
-// keep their order in the stream, as NATS stores one connection's
-// publishes in the order it sent them.
+// does not stop the others; it is the caller's to retry, and its retry is
+// stored after the events that followed it: give events of one key
+// versions, so that a late older one is superseded, not delivered after a
+// newer. The window counts against the JetStream context's maximum of
+// unconfirmed publishes (jetstream.WithPublishAsyncMaxPending, 4,000 by
+// default), shared by every batch on it; past it, publishes fail.
 func (p *Publisher) PublishBatch(ctx context.Context, evs []Event, window int) (errs []error) {
 	errs = make([]error, len(evs))
 	if window <= 0 {
