@@ -229,25 +229,34 @@ func BenchmarkDelivery(b *testing.B) {
 // not the publisher's; publish-to-receive latency comes from
 // BenchmarkLatency.
 func deliveryRate(b *testing.B, endpoints, deliveries int, name string, opts ...dispatcher.Option) float64 {
+	return drainRate(b, endpoints, deliveries, name, func(s benchT, env *benchEnv, url string) {
+		benchEndpoints(s, env, "bench", endpoints, url, opts...)
+	})
+}
+
+// drainRate publishes the backlog on a NATS server of its own, calls start
+// to begin delivering it to url, and returns deliveries per second until
+// the receiver has them all.
+func drainRate(b *testing.B, endpoints, deliveries int, name string, start func(benchT, *benchEnv, string)) float64 {
 	s := &runScope{B: b}
 	defer s.end()
 	env := newBenchEnv(s)
-	events := deliveries / endpoints
-	rc := newLatencyReceiver(int64(events * endpoints))
+	per := deliveries / endpoints
+	rc := newLatencyReceiver(int64(per * endpoints))
 	defer rc.Close()
 	createBenchConsumers(s, env, "bench", endpoints)
-	publishAll(s, env, "bench", events, 0)
+	publishAll(s, env, "bench", per, 0)
 	stopProfile := profileDeliveries(b, name)
-	start := time.Now()
-	benchEndpoints(s, env, "bench", endpoints, rc.URL, opts...)
+	t0 := time.Now()
+	start(s, env, rc.URL)
 	select {
 	case <-rc.done:
 	case <-time.After(5 * time.Minute):
-		b.Fatalf("only %d of %d deliveries arrived", rc.n.Load(), events*endpoints)
+		b.Fatalf("%s: only %d of %d deliveries arrived", name, rc.n.Load(), per*endpoints)
 	}
-	elapsed := time.Since(start)
+	elapsed := time.Since(t0)
 	stopProfile()
-	return float64(events*endpoints) / elapsed.Seconds()
+	return float64(per*endpoints) / elapsed.Seconds()
 }
 
 // forwarderRate is the JetStream ceiling: the least any JetStream-based
@@ -258,27 +267,24 @@ func deliveryRate(b *testing.B, endpoints, deliveries int, name string, opts ...
 // and has no lanes, health, limits or retries. Same backlog, same kind of
 // receiver, a NATS server of its own.
 func forwarderRate(b *testing.B, endpoints, deliveries int) float64 {
-	s := &runScope{B: b}
-	defer s.end()
-	env := newBenchEnv(s)
-	per := deliveries / endpoints
-	rc := newLatencyReceiver(int64(per * endpoints))
-	defer rc.Close()
-	createBenchConsumers(s, env, "bench", endpoints)
-	publishAll(s, env, "bench", per, 0)
+	return drainRate(b, endpoints, deliveries, "forwarder", func(s benchT, env *benchEnv, url string) {
+		startForwarder(s, env, endpoints, url)
+	})
+}
+
+func startForwarder(s benchT, env *benchEnv, endpoints int, receiver string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait() }()
+	s.Cleanup(func() { cancel(); wg.Wait() })
 	keys, _ := signingKeys(secretA)
-	start := time.Now()
 	for i := range endpoints {
 		name := fmt.Sprintf("ep%d", i)
 		cons, err := env.js.Consumer(ctx, events.StreamName("bench"), streams.ConsumerName("bench", name))
 		if err != nil {
-			b.Fatal(err)
+			s.Fatal(err)
 		}
 		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: benchInFlight, MaxConnsPerHost: benchInFlight}}
-		url := rc.URL + "/" + name
+		url := receiver + "/" + name
 		held := make(chan struct{}, benchInFlight*4)
 		slots := make(chan struct{}, benchInFlight)
 		send := func(msg jetstream.Msg) {
@@ -332,12 +338,6 @@ func forwarderRate(b *testing.B, endpoints, deliveries int) float64 {
 			}
 		}()
 	}
-	select {
-	case <-rc.done:
-	case <-time.After(5 * time.Minute):
-		b.Fatalf("the forwarder delivered only %d of %d", rc.n.Load(), per*endpoints)
-	}
-	return float64(per*endpoints) / time.Since(start).Seconds()
 }
 
 // BenchmarkDeliveryCost shows what each durable write costs: one endpoint,

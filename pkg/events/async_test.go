@@ -6,11 +6,9 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/herald-dev/herald/internal/streams"
-	"github.com/herald-dev/herald/internal/testenv"
 	"github.com/herald-dev/herald/pkg/events"
 )
 
@@ -71,22 +69,9 @@ func TestPublishBatchStoresEveryValidEventInOrderAndRefusesTheRest(t *testing.T)
 }
 
 func TestPublishAsyncSaysWhenTheStreamIsFull(t *testing.T) {
-	srv, err := testenv.NATS(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
 	limits := streams.DefaultLimits()
 	limits.EventsMaxBytes = 4 << 10
-	if err := streams.EnsureNamespace(context.Background(), js, limits, "shop"); err != nil {
-		t.Fatal(err)
-	}
+	js := jetStreamWith(t, limits)
 	pub, _ := events.NewPublisher(js)
 	var full error
 	for i := 0; i < 100 && full == nil; i++ {

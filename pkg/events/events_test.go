@@ -16,6 +16,12 @@ import (
 
 func jetStream(t testing.TB) jetstream.JetStream {
 	t.Helper()
+	return jetStreamWith(t, streams.DefaultLimits())
+}
+
+// jetStreamWith is jetStream with the namespaces' streams made with limits.
+func jetStreamWith(t testing.TB, limits streams.Limits) jetstream.JetStream {
+	t.Helper()
 	srv, err := testenv.NATS(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -31,7 +37,7 @@ func jetStream(t testing.TB) jetstream.JetStream {
 		t.Fatal(err)
 	}
 	for _, ns := range []string{"shop", "another-tenant"} {
-		if err := streams.EnsureNamespace(context.Background(), js, streams.DefaultLimits(), ns); err != nil {
+		if err := streams.EnsureNamespace(context.Background(), js, limits, ns); err != nil {
 			t.Fatal(err)
 		}
 	}
