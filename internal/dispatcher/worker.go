@@ -28,9 +28,9 @@ const (
 	// fetchWait is how long a pull waits for events when there are none.
 	// An idle consumer costs NATS a pull, its expiry and a heartbeat or
 	// two per fetchWait. Events arrive on the open pull as soon as they
-	// are stored, so a long wait delays nothing; a reconnect cancels it
-	// (connection), and missing heartbeats end it if the server forgot it
-	// without the client noticing.
+	// are stored, so a long wait delays nothing. A reconnect to another
+	// server (a restart) cancels it (connection), and missing heartbeats
+	// end it if the server forgot it without the client noticing.
 	fetchWait = 2 * time.Minute
 	// replayWait is the replay consumer's: replays are rarer still.
 	replayWait = 5 * time.Minute
