@@ -258,8 +258,12 @@ func (s *versionStore) record(ctx context.Context, key string, m mark) error {
 func (s *versionStore) flush(ctx context.Context, key string) error {
 	for range 3 {
 		s.mu.Lock()
-		c := s.cache[key]
+		c, closed := s.cache[key], s.closed
 		s.mu.Unlock()
+		if closed {
+			// Its cache is gone, so "nothing to write" would be a guess.
+			return errors.New("recording delivered version: the endpoint's worker has stopped")
+		}
 		if !c.dirty() {
 			return nil
 		}
