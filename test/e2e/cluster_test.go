@@ -43,10 +43,20 @@ func kubectlIn(stdin string, args ...string) (string, error) {
 }
 
 // apply is `kubectl apply -f -`: the suite configures Herald as a user does.
+// One error is retried: the API server's Service IP allocator can hand out
+// an address it still holds (a CI run failed on it, "provided IP is
+// already allocated"), and a second apply gets another.
 func apply(manifest string) {
 	GinkgoHelper()
-	out, err := kubectlIn(manifest, "apply", "-f", "-")
-	Expect(err).NotTo(HaveOccurred(), "kubectl apply:\n%s\n%s", out, manifest)
+	var out string
+	Eventually(func() error {
+		var err error
+		out, err = kubectlIn(manifest, "apply", "-f", "-")
+		if err != nil && !strings.Contains(out, "provided IP is already allocated") {
+			return StopTrying("kubectl apply failed").Wrap(err)
+		}
+		return err
+	}).WithTimeout(30*time.Second).WithPolling(time.Second).Should(Succeed(), func() string { return fmt.Sprintf("kubectl apply:\n%s\n%s", out, manifest) })
 }
 
 // natsDataDir is where the NATS pod keeps its store, on the node. A fresh
