@@ -89,8 +89,8 @@ test: verify-generated verify-tidy vet lint envtest ## Run the unit and integrat
 	exit $$status
 
 .PHONY: bench
-bench: ## Run the delivery benchmarks (deliveries/s against a JetStream forwarder and raw HTTP, latency, isolation) and the publish benchmark.
-	go test ./internal/dispatcher/ -run '^$$' -bench 'Delivery|Latency|Isolation' -benchtime 1x -count 1 -timeout 30m
+bench: ## Run the delivery benchmarks (deliveries/s against a JetStream forwarder and raw HTTP, latency, isolation, recovery) and the publish benchmark.
+	go test ./internal/dispatcher/ -run '^$$' -bench 'Delivery|Latency|Isolation|Recovery' -benchtime 1x -count 1 -timeout 30m
 	go test ./pkg/events/ -run '^$$' -bench Publish -benchtime 1x -count 1 -timeout 10m
 
 .PHONY: bench-scale

@@ -211,6 +211,19 @@ type DeliveryTotals struct {
 	Superseded     int64 `json:"superseded"`
 }
 
+// AdaptiveLimits are what the dispatcher lets an endpoint have now, below
+// its maxInFlight and rateLimit: they start low after an outage, grow with
+// successes and fall when it answers 429 or 503, times out or slows down.
+type AdaptiveLimits struct {
+	// Concurrency is how many requests may be in flight to it now.
+	Concurrency int32 `json:"concurrency"`
+
+	// RequestsPerSecond is the rate set after it answered 429 or 503,
+	// rounded up; absent while none is in force.
+	// +optional
+	RequestsPerSecond *int32 `json:"requestsPerSecond,omitempty"`
+}
+
 // WebhookEndpointStatus is what delivery to this endpoint looks like now.
 type WebhookEndpointStatus struct {
 	// ObservedGeneration is the generation the status describes.
@@ -256,6 +269,10 @@ type WebhookEndpointStatus struct {
 	// +optional
 	Totals DeliveryTotals `json:"totals,omitempty"`
 
+	// AdaptiveLimits are the dispatcher's current limits for this endpoint.
+	// +optional
+	AdaptiveLimits *AdaptiveLimits `json:"adaptiveLimits,omitempty"`
+
 	// Consumer is the JetStream consumer that holds this endpoint's queue.
 	// +optional
 	Consumer string `json:"consumer,omitempty"`
@@ -277,6 +294,7 @@ type WebhookEndpointStatus struct {
 // +kubebuilder:printcolumn:name="Last Success",type=date,JSONPath=`.status.lastSuccessTime`
 // +kubebuilder:printcolumn:name="Failures",type=integer,JSONPath=`.status.consecutiveFailures`,priority=1
 // +kubebuilder:printcolumn:name="Next Retry",type=string,JSONPath=`.status.nextRetryIn`,priority=1,description="as of the last status write"
+// +kubebuilder:printcolumn:name="Concurrency",type=integer,JSONPath=`.status.adaptiveLimits.concurrency`,priority=1,description="the adaptive concurrency limit"
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type WebhookEndpoint struct {
 	metav1.TypeMeta   `json:",inline"`

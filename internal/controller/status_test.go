@@ -11,6 +11,7 @@ import (
 	. "github.com/onsi/gomega"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/herald-dev/herald/api/v1alpha1"
@@ -53,6 +54,7 @@ var _ = Describe("WebhookEndpoint status", func() {
 			okAt := time.Now()
 			writeHealth(ns, "crm", dispatcher.Health{
 				LastSuccess: &okAt, Delivered: 5, FailedAttempts: 3, DeadLettered: 2,
+				ConcurrencyLimit: 4, AdaptiveRate: 24.2,
 				LastFailure: &dispatcher.Failure{Time: failedAt, StatusCode: 500, Reason: "HTTPError", EventID: "evt_1"},
 			})
 			expectConditions(ns, "crm", map[string]string{v1.HealthyCondition: "True/Delivering"})
@@ -62,6 +64,7 @@ var _ = Describe("WebhookEndpoint status", func() {
 				g.Expect(ep.Status.ConsecutiveFailures).To(BeZero())
 				g.Expect(ep.Status.NextRetryTime).To(BeNil())
 				g.Expect(ep.Status.Totals.Delivered).To(BeEquivalentTo(5))
+				g.Expect(ep.Status.AdaptiveLimits).To(Equal(&v1.AdaptiveLimits{Concurrency: 4, RequestsPerSecond: ptr.To[int32](25)}))
 			}, eventually, poll).Should(Succeed())
 			Eventually(func(g Gomega) []string { return eventReasons(g, ns, "crm") }, eventually, poll).
 				Should(ContainElements("DeliveryFailing", "DeliveryRecovered", "DeadLettered"))

@@ -39,6 +39,7 @@ type options struct {
 	// Set only by the cost benchmark (export_test.go), to show what the
 	// durable writes cost; Herald itself never turns them off.
 	noVersionRecords bool
+	fixedLimits      bool // adaptive limits off, for BenchmarkRecovery's baseline
 	noDeliveryLog    bool
 }
 

@@ -12,3 +12,9 @@ func WithoutDeliveryLog() Option {
 
 // VersionCacheBytes is what the endpoints' version caches hold together.
 func (d *Dispatcher) VersionCacheBytes() int64 { return d.versionCache.used.Load() }
+
+// WithoutAdaptiveLimits gives every endpoint maxInFlight from the start
+// and no adaptive rate, for BenchmarkRecovery's baseline only.
+func WithoutAdaptiveLimits() Option {
+	return func(o *options) error { o.fixedLimits = true; return nil }
+}

@@ -45,8 +45,13 @@ type Health struct {
 	// PendingWrites counts events delivered or dead-lettered whose
 	// bookkeeping (version record, dead letter) is being retried: they are
 	// not sent again, and acked once it is written.
-	PendingWrites int64     `json:"pendingWrites,omitempty"`
-	UpdatedAt     time.Time `json:"updatedAt"`
+	PendingWrites int64 `json:"pendingWrites,omitempty"`
+	// ConcurrencyLimit is the adaptive concurrency limit, at most
+	// maxInFlight; AdaptiveRate is the requests/s limit set after the
+	// endpoint answered 429 or 503, 0 while none is in force.
+	ConcurrencyLimit int64     `json:"concurrencyLimit,omitempty"`
+	AdaptiveRate     float64   `json:"adaptiveRate,omitempty"`
+	UpdatedAt        time.Time `json:"updatedAt"`
 }
 
 // ReadHealth returns an endpoint's health record, or nil when its
@@ -74,6 +79,7 @@ type tracker struct {
 	kv       jetstream.KeyValue // the namespace's health bucket, set before run
 	key      string
 	inFlight atomic.Int64
+	limits   func() (window int, rps float64) // the worker's adaptive limits
 
 	mu      sync.Mutex
 	h       Health
@@ -162,6 +168,10 @@ func (t *tracker) write(ctx context.Context) {
 	h := t.h
 	h.InFlight = t.inFlight.Load()
 	h.PendingWrites = t.pending
+	if t.limits != nil {
+		window, rps := t.limits()
+		h.ConcurrencyLimit, h.AdaptiveRate = int64(window), rps
+	}
 	h.UpdatedAt = now
 	h.NextRetry = nil
 	if i, _ := slices.BinarySearchFunc(t.retries, now, time.Time.Compare); i < len(t.retries) {

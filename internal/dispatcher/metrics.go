@@ -31,6 +31,14 @@ var (
 		Name: "herald_bookkeeping_pending",
 		Help: "Events whose outcome is decided but whose version record or dead letter is still being written.",
 	}, []string{"namespace", "endpoint"})
+	concurrencyLimit = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "herald_endpoint_concurrency_limit",
+		Help: "The adaptive concurrency limit: requests an endpoint may have in flight now, at most its maxInFlight.",
+	}, []string{"namespace", "endpoint"})
+	adaptiveRate = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "herald_endpoint_adaptive_rate",
+		Help: "The adaptive rate limit (requests/s) set after the endpoint answered 429 or 503; 0 while none is in force.",
+	}, []string{"namespace", "endpoint"})
 	logPublishFailures = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "herald_delivery_log_publish_failures_total",
 		Help: "Delivery-log publishes that failed and were queued for a retry.",
@@ -43,7 +51,7 @@ var (
 
 func init() {
 	metrics.Registry.MustRegister(deliveries, attemptSeconds, inFlightGauge, overTarget,
-		bookkeepingFailures, pendingWrites, logPublishFailures, logEntriesLost)
+		bookkeepingFailures, pendingWrites, concurrencyLimit, adaptiveRate, logPublishFailures, logEntriesLost)
 }
 
 // endpointMetrics are one endpoint's series, looked up once per worker
@@ -55,6 +63,8 @@ type endpointMetrics struct {
 	inFlight            prometheus.Gauge
 	overTarget          prometheus.Counter
 	pending             prometheus.Gauge
+	concurrencyLimit    prometheus.Gauge
+	adaptiveRate        prometheus.Gauge
 }
 
 func newEndpointMetrics(namespace, endpoint string) endpointMetrics {
@@ -65,7 +75,11 @@ func newEndpointMetrics(namespace, endpoint string) endpointMetrics {
 		outcomes:   map[string]prometheus.Counter{},
 		latency:    attemptSeconds.WithLabelValues(namespace, endpoint),
 		inFlight:   inFlightGauge.WithLabelValues(namespace, endpoint),
+
+		concurrencyLimit: concurrencyLimit.WithLabelValues(namespace, endpoint),
+		adaptiveRate:     adaptiveRate.WithLabelValues(namespace, endpoint),
 	}
+	m.concurrencyLimit.Set(1)
 	for _, o := range []string{OutcomeDelivered, OutcomeRetrying, OutcomeDead, OutcomeSuperseded} {
 		m.outcomes[o] = deliveries.WithLabelValues(namespace, endpoint, o)
 	}

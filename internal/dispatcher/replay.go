@@ -89,7 +89,7 @@ func (w *worker) replays(ctx context.Context) {
 		return
 	}
 	limiters := map[string]*rate.Limiter{}
-	n := cap(w.slots) * heldPerSlot
+	n := w.fixed.MaxInFlight * heldPerSlot
 	wait := replayWait
 	for ctx.Err() == nil {
 		// One long pull for the first copy, then whatever else is ready;
@@ -296,7 +296,7 @@ func (w *worker) handleReplay(ctx context.Context, stream jetstream.Stream, e ev
 	}
 	ok, probe := w.awaitTurn(ctx, msg)
 	if !ok {
-		release(w.slots, 1)
+		w.adapt.release()
 		_ = msg.Nak()
 		return
 	}
@@ -304,7 +304,7 @@ func (w *worker) handleReplay(ctx context.Context, stream jetstream.Stream, e ev
 		defer w.endTurn()
 	}
 	if !w.waitRate(ctx, msg) || ctx.Err() != nil {
-		release(w.slots, 1)
+		w.adapt.release()
 		_ = msg.Nak()
 		return
 	}
@@ -312,23 +312,24 @@ func (w *worker) handleReplay(ctx context.Context, stream jetstream.Stream, e ev
 		// One request of a key at a time across live and replayed
 		// events, and the last look at the delivered version under it.
 		if !w.lockKey(ctx, msg, e.lane) {
-			release(w.slots, 1)
+			w.adapt.release()
 			_ = msg.Nak()
 			return
 		}
 		defer w.unlockKey(e.lane)
 	}
 	if superseded() {
-		release(w.slots, 1)
+		w.adapt.release()
 		return
 	}
 	status, respBody, hdr, latency, herr := w.send(ep, ev.ID, msg.Data())
 	if w.reqCtx.Err() != nil && herr != nil {
-		release(w.slots, 1)
+		w.adapt.release()
 		_ = msg.Nak()
 		return
 	}
 	w.observeLatency(latency)
+	w.observeLimits(status, herr, latency)
 	now = time.Now()
 	a.Attempt++
 	a.Time, a.StatusCode, a.LatencyMS, a.Response = now, status, float64(latency.Microseconds())/1000, respBody
@@ -341,7 +342,7 @@ func (w *worker) handleReplay(ctx context.Context, stream jetstream.Stream, e ev
 	if v.delivered {
 		a.Outcome = OutcomeDelivered
 		w.health.success(now)
-		release(w.slots, 1)
+		w.adapt.release()
 		w.finishReplay(e, a, true)
 		return
 	}
@@ -357,14 +358,14 @@ func (w *worker) handleReplay(ctx context.Context, stream jetstream.Stream, e ev
 	if plan.dead {
 		a.Outcome, a.DeadReason, a.Why = OutcomeDead, plan.reason, "replay "+r.name+": "+plan.why
 		w.health.failure(fail, nil, v.retryable)
-		release(w.slots, 1)
+		w.adapt.release()
 		w.finishReplay(e, a, true)
 		return
 	}
 	next := now.Add(plan.delay)
 	a.Outcome, a.NextAttempt = OutcomeRetrying, &next
 	w.health.failure(fail, &next, true)
-	release(w.slots, 1)
+	w.adapt.release()
 	w.d.logAttempt(a)
 	// The outcome says it was sent; losing this one only delays that.
 	if err := w.publishReplayOutcome(w.reqCtx, e, a); err != nil {

@@ -71,7 +71,7 @@ type worker struct {
 	reqCancel context.CancelFunc
 	done      chan struct{}
 
-	slots chan struct{} // one per concurrent request
+	adapt *adaptive     // request slots: maxInFlight, held to the adaptive window
 	held  chan struct{} // one per event held in memory
 
 	metrics endpointMetrics
@@ -117,7 +117,7 @@ func newWorker(d *Dispatcher, ep Endpoint) *worker {
 		log:      d.opts.log.WithValues("webhookEndpoint", ep.ID()),
 		fixed:    ep,
 		done:     make(chan struct{}),
-		slots:    make(chan struct{}, ep.MaxInFlight),
+		adapt:    newAdaptive(ep.MaxInFlight, d.opts.fixedLimits),
 		held:     make(chan struct{}, ep.MaxInFlight*heldPerSlot),
 		lanes:    map[string][]event{},
 		inUse:    map[uint64]bool{},
@@ -133,6 +133,7 @@ func newWorker(d *Dispatcher, ep Endpoint) *worker {
 	w.limiter = rate.NewLimiter(rate.Inf, 0)
 	w.setRate(ep)
 	w.health = newTracker(d, ep.Namespace, ep.Name)
+	w.health.limits = w.adapt.limits
 	w.metrics = newEndpointMetrics(ep.Namespace, ep.Name)
 	tr := &http.Transport{
 		// A proxy from the environment is dialled with the same dialer,
@@ -660,14 +661,16 @@ func (w *worker) awaitTurn(ctx context.Context, msg jetstream.Msg) (ok, probe bo
 // acquireSlot waits for a request slot, keeping msg alive meanwhile: behind
 // a full set of requests to a slow endpoint the wait can outlast the ack wait.
 func (w *worker) acquireSlot(ctx context.Context, msg jetstream.Msg) bool {
-	if tryAcquire(w.slots) {
+	if tryAcquire(w.adapt.slots) {
+		w.adapt.acquired()
 		return true
 	}
 	t := time.NewTicker(w.keepAliveEvery())
 	defer t.Stop()
 	for {
 		select {
-		case w.slots <- struct{}{}:
+		case w.adapt.slots <- struct{}{}:
+			w.adapt.acquired()
 			return true
 		case <-ctx.Done():
 			return false
@@ -677,10 +680,15 @@ func (w *worker) acquireSlot(ctx context.Context, msg jetstream.Msg) bool {
 	}
 }
 
-// waitRate waits for the endpoint's rate limit, keeping msg alive: behind
-// a low limit the wait can outlast the ack wait.
+// waitRate waits for the endpoint's rate limit and then its adaptive
+// rate, keeping msg alive: behind a low limit the wait can outlast the
+// ack wait.
 func (w *worker) waitRate(ctx context.Context, msg jetstream.Msg) bool {
-	return w.waitLimiter(ctx, msg, w.limiter)
+	if !w.waitLimiter(ctx, msg, w.limiter) {
+		return false
+	}
+	w.adapt.noteWait(time.Now())
+	return w.waitLimiter(ctx, msg, w.adapt.rate)
 }
 
 // waitLimiter waits for l, keeping msg alive.
@@ -886,7 +894,7 @@ func (w *worker) handle(ctx context.Context, e event) {
 	}
 	ok, probe := w.awaitTurn(ctx, msg)
 	if !ok {
-		release(w.slots, 1)
+		w.adapt.release()
 		_ = msg.Nak()
 		return
 	}
@@ -895,14 +903,14 @@ func (w *worker) handle(ctx context.Context, e event) {
 	}
 	// A stop may have come while it waited: nothing starts after it.
 	if !w.waitRate(ctx, msg) || ctx.Err() != nil {
-		release(w.slots, 1)
+		w.adapt.release()
 		_ = msg.Nak()
 		return
 	}
 	if e.lane != "" {
 		// One request of a key at a time, against a replay of it too.
 		if !w.lockKey(ctx, msg, e.lane) {
-			release(w.slots, 1)
+			w.adapt.release()
 			_ = msg.Nak()
 			return
 		}
@@ -914,7 +922,7 @@ func (w *worker) handle(ctx context.Context, e event) {
 		// event waited for its slot (on an unordered endpoint) or for a
 		// replay of its key.
 		if last, err := w.vers.delivered(ctx, ev.Key); err == nil && !m.newer(last) {
-			release(w.slots, 1)
+			w.adapt.release()
 			w.supersede(e, a)
 			return
 		}
@@ -925,11 +933,12 @@ func (w *worker) handle(ctx context.Context, e event) {
 	if w.reqCtx.Err() != nil && herr != nil {
 		// Cut off at the end of the drain: not the endpoint's fault, and
 		// not an attempt.
-		release(w.slots, 1)
+		w.adapt.release()
 		_ = msg.Nak()
 		return
 	}
 	w.observeLatency(latency)
+	w.observeLimits(status, herr, latency)
 	p.sent++
 	now := time.Now()
 	a.Attempt, a.Time, a.StatusCode, a.LatencyMS, a.Response = p.sent, now, status, float64(latency.Microseconds())/1000, respBody
@@ -946,7 +955,7 @@ func (w *worker) handle(ctx context.Context, e event) {
 		}
 		a.Outcome = OutcomeDelivered
 		w.health.success(now)
-		release(w.slots, 1)
+		w.adapt.release()
 		w.metrics.outcome(OutcomeDelivered)
 		w.finishDelivered(e, a, keyed, m)
 		return
@@ -964,14 +973,14 @@ func (w *worker) handle(ctx context.Context, e event) {
 	if plan.dead {
 		a.Outcome, a.DeadReason, a.Why = OutcomeDead, plan.reason, plan.why
 		w.health.failure(fail, nil, v.retryable)
-		release(w.slots, 1)
+		w.adapt.release()
 		w.deadLetter(e, a)
 		return
 	}
 	next := now.Add(plan.delay)
 	a.Outcome, a.NextAttempt = OutcomeRetrying, &next
 	w.health.failure(fail, &next, true)
-	release(w.slots, 1)
+	w.adapt.release()
 	w.setProgress(seq, p)
 	w.d.logAttempt(a)
 	_ = msg.NakWithDelay(plan.delay)
@@ -1085,6 +1094,14 @@ func (w *worker) observeLatency(d time.Duration) {
 	w.latency.Store(old - old/8 + int64(d)/8)
 }
 
+// observeLimits feeds one answer to the adaptive limits, before its
+// request's slot is released.
+func (w *worker) observeLimits(status int, err error, latency time.Duration) {
+	window, rps := w.adapt.observe(signalOf(status, err), latency, time.Now())
+	w.metrics.concurrencyLimit.Set(float64(window))
+	w.metrics.adaptiveRate.Set(rps)
+}
+
 // send makes one signed POST on the request context, which a stop does
 // not cut short. The signature's timestamp is the attempt's, as Standard
 // Webhooks verifiers expect.
@@ -1099,6 +1116,7 @@ func (w *worker) send(ep *Endpoint, id string, body []byte) (int, string, http.H
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", w.d.opts.userAgent)
 	start := time.Now()
+	w.adapt.sent(start)
 	signing.SetHeaders(req.Header, ep.Keys, id, start, body)
 	w.metrics.inFlight.Inc()
 	w.health.inFlight.Add(1)
