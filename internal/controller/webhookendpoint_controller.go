@@ -57,6 +57,7 @@ const (
 const (
 	DefaultResyncInterval         = 15 * time.Second
 	DefaultMinStatusWriteInterval = 5 * time.Second
+	DefaultStatusWriteBudget      = 80 // status writes a second that change no condition, all endpoints together
 	DefaultCleanupTimeout         = 5 * time.Second
 )
 
@@ -76,6 +77,10 @@ type WebhookEndpointReconciler struct {
 	ResyncInterval time.Duration
 	// MinStatusWriteInterval bounds status writes that change no condition.
 	MinStatusWriteInterval time.Duration
+	// StatusWriteBudget bounds those writes of all endpoints together, per
+	// second: with more endpoints than it covers at MinStatusWriteInterval,
+	// each endpoint's interval stretches (see statusInterval).
+	StatusWriteBudget float64
 	// CleanupTimeout bounds the finalizer's NATS calls.
 	CleanupTimeout time.Duration
 	// HealthEvents, when set, wakes endpoints whose health record changed
@@ -128,6 +133,9 @@ func (r *WebhookEndpointReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	if r.MinStatusWriteInterval <= 0 {
 		r.MinStatusWriteInterval = DefaultMinStatusWriteInterval
+	}
+	if r.StatusWriteBudget <= 0 {
+		r.StatusWriteBudget = DefaultStatusWriteBudget
 	}
 	if r.CleanupTimeout <= 0 {
 		r.CleanupTimeout = DefaultCleanupTimeout
@@ -376,9 +384,10 @@ func (r *WebhookEndpointReconciler) patchStatus(ctx context.Context, orig, ep *v
 	key := client.ObjectKeyFromObject(ep)
 	r.mu.Lock()
 	last := r.lastWrite[key]
+	interval := statusInterval(r.MinStatusWriteInterval, r.StatusWriteBudget, len(r.lastWrite))
 	r.mu.Unlock()
 	requeue := ctrl.Result{RequeueAfter: r.ResyncInterval}
-	write, wait := writeDecision(&orig.Status, &ep.Status, last, obs.Now, r.MinStatusWriteInterval)
+	write, wait := writeDecision(&orig.Status, &ep.Status, last, obs.Now, interval)
 	if wait > 0 && wait < requeue.RequeueAfter {
 		requeue.RequeueAfter = wait
 	}

@@ -439,3 +439,23 @@ func TestHealthyMessageSaysWhenBookkeepingIsHeld(t *testing.T) {
 		t.Fatalf("Healthy message %q does not say that bookkeeping is held", msg)
 	}
 }
+
+func TestStatusIntervalKeepsAllEndpointsWithinTheWriteBudget(t *testing.T) {
+	for _, c := range []struct {
+		endpoints int
+		want      time.Duration
+	}{
+		{0, 5 * time.Second}, {100, 5 * time.Second}, {400, 5 * time.Second},
+		{1000, 12500 * time.Millisecond}, {10_000, 125 * time.Second},
+	} {
+		got := statusInterval(5*time.Second, DefaultStatusWriteBudget, c.endpoints)
+		if got != c.want {
+			t.Errorf("%d endpoints: interval %v, want %v", c.endpoints, got, c.want)
+		}
+		if c.endpoints > 0 {
+			if rate := float64(c.endpoints) / got.Seconds(); rate > DefaultStatusWriteBudget {
+				t.Errorf("%d endpoints written every %v: %.0f writes/s, over the budget", c.endpoints, got, rate)
+			}
+		}
+	}
+}
