@@ -175,10 +175,13 @@ func (a *adaptive) observedRateLocked(now time.Time) float64 {
 func (a *adaptive) observe(s signal, latency time.Duration, now time.Time) (window int, rps float64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	defer func() { window, rps = int(a.window), a.rps }()
-	if a.fixed {
-		return
+	if !a.fixed {
+		a.observeLocked(s, latency, now)
 	}
+	return int(a.window), a.rps
+}
+
+func (a *adaptive) observeLocked(s signal, latency time.Duration, now time.Time) {
 	if s == success || s == overload {
 		a.observeLatencyLocked(latency)
 	}
@@ -237,7 +240,6 @@ func (a *adaptive) observe(s signal, latency time.Duration, now time.Time) (wind
 		}
 		a.setWindowLocked(1)
 	}
-	return
 }
 
 // adjustRateLocked grows an adaptive rate by a quarter a second (one
