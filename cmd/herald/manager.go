@@ -55,7 +55,7 @@ type managerFlags struct {
 	metricsSecure              bool
 	ensureInterval             time.Duration
 	resyncInterval, writeEvery time.Duration
-	writeBudget                float64
+	writeBudget, resyncBudget  float64
 	egress                     *egress.Config
 }
 
@@ -107,6 +107,7 @@ func runManager(ctx context.Context, args []string) error {
 	fs.DurationVar(&f.ensureInterval, "ensure-interval", 5*time.Minute, "how often streams and buckets are brought back to their configured limits, and the empty streams of namespaces without endpoints removed")
 	fs.DurationVar(&f.resyncInterval, "resync-interval", controller.DefaultResyncInterval, "periodic pass per endpoint (consumer drift, backlog, lag)")
 	fs.DurationVar(&f.writeEvery, "status-write-interval", controller.DefaultMinStatusWriteInterval, "least time between two status writes of one endpoint that change no condition")
+	fs.Float64Var(&f.resyncBudget, "quiet-resync-budget", controller.DefaultQuietResyncBudget, "periodic passes a second over quiet endpoints (Ready, nothing waiting, no failures), all together; with more of them than that covers at --resync-interval, their interval stretches (health changes still wake them at once)")
 	fs.Float64Var(&f.writeBudget, "status-write-budget", controller.DefaultStatusWriteBudget, "status writes a second that change no condition, all endpoints together; with more endpoints than that covers at --status-write-interval, each endpoint's interval stretches")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
@@ -231,6 +232,7 @@ func setupControllers(ctx context.Context, mgr ctrl.Manager, js jetstream.JetStr
 		ResyncInterval:         f.resyncInterval,
 		MinStatusWriteInterval: f.writeEvery,
 		StatusWriteBudget:      f.writeBudget,
+		QuietResyncBudget:      f.resyncBudget,
 		HealthEvents:           hw.Events(),
 		// Status measures the oldest waiting event and the retry window
 		// against how long the events stream keeps events.

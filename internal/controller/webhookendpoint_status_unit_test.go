@@ -448,7 +448,7 @@ func TestStatusIntervalKeepsAllEndpointsWithinTheWriteBudget(t *testing.T) {
 		{0, 5 * time.Second}, {100, 5 * time.Second}, {400, 5 * time.Second},
 		{1000, 12500 * time.Millisecond}, {10_000, 125 * time.Second},
 	} {
-		got := statusInterval(5*time.Second, DefaultStatusWriteBudget, c.endpoints)
+		got := spread(5*time.Second, DefaultStatusWriteBudget, c.endpoints)
 		if got != c.want {
 			t.Errorf("%d endpoints: interval %v, want %v", c.endpoints, got, c.want)
 		}
@@ -456,6 +456,28 @@ func TestStatusIntervalKeepsAllEndpointsWithinTheWriteBudget(t *testing.T) {
 			if rate := float64(c.endpoints) / got.Seconds(); rate > DefaultStatusWriteBudget {
 				t.Errorf("%d endpoints written every %v: %.0f writes/s, over the budget", c.endpoints, got, rate)
 			}
+		}
+	}
+}
+
+func TestQuietEndpointsAreThoseWithOnlyDriftToWatch(t *testing.T) {
+	ep := newEndpoint("ns", "crm")
+	summarise(ep, readyObs(&observation{}))
+	if !quiet(&ep.Status) {
+		t.Fatalf("a Ready endpoint with nothing waiting is not quiet: %+v", ep.Status)
+	}
+	for name, mutate := range map[string]func(*v1.WebhookEndpointStatus){
+		"backlog":  func(s *v1.WebhookEndpointStatus) { s.Backlog = 1 },
+		"failing":  func(s *v1.WebhookEndpointStatus) { s.ConsecutiveFailures = 2 },
+		"retrying": func(s *v1.WebhookEndpointStatus) { s.NextRetryTime = &metav1.Time{Time: t0} },
+		"not ready": func(s *v1.WebhookEndpointStatus) {
+			s.Conditions = nil
+		},
+	} {
+		s := *ep.Status.DeepCopy()
+		mutate(&s)
+		if quiet(&s) {
+			t.Errorf("%s: counted as quiet", name)
 		}
 	}
 }
