@@ -97,6 +97,11 @@ bench: ## Run the delivery benchmarks (deliveries/s against a JetStream forwarde
 bench-scale: ## Measure one dispatcher with 1,000 endpoints: start-up, idle CPU, NATS traffic and heap.
 	go test ./internal/dispatcher/ -run '^$$' -bench IdleEndpoints -benchtime 1x -count 1 -timeout 30m
 
+.PHONY: bench-operator
+bench-operator: build nats-server envtest ## Measure the operator on make dev with 10,000 endpoints in 1,000 namespaces: time to Ready, memory, idle CPU, status writes.
+	go build -o $(BIN)/herald-dev ./hack/dev
+	KUBEBUILDER_ASSETS=$(BIN)/k8s/$(K8S_VERSION) go run ./hack/bench-operator --bin $(BIN) --namespaces $${NAMESPACES:-1000} --per-namespace $${PER_NAMESPACE:-10}
+
 .PHONY: bench-delivery-api
 bench-delivery-api: build envtest ## Measure the delivery API behind a real kube-apiserver over 10,000 to 100,000 log entries.
 	KUBEBUILDER_ASSETS=$(BIN)/k8s/$(K8S_VERSION) go run ./hack/bench-deliveryapi --herald $(BIN)/herald --attempts 10000,30000,100000

@@ -35,11 +35,15 @@ import (
 	"github.com/herald-dev/herald/internal/testenv"
 )
 
+// maxFileStore is the --nats-max-file-store flag.
+var maxFileStore string
+
 func main() {
 	bin := flag.String("bin", "bin", "directory with herald and nats-server")
 	natsPort := flag.Int("nats-port", 4222, "NATS client port")
 	receiverAddr := flag.String("receiver", "127.0.0.1:8090", "demo receiver address")
 	apiPort := flag.Int("apiserver-port", 8444, "port of the delivery API server (herald apiserver) on 127.0.0.1")
+	flag.StringVar(&maxFileStore, "nats-max-file-store", "", "JetStream max_file_store (as nats-server takes it, 4T say): every namespace reserves its streams' budgets against it, so many namespaces need it set above the disk on purpose (docs/operations.md, Storage)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -221,7 +225,11 @@ func writeNATSConfig(devDir string, port int, jsDir string) (conf, keysDir strin
 		return "", "", err
 	}
 	conf = filepath.Join(keysDir, "nats.conf")
-	text := fmt.Sprintf("listen: \"127.0.0.1:%d\"\njetstream { store_dir: %q }\n%s", port, jsDir, auth)
+	js := fmt.Sprintf("store_dir: %q", jsDir)
+	if maxFileStore != "" {
+		js += ", max_file_store: " + maxFileStore
+	}
+	text := fmt.Sprintf("listen: \"127.0.0.1:%d\"\njetstream { %s }\n%s", port, js, auth)
 	return conf, keysDir, os.WriteFile(conf, []byte(text), 0o600)
 }
 
