@@ -61,8 +61,8 @@ const (
 	DefaultStatusWriteBudget      = 80 // status writes a second that change no condition, all endpoints together
 	DefaultQuietResyncBudget      = 50 // periodic passes a second over quiet endpoints, all together
 
-	endpointWorkers = 4 // concurrent passes (of different endpoints)
-	DefaultCleanupTimeout         = 5 * time.Second
+	endpointWorkers       = 4 // concurrent passes (of different endpoints)
+	DefaultCleanupTimeout = 5 * time.Second
 )
 
 // WebhookEndpointReconciler keeps each endpoint's JetStream consumer in
