@@ -357,11 +357,13 @@ var _ = Describe("RetryPolicy controller", func() {
 			}, eventually, poll).Should(Succeed())
 			Expect(apimeta.FindStatusCondition(p.Status.Conditions, v1.StalledCondition)).To(BeNil())
 
-			// As manager.go wires it with --events-max-age=1h.
+			// As manager.go wires it with --events-max-age=1h. The suite's
+			// controller may yet run again (a conflict's requeue) and write
+			// its own view back, so each try reconciles first.
 			r := &RetryPolicyReconciler{Client: mgrClient, EventsRetention: time.Hour}
-			_, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: key})
-			Expect(err).NotTo(HaveOccurred())
 			Eventually(func(g Gomega) {
+				_, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: key})
+				g.Expect(err).NotTo(HaveOccurred())
 				g.Expect(k8sClient.Get(ctx, key, p)).To(Succeed())
 				stalled := apimeta.FindStatusCondition(p.Status.Conditions, v1.StalledCondition)
 				g.Expect(stalled).NotTo(BeNil(), "conditions: %+v", p.Status.Conditions)
