@@ -79,7 +79,6 @@ func newEndpointMetrics(namespace, endpoint string) endpointMetrics {
 		concurrencyLimit: concurrencyLimit.WithLabelValues(namespace, endpoint),
 		adaptiveRate:     adaptiveRate.WithLabelValues(namespace, endpoint),
 	}
-	m.concurrencyLimit.Set(1)
 	for _, o := range []string{OutcomeDelivered, OutcomeRetrying, OutcomeDead, OutcomeSuperseded} {
 		m.outcomes[o] = deliveries.WithLabelValues(namespace, endpoint, o)
 	}

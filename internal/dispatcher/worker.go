@@ -135,6 +135,8 @@ func newWorker(d *Dispatcher, ep Endpoint) *worker {
 	w.health = newTracker(d, ep.Namespace, ep.Name)
 	w.health.limits = w.adapt.limits
 	w.metrics = newEndpointMetrics(ep.Namespace, ep.Name)
+	window, _ := w.adapt.limits()
+	w.metrics.concurrencyLimit.Set(float64(window))
 	tr := &http.Transport{
 		// A proxy from the environment is dialled with the same dialer,
 		// so the egress guard checks its address too.
