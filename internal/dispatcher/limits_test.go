@@ -33,11 +33,13 @@ func newConcurrencyReceiver(failFor int, fail int, hold time.Duration) *concurre
 		cr.mu.Lock()
 		cr.seen = append(cr.seen, c)
 		cr.mu.Unlock()
-		// The delay runs after this returns; the count comes down when
-		// the next request sees it, which is what matters here: the
-		// answer is late by hold, so requests overlap only if sent so.
-		time.AfterFunc(hold, func() { cr.inFlight.Add(-1) })
-		return 200, nil, hold
+		// The answer is held here and the count comes down before it is
+		// written, so the count never runs ahead of what the dispatcher
+		// really has in flight (a timer racing the response did, by one,
+		// on a loaded machine).
+		<-time.After(hold)
+		cr.inFlight.Add(-1)
+		return 200, nil, 0
 	})
 	return cr
 }
