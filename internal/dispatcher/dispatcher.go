@@ -34,8 +34,10 @@ type options struct {
 	userAgent       string
 	sweepInterval   time.Duration
 	egress          *egress.Guard
-	// versionCacheBytes bounds every endpoint's version cache together.
+	// versionCacheBytes bounds every endpoint's version cache together,
+	// unless versionCache is shared with other Dispatchers.
 	versionCacheBytes int64
+	versionCache      *cacheBudget
 	// Set only by the cost benchmark (export_test.go), to show what the
 	// durable writes cost; Herald itself never turns them off.
 	noVersionRecords bool
@@ -108,6 +110,29 @@ func WithVersionCacheBytes(n int64) Option {
 			return fmt.Errorf("%w: version cache bytes must be positive, got %d", ErrInvalidOption, n)
 		}
 		o.versionCacheBytes = n
+		return nil
+	}
+}
+
+// VersionCache is a byte budget for delivered-version caches that several
+// Dispatchers share: the shared pool runs one Dispatcher per namespace,
+// and its memory is bounded per process, not per namespace.
+type VersionCache struct{ budget *cacheBudget }
+
+// NewVersionCache returns a shared budget of n bytes.
+func NewVersionCache(n int64) (*VersionCache, error) {
+	if n <= 0 {
+		return nil, fmt.Errorf("%w: version cache bytes must be positive, got %d", ErrInvalidOption, n)
+	}
+	return &VersionCache{budget: newCacheBudget(n)}, nil
+}
+
+// WithVersionCache makes the Dispatcher take its version caches from c,
+// shared with every other Dispatcher given c (instead of a budget of its
+// own, WithVersionCacheBytes).
+func WithVersionCache(c *VersionCache) Option {
+	return func(o *options) error {
+		o.versionCache = c.budget
 		return nil
 	}
 }
@@ -206,7 +231,10 @@ func New(ctx context.Context, js jetstream.JetStream, opts ...Option) (*Dispatch
 	d := &Dispatcher{js: js, opts: o,
 		logRetry: make(chan *nats.Msg, logRetries),
 		workers:  map[string]*worker{}, newest: map[string]*worker{}, pending: map[string]Endpoint{},
-		versionCache: newCacheBudget(o.versionCacheBytes)}
+		versionCache: o.versionCache}
+	if d.versionCache == nil {
+		d.versionCache = newCacheBudget(o.versionCacheBytes)
+	}
 	var err error
 	d.logJS, err = jetstream.New(js.Conn(), jetstream.WithPublishAsyncErrHandler(d.logFailed))
 	if err != nil {
