@@ -23,6 +23,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/herald-dev/herald/internal/natsauth"
+	"github.com/herald-dev/herald/internal/natsauth/natsauthtest"
 	"github.com/herald-dev/herald/internal/streams"
 	"github.com/herald-dev/herald/internal/testenv"
 )
@@ -58,32 +59,11 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	cs, err = kubernetes.NewForConfig(cfg)
 	Expect(err).NotTo(HaveOccurred())
 
-	keys, err = natsauth.NewKeys()
+	srv, err := natsauthtest.Start(GinkgoT().TempDir(), k8s, []string{"herald-read/apiserver"},
+		zap.New(zap.WriteTo(GinkgoWriter), zap.UseDevMode(true)))
 	Expect(err).NotTo(HaveOccurred())
-	dir := GinkgoT().TempDir()
-	conf, err := keys.ServerConfig(filepath.Join(dir, "accounts"))
-	Expect(err).NotTo(HaveOccurred())
-	srv, err := testenv.NATSConfig(dir, conf)
-	Expect(err).NotTo(HaveOccurred())
-	DeferCleanup(srv.Shutdown)
-	natsURL = srv.ClientURL()
-
-	admin, err = nats.Connect(natsURL, keys.ManagerOption())
-	Expect(err).NotTo(HaveOccurred())
-	DeferCleanup(admin.Close)
-	adminJS, err = jetstream.New(admin)
-	Expect(err).NotTo(HaveOccurred())
-	sysOpt, err := keys.SystemOption()
-	Expect(err).NotTo(HaveOccurred())
-	sys, err := nats.Connect(natsURL, sysOpt)
-	Expect(err).NotTo(HaveOccurred())
-	DeferCleanup(sys.Close)
-
-	callout = &natsauth.Callout{NC: admin, Accounts: &natsauth.Accounts{Keys: keys, SYS: sys}, Client: k8s, Readers: []string{"herald-read/apiserver"},
-		Log: zap.New(zap.WriteTo(GinkgoWriter), zap.UseDevMode(true))}
-	cctx, cancel := context.WithCancel(context.Background())
-	DeferCleanup(cancel)
-	go func() { _ = callout.Start(cctx) }()
+	DeferCleanup(srv.Close)
+	natsURL, keys, callout, admin, adminJS = srv.URL, srv.Keys, srv.Callout, srv.Admin, srv.AdminJS
 
 	// The shipped producer ClusterRole, as the installer applies it.
 	b, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "config", "rbac", "producer_role.yaml"))
