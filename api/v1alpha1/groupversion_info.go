@@ -19,3 +19,14 @@ var (
 	// AddToScheme adds the types in this group-version to the given scheme.
 	AddToScheme = SchemeBuilder.AddToScheme
 )
+
+// DispatcherLabel on a Namespace chooses where its endpoints' deliveries
+// run when the operator dispatches with Deployments: DispatcherDedicated
+// (the default, a Deployment of the namespace's own) or DispatcherShared
+// (the shared dispatcher pool, which serves many namespaces in one
+// process, each with its own NATS identity and egress guard).
+const (
+	DispatcherLabel     = "webhooks.herald.dev/dispatcher"
+	DispatcherDedicated = "dedicated"
+	DispatcherShared    = "shared"
+)

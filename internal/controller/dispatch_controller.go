@@ -53,6 +53,10 @@ type DispatchReconciler struct {
 	// address it refuses is stalled (URLRefused), so its events wait
 	// rather than each being refused. Nil means the default denied set.
 	Egress *egress.Guard
+	// SharedOnly serves only the namespaces labelled DispatcherLabel=shared
+	// (the shared dispatcher pool): a namespace that leaves the pool has
+	// its endpoints removed here as its own Deployment takes over.
+	SharedOnly bool
 
 	secrets *secretReader
 	mu      sync.Mutex
@@ -80,6 +84,10 @@ func (r *DispatchReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&v1.RetryPolicy{},
 			handler.EnqueueRequestsFromMapFunc(endpointsReferencing(mgr.GetClient(), PolicyRefIndex)),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{}))
+	if r.SharedOnly {
+		b = b.WatchesMetadata(namespaceMeta(), handler.EnqueueRequestsFromMapFunc(endpointsOfNamespace(mgr.GetClient())),
+			builder.WithPredicates(dispatcherLabelChanged()))
+	}
 	if r.WatchSecrets {
 		b = b.WatchesMetadata(&metav1.PartialObjectMetadata{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"}},
 			handler.EnqueueRequestsFromMapFunc(endpointsReferencing(mgr.GetClient(), SecretRefIndex)))
@@ -105,6 +113,16 @@ func (r *DispatchReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if !ep.DeletionTimestamp.IsZero() {
 		r.remove(req.NamespacedName)
 		return ctrl.Result{}, nil
+	}
+	if r.SharedOnly {
+		shared, err := SharedNamespace(ctx, r.Client, ep.Namespace)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		if !shared {
+			r.remove(req.NamespacedName)
+			return ctrl.Result{}, nil
+		}
 	}
 	if _, err := streams.FilterSubjects(ep.Namespace, ep.Spec.EventTypes); err != nil {
 		// The endpoint controller reports it as Stalled.

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -14,6 +15,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -121,6 +123,10 @@ type DispatcherConfig struct {
 	NetworkPolicy bool
 	NATSNamespace string
 	NATSPort      int32
+	// Pool is the shared dispatcher pool's Deployment and ServiceAccount
+	// (both named alike), which serves the namespaces labelled
+	// DispatcherLabel=shared instead of a Deployment of their own.
+	Pool types.NamespacedName
 }
 
 // natsAudience is the audience the NATS token is issued for.
@@ -163,23 +169,35 @@ type DispatcherDeploymentReconciler struct {
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=roles;rolebindings,verbs=get;list;watch;create;update;patch;delete
+// The shared pool's Role in a namespace grants minting the dispatcher's
+// tokens, so the manager holds that right, for that name only; and it
+// reads which namespaces chose the pool.
+// +kubebuilder:rbac:groups="",resources=serviceaccounts/token,resourceNames=herald-dispatcher,verbs=create
+// +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
 
 // SetupWithManager registers the controller.
 func (r *DispatcherDeploymentReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.Config.Pool == (types.NamespacedName{}) {
+		r.Config.Pool = DefaultPool()
+	}
 	toNamespace := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
 		return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: DispatcherName}}}
 	})
 	own := builder.WithPredicates(isDispatcherObject())
+	ownOrPool := builder.WithPredicates(predicate.Or(isDispatcherObject(), isHeraldObject(PoolName)))
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("dispatcher-deployment").
 		// Creation, deletion, and a changed secretRef (it is in the Role).
 		Watches(&v1.WebhookEndpoint{}, toNamespace, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&appsv1.Deployment{}, toNamespace, own).
 		Watches(&corev1.ServiceAccount{}, toNamespace, own).
-		Watches(&rbacv1.Role{}, toNamespace, own).
-		Watches(&rbacv1.RoleBinding{}, toNamespace, own).
+		Watches(&rbacv1.Role{}, toNamespace, ownOrPool).
+		Watches(&rbacv1.RoleBinding{}, toNamespace, ownOrPool).
 		Watches(&networkingv1.NetworkPolicy{}, toNamespace, own).
 		Watches(&corev1.ConfigMap{}, toNamespace, builder.WithPredicates(isHeraldObject(r.Config.natsCAConfigMap()))).
+		WatchesMetadata(namespaceMeta(), handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
+			return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetName(), Name: DispatcherName}}}
+		}), builder.WithPredicates(dispatcherLabelChanged())).
 		Complete(r)
 }
 
@@ -223,15 +241,18 @@ func (r *DispatcherDeploymentReconciler) Reconcile(ctx context.Context, req ctrl
 	}
 	slices.SortFunc(live, func(a, b v1.WebhookEndpoint) int { return strings.Compare(a.Name, b.Name) })
 
-	owners := ownerRefs(live)
-	type object struct {
-		kind string
-		ac   runtime.ApplyConfiguration
+	shared, err := SharedNamespace(ctx, r.Client, ns)
+	if err != nil {
+		return ctrl.Result{}, err
 	}
+	owners := ownerRefs(live)
 	objs := []object{
 		{"ServiceAccount", dispatcherServiceAccount(ns, owners)},
 		{"Role", dispatcherRole(ns, owners, secretNames(live))},
 		{"RoleBinding", dispatcherRoleBinding(ns, owners)},
+	}
+	if shared {
+		return r.reconcileShared(ctx, ns, owners, live, objs)
 	}
 	if len(r.Config.NATSCA) > 0 {
 		// Before the Deployment, so its pod does not wait for the volume.
@@ -244,15 +265,18 @@ func (r *DispatcherDeploymentReconciler) Reconcile(ctx context.Context, req ctrl
 		})})
 	}
 	objs = append(objs, object{"Deployment", dispatcherDeployment(ns, owners, r.Config)})
-	for _, o := range objs {
-		if err := r.Apply(ctx, o.ac, client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
-			return ctrl.Result{}, fmt.Errorf("applying dispatcher %s in %s: %w", o.kind, ns, err)
-		}
+	if err := r.applyAll(ctx, ns, objs); err != nil {
+		return ctrl.Result{}, err
 	}
 	if !r.Config.NetworkPolicy {
 		if err := r.deleteNetworkPolicy(ctx, ns); err != nil {
 			return ctrl.Result{}, err
 		}
+	}
+	// A namespace that left the pool.
+	if err := errors.Join(r.deleteIfManaged(ctx, &rbacv1.RoleBinding{}, ns, PoolName),
+		r.deleteIfManaged(ctx, &rbacv1.Role{}, ns, PoolName)); err != nil {
+		return ctrl.Result{}, err
 	}
 	if len(r.Config.NATSCA) == 0 {
 		// After the Deployment, which no longer mounts it.
@@ -277,25 +301,85 @@ func (r *DispatcherDeploymentReconciler) deleteAll(ctx context.Context, ns strin
 			errs = append(errs, fmt.Errorf("deleting dispatcher %T in %s: %w", o, ns, err))
 		}
 	}
-	errs = append(errs, r.deleteNATSCA(ctx, ns), r.deleteNetworkPolicy(ctx, ns))
+	errs = append(errs, r.deleteNATSCA(ctx, ns), r.deleteNetworkPolicy(ctx, ns),
+		r.deleteIfManaged(ctx, &rbacv1.RoleBinding{}, ns, PoolName), r.deleteIfManaged(ctx, &rbacv1.Role{}, ns, PoolName))
 	return errors.Join(errs...)
+}
+
+// object is one object a pass applies, with its kind for errors.
+type object struct {
+	kind string
+	ac   runtime.ApplyConfiguration
+}
+
+// applyAll applies objs in order, as Herald's field owner.
+func (r *DispatcherDeploymentReconciler) applyAll(ctx context.Context, ns string, objs []object) error {
+	for _, o := range objs {
+		if err := r.Apply(ctx, o.ac, client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
+			return fmt.Errorf("applying dispatcher %s in %s: %w", o.kind, ns, err)
+		}
+	}
+	return nil
+}
+
+// reconcileShared hands a namespace to the shared pool: it needs the
+// namespace's Secrets and its dispatcher's tokens, and no pod of the
+// namespace runs. The namespace's own pod and the pool must never pull its
+// consumers at once (per-key order), so the Deployment goes first, in the
+// foreground (it stays until its pods are gone), and only then may the
+// pool mint the tokens it connects with.
+func (r *DispatcherDeploymentReconciler) reconcileShared(ctx context.Context, ns string,
+	owners []*metaac.OwnerReferenceApplyConfiguration, live []v1.WebhookEndpoint, objs []object) (ctrl.Result, error) {
+	objs = append(objs, object{"Role", poolRole(ns, owners, secretNames(live))})
+	var d appsv1.Deployment
+	err := r.Get(ctx, types.NamespacedName{Namespace: ns, Name: DispatcherName}, &d)
+	if client.IgnoreNotFound(err) != nil {
+		return ctrl.Result{}, fmt.Errorf("reading dispatcher Deployment in %s: %w", ns, err)
+	}
+	draining := err == nil
+	if draining && d.DeletionTimestamp.IsZero() {
+		if err := r.Delete(ctx, &d, client.PropagationPolicy(metav1.DeletePropagationForeground)); client.IgnoreNotFound(err) != nil {
+			return ctrl.Result{}, fmt.Errorf("deleting dispatcher Deployment in %s: %w", ns, err)
+		}
+	}
+	if !draining {
+		objs = append(objs, object{"RoleBinding", poolRoleBinding(ns, owners, r.Config.Pool)})
+	}
+	if err := r.applyAll(ctx, ns, objs); err != nil {
+		return ctrl.Result{}, err
+	}
+	if err := errors.Join(r.deleteNetworkPolicy(ctx, ns), r.deleteNATSCA(ctx, ns)); err != nil {
+		return ctrl.Result{}, err
+	}
+	if draining {
+		// The Deployment's deletion wakes this namespace too; the requeue
+		// is for a missed event.
+		return ctrl.Result{RequeueAfter: 5 * time.Second}, nil
+	}
+	return ctrl.Result{}, nil
+}
+
+// deleteIfManaged deletes the object of that kind and name in ns if the
+// cache (which holds only Herald's objects) has it: a pass over a
+// namespace in its settled state makes no delete calls.
+func (r *DispatcherDeploymentReconciler) deleteIfManaged(ctx context.Context, o client.Object, ns, name string) error {
+	err := r.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, o)
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err == nil {
+		err = r.Delete(ctx, o, client.PropagationPolicy("Background"))
+	}
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("deleting %T %s in %s: %w", o, name, ns, err)
+	}
+	return nil
 }
 
 // deleteNetworkPolicy removes the dispatchers' NetworkPolicy of a
 // namespace, if Herald made one (the cache holds only Herald's).
 func (r *DispatcherDeploymentReconciler) deleteNetworkPolicy(ctx context.Context, ns string) error {
-	var np networkingv1.NetworkPolicy
-	err := r.Get(ctx, types.NamespacedName{Namespace: ns, Name: DispatcherName}, &np)
-	if apierrors.IsNotFound(err) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("reading dispatcher NetworkPolicy in %s: %w", ns, err)
-	}
-	if err := r.Delete(ctx, &np); err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("deleting dispatcher NetworkPolicy in %s: %w", ns, err)
-	}
-	return nil
+	return r.deleteIfManaged(ctx, &networkingv1.NetworkPolicy{}, ns, DispatcherName)
 }
 
 // deleteNATSCA removes the namespace's NATS CA ConfigMap: with the last
@@ -484,16 +568,17 @@ func dispatcherDeployment(ns string, owners []*metaac.OwnerReferenceApplyConfigu
 							WithCapabilities(coreac.Capabilities().WithDrop("ALL")))))))
 }
 
-// dispatcherAvailable reads the Deployment's Available condition.
-func dispatcherAvailable(d *appsv1.Deployment) (bool, string) {
+// dispatcherAvailable reads the Available condition of a dispatcher
+// Deployment, which what names in messages.
+func dispatcherAvailable(d *appsv1.Deployment, what string) (bool, string) {
 	for _, c := range d.Status.Conditions {
 		if c.Type != appsv1.DeploymentAvailable {
 			continue
 		}
 		if c.Status == corev1.ConditionTrue {
-			return true, fmt.Sprintf("dispatcher Deployment %s available", DispatcherName)
+			return true, what + " available"
 		}
-		return false, fmt.Sprintf("dispatcher Deployment %s not available: %s", DispatcherName, c.Message)
+		return false, fmt.Sprintf("%s not available: %s", what, c.Message)
 	}
-	return false, fmt.Sprintf("waiting for the dispatcher Deployment %s to become available", DispatcherName)
+	return false, fmt.Sprintf("waiting for %s to become available", what)
 }

@@ -113,6 +113,10 @@ type WebhookEndpointReconciler struct {
 	// address it refuses is Stalled with URLRefused. Nil means the
 	// default denied set.
 	Egress *egress.Guard
+	// Pool is the shared dispatcher pool's Deployment (default
+	// DefaultPool()): in Deployment mode, the endpoints of a namespace
+	// labelled DispatcherLabel=shared are Ready with it.
+	Pool types.NamespacedName
 
 	secrets *secretReader
 
@@ -181,9 +185,17 @@ func (r *WebhookEndpointReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			handler.EnqueueRequestsFromMapFunc(endpointsReferencing(mgr.GetClient(), PolicyRefIndex)),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{}))
 	if r.Mode == DispatchDeployment {
+		if r.Pool == (types.NamespacedName{}) {
+			r.Pool = DefaultPool()
+		}
 		b = b.Watches(&appsv1.Deployment{},
 			handler.EnqueueRequestsFromMapFunc(endpointsOfDispatcher(mgr.GetClient())),
-			builder.WithPredicates(isDispatcherObject()))
+			builder.WithPredicates(isDispatcherObject())).
+			Watches(&appsv1.Deployment{},
+				handler.EnqueueRequestsFromMapFunc(endpointsOfSharedNamespaces(mgr.GetClient())),
+				builder.WithPredicates(isPool(r.Pool))).
+			WatchesMetadata(namespaceMeta(), handler.EnqueueRequestsFromMapFunc(endpointsOfNamespace(mgr.GetClient())),
+				builder.WithPredicates(dispatcherLabelChanged()))
 	}
 	if r.HealthEvents != nil {
 		b = b.WatchesRawSource(source.Channel(r.HealthEvents, &handler.TypedEnqueueRequestForObject[*v1.WebhookEndpoint]{}))
@@ -349,10 +361,19 @@ func (r *WebhookEndpointReconciler) reconcileDispatcher(ctx context.Context, ep 
 		obs.DispatcherReady, obs.DispatcherMessage = true, "dispatched by the manager (in-process)"
 		return nil
 	}
+	shared, err := SharedNamespace(ctx, r.Client, ep.Namespace)
+	if err != nil {
+		obs.APIErr = errors.Join(obs.APIErr, err)
+		return err
+	}
+	key, what := types.NamespacedName{Namespace: ep.Namespace, Name: DispatcherName}, "the dispatcher Deployment "+DispatcherName
+	if shared {
+		key, what = r.Pool, "the shared dispatcher pool "+r.Pool.String()
+	}
 	var d appsv1.Deployment
-	err := r.Get(ctx, types.NamespacedName{Namespace: ep.Namespace, Name: DispatcherName}, &d)
+	err = r.Get(ctx, key, &d)
 	if apierrors.IsNotFound(err) {
-		obs.DispatcherMessage = fmt.Sprintf("waiting for the dispatcher Deployment %s", DispatcherName)
+		obs.DispatcherMessage = "waiting for " + what
 		return nil
 	}
 	if err != nil {
@@ -360,7 +381,7 @@ func (r *WebhookEndpointReconciler) reconcileDispatcher(ctx context.Context, ep 
 		obs.APIErr = errors.Join(obs.APIErr, err)
 		return err
 	}
-	obs.DispatcherReady, obs.DispatcherMessage = dispatcherAvailable(&d)
+	obs.DispatcherReady, obs.DispatcherMessage = dispatcherAvailable(&d, what)
 	return nil
 }
 
