@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -22,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
 	"github.com/herald-dev/herald/internal/controller"
 	"github.com/herald-dev/herald/internal/dispatcher"
 	"github.com/herald-dev/herald/internal/egress"
@@ -44,6 +46,8 @@ type managerFlags struct {
 	dispatch                   string
 	dispatcherImage            string
 	dispatcherNATSURL          string
+	dispatcherPool             string
+	pool                       types.NamespacedName // parsed --dispatcher-pool
 	dispatcherNATSTokenAuth    bool
 	dispatcherNetworkPolicy    bool
 	natsKeysDir                string
@@ -92,6 +96,7 @@ func runManager(ctx context.Context, args []string) error {
 	fs.Var(quantityFlag{def.Limits, corev1.ResourceMemory}, "dispatcher-memory-limit", "memory limit of each dispatcher pod")
 	f.dispatcherResources = def
 	fs.StringVar(&f.dispatcherImagePullPolicy, "dispatcher-image-pull-policy", string(corev1.PullIfNotPresent), "image pull policy of the dispatcher pods")
+	fs.StringVar(&f.dispatcherPool, "dispatcher-pool", defaultPool(), "namespace/name of the shared dispatcher pool's Deployment and ServiceAccount, which delivers for the namespaces labelled "+heraldv1.DispatcherLabel+"="+heraldv1.DispatcherShared+" (default: herald-dispatcher-pool beside the manager, env POD_NAMESPACE)")
 	fs.StringVar(&f.dispatcherNATSURL, "dispatcher-nats-url", "", "NATS URL the dispatcher pods use (default: --nats-url)")
 	fs.BoolVar(&f.dispatcherNATSTokenAuth, "dispatcher-nats-token-auth", true, "give each dispatcher pod a projected ServiceAccount token (audience --nats-audience) as its NATS identity, which NATS's auth callout checks; a NATS without auth ignores it")
 	fs.BoolVar(&f.dispatcherNetworkPolicy, "dispatcher-network-policy", true, "give the dispatcher pods a NetworkPolicy (DNS, NATS, the API server, the internet; no private ranges but --egress-allow) as a second layer behind the egress guard; it needs a CNI that enforces policies")
@@ -127,6 +132,11 @@ func runManager(ctx context.Context, args []string) error {
 	if f.dispatcherNATSURL == "" {
 		f.dispatcherNATSURL = f.nats.url
 	}
+	poolNS, poolName, ok := strings.Cut(f.dispatcherPool, "/")
+	if !ok || poolNS == "" || poolName == "" {
+		return fmt.Errorf("--dispatcher-pool must be namespace/name, not %q", f.dispatcherPool)
+	}
+	f.pool = types.NamespacedName{Namespace: poolNS, Name: poolName}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 	log := ctrl.Log.WithName("manager")
 	namespaces := splitList(f.watchNamespaces)
@@ -229,6 +239,7 @@ func setupControllers(ctx context.Context, mgr ctrl.Manager, js jetstream.JetStr
 		JS:                     js,
 		Recorder:               mgr.GetEventRecorder("herald-operator"),
 		Mode:                   mode,
+		Pool:                   f.pool,
 		ResyncInterval:         f.resyncInterval,
 		MinStatusWriteInterval: f.writeEvery,
 		StatusWriteBudget:      f.writeBudget,
@@ -266,7 +277,7 @@ func setupControllers(ctx context.Context, mgr ctrl.Manager, js jetstream.JetStr
 				ImagePullPolicy: corev1.PullPolicy(f.dispatcherImagePullPolicy), Resources: &f.dispatcherResources,
 				EgressAllow: f.egress.Allow, EgressDeny: f.egress.Deny,
 				NATSTokenAuth: f.dispatcherNATSTokenAuth, NATSAudience: f.natsAudience, NATSCA: ca, NATSServerName: f.nats.serverName,
-				NetworkPolicy: f.dispatcherNetworkPolicy, NATSNamespace: natsNS, NATSPort: natsPort},
+				NetworkPolicy: f.dispatcherNetworkPolicy, NATSNamespace: natsNS, NATSPort: natsPort, Pool: f.pool},
 		}).SetupWithManager(mgr); err != nil {
 			return fmt.Errorf("setting up dispatcher deployment controller: %w", err)
 		}
@@ -360,6 +371,15 @@ func natsServiceOf(urls string) (namespace string, port int32) {
 		namespace = labels[1]
 	}
 	return namespace, port
+}
+
+// defaultPool is the shared dispatcher pool beside the manager.
+func defaultPool() string {
+	ns := os.Getenv("POD_NAMESPACE")
+	if ns == "" {
+		ns = controller.DefaultPool().Namespace
+	}
+	return ns + "/" + controller.PoolName
 }
 
 // defaultReaders is the delivery API server's ServiceAccount beside the
