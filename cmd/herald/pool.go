@@ -14,6 +14,7 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -62,7 +63,11 @@ func runDispatcherPool(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("loading kubeconfig: %w", err)
 	}
-	kube, err := kubernetes.NewForConfig(restCfg)
+	// A restarted pool mints a token per namespace at once; client-go's
+	// default 5 requests/s would take over three minutes for 1,000.
+	tokenCfg := rest.CopyConfig(restCfg)
+	tokenCfg.QPS, tokenCfg.Burst = 50, 100
+	kube, err := kubernetes.NewForConfig(tokenCfg)
 	if err != nil {
 		return fmt.Errorf("creating a Kubernetes client: %w", err)
 	}

@@ -37,6 +37,7 @@ import (
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
@@ -179,7 +180,89 @@ requests at the receiver       %d
 	}
 	fmt.Printf(`dispatcher of one namespace     %d endpoints, RSS %.0f MiB, idle CPU %.2f%% of a core, %d NATS connection(s)
 `, perNS, pod.rss, pod.cpu, pod.conns)
+
+	// The shared mode: every namespace in one `herald dispatcher-pool`,
+	// each as its own dispatcher identity.
+	pool, err := poolCost(ctx, c, bin, outDir, fmt.Sprintf("nats://127.0.0.1:%d", natsPort), namespaces, idle)
+	if err != nil {
+		return err
+	}
+	n := float64(namespaces)
+	fmt.Printf(`shared pool, %d namespaces       all connected in %s; RSS %.0f MiB (%.2f MiB a namespace), idle CPU %.2f%% of a core (%.3f%% a namespace), %d NATS connections
+dedicated vs pool per namespace  RSS %.0f : %.2f MiB (%.0fx); 1,000 namespaces: %.1f GiB in 1,000 pods vs %.2f GiB in one
+`, namespaces, pool.connected.Round(time.Second), pool.rss, pool.rss/n, pool.cpu, pool.cpu/n, pool.conns,
+		pod.rss, pool.rss/n, pod.rss/(pool.rss/n), pod.rss*1000/1024, pool.rss/n*1000/1024)
 	return nil
+}
+
+type poolStats struct {
+	podCost
+	connected time.Duration
+}
+
+// poolCost labels every namespace shared, gives each its dispatcher
+// ServiceAccount (the operator's part), runs `herald dispatcher-pool` and
+// measures it once every namespace is connected and it has been idle a
+// while. make dev's manager dispatches in-process and serves the same
+// endpoints; with no events flowing, that changes nothing measured here.
+func poolCost(ctx context.Context, c client.Client, bin, dir, natsURL string, namespaces int, idle time.Duration) (poolStats, error) {
+	for i := range namespaces {
+		ns := fmt.Sprintf("tenant-%04d", i)
+		sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: natsauth.DispatcherServiceAccount, Namespace: ns}}
+		if err := c.Create(ctx, sa); client.IgnoreAlreadyExists(err) != nil {
+			return poolStats{}, fmt.Errorf("creating the dispatcher ServiceAccount of %s: %w", ns, err)
+		}
+		patch := []byte(`{"metadata":{"labels":{"` + v1.DispatcherLabel + `":"` + v1.DispatcherShared + `"}}}`)
+		if err := c.Patch(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, client.RawPatch(types.MergePatchType, patch)); err != nil {
+			return poolStats{}, fmt.Errorf("labelling %s shared: %w", ns, err)
+		}
+	}
+	log, err := os.Create(filepath.Join(dir, "dispatcher-pool.log"))
+	if err != nil {
+		return poolStats{}, err
+	}
+	defer log.Close()
+	cmd := exec.Command(filepath.Join(bin, "herald"), "dispatcher-pool",
+		"--nats-url", natsURL, "--egress-allow", "127.0.0.0/8",
+		"--metrics-bind-address", "0", "--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", freePort()))
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+filepath.Join(bin, "dev", "kubeconfig"))
+	cmd.Stdout, cmd.Stderr = log, log
+	t0 := time.Now()
+	if err := cmd.Start(); err != nil {
+		return poolStats{}, err
+	}
+	defer func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+	}()
+	fmt.Printf("waiting for the pool to connect %d namespaces (log: %s) ...\n", namespaces, log.Name())
+	for tcpConnections(cmd.Process.Pid, natsURL) < namespaces {
+		if time.Since(t0) > 10*time.Minute {
+			return poolStats{}, fmt.Errorf("the pool connected %d of %d namespaces in 10 minutes (see %s)",
+				tcpConnections(cmd.Process.Pid, natsURL), namespaces, log.Name())
+		}
+		if !sleep(ctx, time.Second) {
+			return poolStats{}, ctx.Err()
+		}
+	}
+	st := poolStats{connected: time.Since(t0)}
+	if !sleep(ctx, 20*time.Second) {
+		return poolStats{}, ctx.Err()
+	}
+	cpu0, _, err := procStat(cmd.Process.Pid)
+	if err != nil {
+		return poolStats{}, fmt.Errorf("the pool exited (see %s): %w", log.Name(), err)
+	}
+	t1 := time.Now()
+	if !sleep(ctx, idle) {
+		return poolStats{}, ctx.Err()
+	}
+	cpu1, rss, err := procStat(cmd.Process.Pid)
+	if err != nil {
+		return poolStats{}, fmt.Errorf("the pool exited (see %s): %w", log.Name(), err)
+	}
+	st.podCost = podCost{rss: rss, cpu: 100 * (cpu1 - cpu0).Seconds() / time.Since(t1).Seconds(), conns: tcpConnections(cmd.Process.Pid, natsURL)}
+	return st, nil
 }
 
 type podCost struct {
