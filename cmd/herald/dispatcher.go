@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -68,21 +69,9 @@ func runDispatcher(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("loading kubeconfig: %w", err)
 	}
-	scheme, err := newScheme()
+	mgr, err := newDispatcherManager(restCfg, *metricsAddr, *probeAddr, cache.Options{DefaultNamespaces: map[string]cache.Config{*namespace: {}}})
 	if err != nil {
-		return fmt.Errorf("building scheme: %w", err)
-	}
-	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
-		Scheme:                 scheme,
-		Metrics:                metricsserver.Options{BindAddress: *metricsAddr},
-		HealthProbeBindAddress: *probeAddr,
-		// One replica with the Recreate strategy; no leader election, so
-		// the Role needs no Lease rights.
-		LeaderElection: false,
-		Cache:          cache.Options{DefaultNamespaces: map[string]cache.Config{*namespace: {}}},
-	})
-	if err != nil {
-		return fmt.Errorf("creating manager: %w", err)
+		return err
 	}
 	if err := addChecks(mgr, nc); err != nil {
 		return err
@@ -100,4 +89,26 @@ func runDispatcher(ctx context.Context, args []string) error {
 	}
 	log.Info("starting dispatcher", "natsURL", redactURLs(conn.url))
 	return mgr.Start(ctx)
+}
+
+// newDispatcherManager is the manager of a process that delivers (a
+// namespace's dispatcher, the shared pool): one replica with the Recreate
+// strategy, since two would pull the same consumers, so no leader
+// election and no Lease rights.
+func newDispatcherManager(restCfg *rest.Config, metricsAddr, probeAddr string, c cache.Options) (manager.Manager, error) {
+	scheme, err := newScheme()
+	if err != nil {
+		return nil, fmt.Errorf("building scheme: %w", err)
+	}
+	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
+		Scheme:                 scheme,
+		Metrics:                metricsserver.Options{BindAddress: metricsAddr},
+		HealthProbeBindAddress: probeAddr,
+		LeaderElection:         false,
+		Cache:                  c,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("creating manager: %w", err)
+	}
+	return mgr, nil
 }

@@ -16,10 +16,10 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	heraldv1 "github.com/herald-dev/herald/api/v1alpha1"
 	"github.com/herald-dev/herald/internal/controller"
@@ -88,20 +88,9 @@ func runDispatcherPool(ctx context.Context, args []string) error {
 	}
 	p := pool.New(connect, newDispatcher, log)
 
-	scheme, err := newScheme()
+	mgr, err := newDispatcherManager(restCfg, *metricsAddr, *probeAddr, cache.Options{})
 	if err != nil {
-		return fmt.Errorf("building scheme: %w", err)
-	}
-	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
-		Scheme:                 scheme,
-		Metrics:                metricsserver.Options{BindAddress: *metricsAddr},
-		HealthProbeBindAddress: *probeAddr,
-		// One replica with the Recreate strategy, as a dedicated
-		// dispatcher: two would pull the same consumers.
-		LeaderElection: false,
-	})
-	if err != nil {
-		return fmt.Errorf("creating manager: %w", err)
+		return err
 	}
 	// One namespace's NATS trouble must not restart the pool (it rebuilds
 	// that namespace's connection), so the checks are the process's only.

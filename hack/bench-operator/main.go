@@ -246,22 +246,10 @@ func poolCost(ctx context.Context, c client.Client, bin, dir, natsURL string, na
 		}
 	}
 	st := poolStats{connected: time.Since(t0)}
-	if !sleep(ctx, 20*time.Second) {
-		return poolStats{}, ctx.Err()
-	}
-	cpu0, _, err := procStat(cmd.Process.Pid)
+	st.podCost, err = idleCost(ctx, cmd.Process.Pid, "the pool", log.Name(), natsURL, idle)
 	if err != nil {
-		return poolStats{}, fmt.Errorf("the pool exited (see %s): %w", log.Name(), err)
+		return poolStats{}, err
 	}
-	t1 := time.Now()
-	if !sleep(ctx, idle) {
-		return poolStats{}, ctx.Err()
-	}
-	cpu1, rss, err := procStat(cmd.Process.Pid)
-	if err != nil {
-		return poolStats{}, fmt.Errorf("the pool exited (see %s): %w", log.Name(), err)
-	}
-	st.podCost = podCost{rss: rss, cpu: 100 * (cpu1 - cpu0).Seconds() / time.Since(t1).Seconds(), conns: tcpConnections(cmd.Process.Pid, natsURL)}
 	return st, nil
 }
 
@@ -302,22 +290,28 @@ func dispatcherPod(ctx context.Context, c client.Client, bin, dir, natsURL, name
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		_ = cmd.Wait()
 	}()
+	return idleCost(ctx, cmd.Process.Pid, "the dispatcher", log.Name(), natsURL, idle)
+}
+
+// idleCost lets process pid settle for 20 s, then measures its CPU over
+// idle, its RSS and its connections to NATS.
+func idleCost(ctx context.Context, pid int, what, logName, natsURL string, idle time.Duration) (podCost, error) {
 	if !sleep(ctx, 20*time.Second) {
 		return podCost{}, ctx.Err()
 	}
-	cpu0, _, err := procStat(cmd.Process.Pid)
+	cpu0, _, err := procStat(pid)
 	if err != nil {
-		return podCost{}, fmt.Errorf("the dispatcher exited (see %s): %w", log.Name(), err)
+		return podCost{}, fmt.Errorf("%s exited (see %s): %w", what, logName, err)
 	}
 	t0 := time.Now()
 	if !sleep(ctx, idle) {
 		return podCost{}, ctx.Err()
 	}
-	cpu1, rss, err := procStat(cmd.Process.Pid)
+	cpu1, rss, err := procStat(pid)
 	if err != nil {
-		return podCost{}, fmt.Errorf("the dispatcher exited (see %s): %w", log.Name(), err)
+		return podCost{}, fmt.Errorf("%s exited (see %s): %w", what, logName, err)
 	}
-	return podCost{rss: rss, cpu: 100 * (cpu1 - cpu0).Seconds() / time.Since(t0).Seconds(), conns: tcpConnections(cmd.Process.Pid, natsURL)}, nil
+	return podCost{rss: rss, cpu: 100 * (cpu1 - cpu0).Seconds() / time.Since(t0).Seconds(), conns: tcpConnections(pid, natsURL)}, nil
 }
 
 // tcpConnections counts pid's open TCP connections to natsURL's port.
