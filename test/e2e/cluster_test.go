@@ -80,14 +80,18 @@ spec:
   ports:
   - {name: client, port: 4222, targetPort: 4222}
 ---
+# A StatefulSet, as NATS's own chart runs it: a deleted pod's replacement
+# starts only once the old server has exited. A Deployment starts it at
+# once, and two servers on one store (nats-server takes no lock on it)
+# lose what the old one wrote last.
 apiVersion: apps/v1
-kind: Deployment
+kind: StatefulSet
 metadata:
   name: nats
   namespace: nats
 spec:
   replicas: 1
-  strategy: {type: Recreate}
+  serviceName: nats
   selector:
     matchLabels: {app: nats}
   template:

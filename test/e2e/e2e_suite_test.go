@@ -76,7 +76,7 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	makeNATSSecrets()
 	apply(natsSecretsManifest())
 	apply(natsManifest())
-	kubectl("-n", "nats", "rollout", "status", "deployment/nats", "--timeout=3m")
+	kubectl("-n", "nats", "rollout", "status", "statefulset/nats", "--timeout=3m")
 
 	By("installing Herald from dist/install.yaml")
 	installHerald()
@@ -143,7 +143,7 @@ var _ = JustAfterEach(func() {
 		dump("logs", "-n", ns, "-l", "app.kubernetes.io/component=dispatcher", "--all-containers", "--prefix", "--tail=200")
 		dump("describe", "pods", "-n", ns)
 	}
-	dump("logs", "-n", "nats", "deployment/nats", "--tail=50")
+	dump("logs", "-n", "nats", "statefulset/nats", "--tail=50")
 	dump("describe", "pods", "-n", "herald-system")
 	dump("get", "events", "-A", "--sort-by=.lastTimestamp")
 })

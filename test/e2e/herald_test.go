@@ -167,22 +167,22 @@ var _ = Describe("Herald in a cluster", Ordered, ContinueOnFailure, func() {
 
 	It("loses nothing when the dispatcher pod is deleted in the middle of 5,000 events", Label("smoke"), func() {
 		a.create(endpoint{name: "stream", path: "/stream", types: []string{"stream.>"}, maxInFlight: 32, defaultPolicy: true})
-		before := podNames(a.ns, dispatcherPods)
+		before := podUIDs(a.ns, dispatcherPods)
 		ids := publishWhile(a, "/stream", "stream.updated", 5000, 1500, func() {
 			kubectl("-n", a.ns, "delete", "pod", "-l", "app.kubernetes.io/component=dispatcher", "--wait=false")
 		})
 		expectEveryOneDelivered(a, "stream", "/stream", ids)
-		Expect(podNames(a.ns, dispatcherPods)).NotTo(ContainElements(before))
+		Expect(podUIDs(a.ns, dispatcherPods)).NotTo(ContainElements(before))
 	})
 
 	It("loses nothing when the NATS pod restarts in the middle of 5,000 events", func() {
 		a.create(endpoint{name: "natsrestart", path: "/natsrestart", types: []string{"natsrestart.>"}, maxInFlight: 32, defaultPolicy: true})
-		before := podNames("nats", client.MatchingLabels{"app": "nats"})
+		before := podUIDs("nats", client.MatchingLabels{"app": "nats"})
 		ids := publishWhile(a, "/natsrestart", "natsrestart.updated", 5000, 1500, func() {
 			kubectl("-n", "nats", "delete", "pod", "-l", "app=nats", "--wait=false")
 		})
 		expectEveryOneDelivered(a, "natsrestart", "/natsrestart", ids)
-		Expect(podNames("nats", client.MatchingLabels{"app": "nats"})).NotTo(ContainElements(before))
+		Expect(podUIDs("nats", client.MatchingLabels{"app": "nats"})).NotTo(ContainElements(before))
 	})
 
 	It("keeps delivering while the manager restarts, and status catches up", func() {
@@ -369,13 +369,15 @@ func rowOf(out, ns, name string) []string {
 	return nil
 }
 
-func podNames(ns string, selector client.MatchingLabels) []string {
+// podUIDs are the pods' UIDs, not names: a StatefulSet's replacement pod
+// has the old one's name.
+func podUIDs(ns string, selector client.MatchingLabels) []types.UID {
 	GinkgoHelper()
 	var pods corev1.PodList
 	Expect(k8s.List(context.Background(), &pods, client.InNamespace(ns), selector)).To(Succeed())
-	var names []string
+	var uids []types.UID
 	for _, p := range pods.Items {
-		names = append(names, p.Name)
+		uids = append(uids, p.UID)
 	}
-	return names
+	return uids
 }
