@@ -2,7 +2,6 @@ package apiserver_test
 
 import (
 	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -15,17 +14,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
-	"github.com/herald-dev/herald/internal/apiserver"
-	"github.com/herald-dev/herald/internal/deliverylog"
 	"github.com/herald-dev/herald/internal/testenv"
 )
 
@@ -34,11 +28,7 @@ func TestAPIServer(t *testing.T) {
 	RunSpecs(t, "Delivery API Suite")
 }
 
-const (
-	heraldNS   = "herald-system"
-	apiService = "v1alpha1.delivery.herald.dev"
-	heraldUser = "system:serviceaccount:herald-system:herald-apiserver"
-)
+const heraldNS = "herald-system"
 
 var (
 	env        *envtest.Environment
@@ -69,16 +59,6 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	k8s, err = client.New(cfg, client.Options{Scheme: testenv.Scheme()})
 	Expect(err).NotTo(HaveOccurred())
 
-	By("installing the delivery API's RBAC and APIService from config/default")
-	Expect(testenv.Install(ctx, k8s, func(u *unstructured.Unstructured) bool {
-		switch u.GetKind() {
-		case "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "APIService":
-			return true
-		}
-		return false
-	})).To(Succeed())
-	Expect(testenv.AggregateClusterRoles(ctx, k8s)).To(Succeed())
-
 	By("starting NATS")
 	ns, err := testenv.NATS(filepath.Join(dir, "nats"))
 	Expect(err).NotTo(HaveOccurred())
@@ -89,47 +69,11 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	js, err = jetstream.New(nc)
 	Expect(err).NotTo(HaveOccurred())
 
-	By("starting herald apiserver as its ServiceAccount, on 127.0.0.1")
-	user, err := env.AddUser(envtest.User{Name: heraldUser}, cfg)
+	By("starting herald apiserver as its ServiceAccount, on 127.0.0.1, with the shipped RBAC and APIService")
+	var stop func()
+	heraldAddr, stop, err = testenv.DeliveryAPI(ctx, env, k8s, js, dir)
 	Expect(err).NotTo(HaveOccurred())
-	kubeconfig, err := user.KubeConfig()
-	Expect(err).NotTo(HaveOccurred())
-	kubeconfigFile := filepath.Join(dir, "herald-apiserver.kubeconfig")
-	Expect(os.WriteFile(kubeconfigFile, kubeconfig, 0o600)).To(Succeed())
-	tls := apiserver.ServingTLS{Namespace: heraldNS, Secret: "herald-apiserver-tls", Service: "herald-apiserver", APIService: apiService}
-	tls.Core, err = kubernetes.NewForConfig(user.Config())
-	Expect(err).NotTo(HaveOccurred())
-	tls.Dynamic, err = dynamic.NewForConfig(user.Config())
-	Expect(err).NotTo(HaveOccurred())
-	cert, key, err := tls.Ensure(ctx)
-	Expect(err).NotTo(HaveOccurred())
-
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	Expect(err).NotTo(HaveOccurred())
-	heraldAddr = ln.Addr().String()
-	o := apiserver.NewOptions()
-	o.SecureServing.Listener = ln
-	o.SecureServing.BindAddress = net.ParseIP("127.0.0.1")
-	o.SecureServing.BindPort = ln.Addr().(*net.TCPAddr).Port
-	Expect(o.UseCertificate(cert, key)).To(Succeed())
-	o.Authentication.RemoteKubeConfigFile = kubeconfigFile
-	o.Authorization.RemoteKubeConfigFile = kubeconfigFile
-	// A refusal is cached for 10 s by default; specs bind and check.
-	o.Authorization.DenyCacheTTL = time.Millisecond
-	Expect(o.Validate()).To(Succeed())
-	srv, err := apiserver.New(o, &deliverylog.Reader{JS: js})
-	Expect(err).NotTo(HaveOccurred())
-	runCtx, stop := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = srv.PrepareRun().RunWithContext(runCtx) }()
-	DeferCleanup(func() { stop(); <-done })
-
-	Expect(testenv.ServeLocal(ctx, k8s, apiService, ln.Addr().(*net.TCPAddr).Port)).To(Succeed())
-	Eventually(func(g Gomega) {
-		ok, why, err := testenv.APIServiceAvailable(ctx, k8s, apiService)
-		g.Expect(err).NotTo(HaveOccurred())
-		g.Expect(ok).To(BeTrue(), why)
-	}).WithTimeout(60 * time.Second).WithPolling(200 * time.Millisecond).Should(Succeed())
+	DeferCleanup(stop)
 }, NodeTimeout(3*time.Minute))
 
 // viewer is a user with the built-in view role in namespaces, and a

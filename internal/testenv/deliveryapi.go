@@ -1,0 +1,119 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/herald-dev/herald/internal/apiserver"
+	"github.com/herald-dev/herald/internal/deliverylog"
+)
+
+// The delivery API's APIService and the identity its server runs as, as
+// config/default ships them.
+const (
+	DeliveryAPIService = "v1alpha1.delivery.herald.dev"
+	DeliveryAPIUser    = "system:serviceaccount:herald-system:herald-apiserver"
+)
+
+// DeliveryAPI runs Herald's delivery API server in this process, as its
+// ServiceAccount, behind env's aggregation layer (ConfigureAggregation
+// before env.Start), reading the delivery log in js. It installs the
+// shipped RBAC and APIService first, and returns once the APIService is
+// Available, with the server's own address (for requests that skip
+// kube-apiserver) and a stop that waits for it. One per process:
+// genericapiserver keeps global state.
+func DeliveryAPI(ctx context.Context, env *envtest.Environment, c client.Client, js jetstream.JetStream, dir string) (addr string, stop func(), err error) {
+	err = Install(ctx, c, func(u *unstructured.Unstructured) bool {
+		switch u.GetKind() {
+		case "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "APIService":
+			return true
+		}
+		return false
+	})
+	if err != nil {
+		return "", nil, err
+	}
+	if err := AggregateClusterRoles(ctx, c); err != nil {
+		return "", nil, err
+	}
+
+	user, err := env.AddUser(envtest.User{Name: DeliveryAPIUser}, env.Config)
+	if err != nil {
+		return "", nil, fmt.Errorf("adding the delivery API's user: %w", err)
+	}
+	kubeconfig, err := user.KubeConfig()
+	if err != nil {
+		return "", nil, err
+	}
+	kubeconfigFile := filepath.Join(dir, "herald-apiserver.kubeconfig")
+	if err := os.WriteFile(kubeconfigFile, kubeconfig, 0o600); err != nil {
+		return "", nil, err
+	}
+	tls := apiserver.ServingTLS{Namespace: "herald-system", Secret: "herald-apiserver-tls", Service: "herald-apiserver", APIService: DeliveryAPIService}
+	if tls.Core, err = kubernetes.NewForConfig(user.Config()); err != nil {
+		return "", nil, err
+	}
+	if tls.Dynamic, err = dynamic.NewForConfig(user.Config()); err != nil {
+		return "", nil, err
+	}
+	cert, key, err := tls.Ensure(ctx)
+	if err != nil {
+		return "", nil, fmt.Errorf("serving certificate: %w", err)
+	}
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	o := apiserver.NewOptions()
+	o.SecureServing.Listener = ln
+	o.SecureServing.BindAddress = net.ParseIP("127.0.0.1")
+	o.SecureServing.BindPort = port
+	if err := o.UseCertificate(cert, key); err != nil {
+		return "", nil, err
+	}
+	o.Authentication.RemoteKubeConfigFile = kubeconfigFile
+	o.Authorization.RemoteKubeConfigFile = kubeconfigFile
+	// A refusal is cached for 10 s by default; tests bind and check.
+	o.Authorization.DenyCacheTTL = time.Millisecond
+	if err := o.Validate(); err != nil {
+		return "", nil, err
+	}
+	srv, err := apiserver.New(o, &deliverylog.Reader{JS: js})
+	if err != nil {
+		return "", nil, err
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.PrepareRun().RunWithContext(runCtx) }()
+	stop = func() { cancel(); <-done }
+
+	if err := ServeLocal(ctx, c, DeliveryAPIService, port); err != nil {
+		stop()
+		return "", nil, err
+	}
+	var why string
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		ok, w, err := APIServiceAvailable(ctx, c, DeliveryAPIService)
+		why = w
+		return ok, err
+	})
+	if err != nil {
+		stop()
+		return "", nil, fmt.Errorf("the delivery API did not become Available (%s): %w", why, err)
+	}
+	return ln.Addr().String(), stop, nil
+}
