@@ -15,6 +15,7 @@ OPENAPI_GEN := go tool -modfile=$(CURDIR)/hack/tools/go.mod openapi-gen
 GOLANGCI_LINT := go tool -modfile=$(CURDIR)/hack/tools/lint/go.mod golangci-lint
 NATS_SERVER := $(BIN)/nats-server
 HERALD := $(BIN)/herald
+PLUGIN_DIR ?= $(BIN)
 GINKGO_FLAGS ?=
 
 .PHONY: all
@@ -153,6 +154,22 @@ build: $(HERALD) ## Build the herald binary (manager, dispatcher and CLI).
 .PHONY: $(HERALD)
 $(HERALD):
 	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/herald-dev/herald/internal/dispatcher.Version=$(VERSION)" -o $(HERALD) ./cmd/herald
+
+.PHONY: kubectl-plugin
+kubectl-plugin: build ## Install `kubectl herald` into PLUGIN_DIR (default bin/; put it on PATH): the herald binary named kubectl-herald.
+	mkdir -p $(PLUGIN_DIR)
+	cp $(HERALD) $(PLUGIN_DIR)/kubectl-herald
+
+# The archives .krew.yaml points krew at, one per platform, for a release.
+KREW_PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64
+.PHONY: krew-archives
+krew-archives: ## Write dist/kubectl-herald_VERSION_OS_ARCH.tar.gz for each platform .krew.yaml lists.
+	mkdir -p dist/krew
+	for p in $(KREW_PLATFORMS); do \
+		os=$${p%/*} arch=$${p#*/}; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch go build -trimpath -ldflags "-s -w" -o dist/krew/kubectl-herald ./cmd/herald; \
+		tar -C dist/krew -czf dist/kubectl-herald_$(VERSION)_$${os}_$${arch}.tar.gz kubectl-herald ../../LICENSE --transform 's,.*/,,'; \
+	done
 
 $(NATS_SERVER): go.mod go.sum
 	CGO_ENABLED=0 go build -trimpath -o $(NATS_SERVER) github.com/nats-io/nats-server/v2

@@ -94,6 +94,9 @@ func usage() {
 }
 
 func main() {
+	if asPlugin(os.Args[0]) {
+		os.Args = append([]string{os.Args[0], "kubectl"}, os.Args[1:]...)
+	}
 	if len(os.Args) < 2 {
 		usage()
 		os.Exit(2)
@@ -116,7 +119,11 @@ func main() {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(2)
 		}
-		fmt.Fprintf(os.Stderr, "herald %s: %v\n", name, err)
+		prefix := "herald " + name
+		if asPlugin(os.Args[0]) {
+			prefix = "kubectl herald" // as its user typed it
+		}
+		fmt.Fprintf(os.Stderr, "%s: %v\n", prefix, err)
 		os.Exit(1)
 	}
 }

@@ -116,11 +116,24 @@ func (c *Client) Summary(ctx context.Context, namespace string) (*v1.DeliverySum
 	return s, c.get(ctx, namespace, "deliverysummaries", v1.SummaryName, s)
 }
 
+// Summaries lists the summaries of a namespace, or ("") of every
+// namespace the caller may see.
+func (c *Client) Summaries(ctx context.Context, namespace string, opts metav1.ListOptions) (*v1.DeliverySummaryList, error) {
+	l := &v1.DeliverySummaryList{}
+	return l, c.list(ctx, namespace, "deliverysummaries", opts, l)
+}
+
 // Table is the server's table of a list, as kubectl prints it.
 func (c *Client) Table(ctx context.Context, namespace, resource string, opts metav1.ListOptions) (*metav1.Table, error) {
 	t := &metav1.Table{}
-	b, err := c.rc.Get().Namespace(namespace).Resource(resource).VersionedParams(&opts, metav1.ParameterCodec).
-		SetHeader("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io").Do(ctx).Raw()
+	res := c.rc.Get().Namespace(namespace).Resource(resource).VersionedParams(&opts, metav1.ParameterCodec).
+		SetHeader("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io").Do(ctx)
+	// Error, not Raw's error: it decodes the server's Status (Forbidden,
+	// with its message) where Raw has only "unknown".
+	if err := res.Error(); err != nil {
+		return nil, err
+	}
+	b, err := res.Raw()
 	if err != nil {
 		return nil, err
 	}
