@@ -20,6 +20,7 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
+	"github.com/herald-dev/herald/internal/apiserver/apiservertest"
 	"github.com/herald-dev/herald/internal/testenv"
 )
 
@@ -71,7 +72,7 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 
 	By("starting herald apiserver as its ServiceAccount, on 127.0.0.1, with the shipped RBAC and APIService")
 	var stop func()
-	heraldAddr, stop, err = testenv.DeliveryAPI(ctx, env, k8s, js, dir)
+	heraldAddr, stop, err = apiservertest.Start(ctx, env, k8s, js, dir)
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(stop)
 }, NodeTimeout(3*time.Minute))

@@ -28,6 +28,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/herald-dev/herald/internal/apiserver/apiservertest"
 	"github.com/herald-dev/herald/internal/controller"
 	"github.com/herald-dev/herald/internal/dispatcher"
 	"github.com/herald-dev/herald/internal/egress"
@@ -79,7 +80,7 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	pub, err = events.NewPublisher(js)
 	Expect(err).NotTo(HaveOccurred())
 
-	_, stopAPI, err := testenv.DeliveryAPI(ctx, env, k8s, js, dir)
+	_, stopAPI, err := apiservertest.Start(ctx, env, k8s, js, dir)
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(stopAPI)
 

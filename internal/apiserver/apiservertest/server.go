@@ -1,4 +1,8 @@
-package testenv
+// Package apiservertest runs Herald's delivery API server for tests, behind
+// envtest's aggregation layer. It is apart from testenv so that packages
+// which controller-gen reads (it builds without generated code, such as
+// the API server's OpenAPI definitions) never import the API server.
+package apiservertest
 
 import (
 	"context"
@@ -18,24 +22,25 @@ import (
 
 	"github.com/herald-dev/herald/internal/apiserver"
 	"github.com/herald-dev/herald/internal/deliverylog"
+	"github.com/herald-dev/herald/internal/testenv"
 )
 
 // The delivery API's APIService and the identity its server runs as, as
 // config/default ships them.
 const (
-	DeliveryAPIService = "v1alpha1.delivery.herald.dev"
-	DeliveryAPIUser    = "system:serviceaccount:herald-system:herald-apiserver"
+	APIService = "v1alpha1.delivery.herald.dev"
+	User       = "system:serviceaccount:herald-system:herald-apiserver"
 )
 
-// DeliveryAPI runs Herald's delivery API server in this process, as its
+// Start runs Herald's delivery API server in this process, as its
 // ServiceAccount, behind env's aggregation layer (ConfigureAggregation
 // before env.Start), reading the delivery log in js. It installs the
 // shipped RBAC and APIService first, and returns once the APIService is
 // Available, with the server's own address (for requests that skip
 // kube-apiserver) and a stop that waits for it. One per process:
 // genericapiserver keeps global state.
-func DeliveryAPI(ctx context.Context, env *envtest.Environment, c client.Client, js jetstream.JetStream, dir string) (addr string, stop func(), err error) {
-	err = Install(ctx, c, func(u *unstructured.Unstructured) bool {
+func Start(ctx context.Context, env *envtest.Environment, c client.Client, js jetstream.JetStream, dir string) (addr string, stop func(), err error) {
+	err = testenv.Install(ctx, c, func(u *unstructured.Unstructured) bool {
 		switch u.GetKind() {
 		case "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "APIService":
 			return true
@@ -45,11 +50,11 @@ func DeliveryAPI(ctx context.Context, env *envtest.Environment, c client.Client,
 	if err != nil {
 		return "", nil, err
 	}
-	if err := AggregateClusterRoles(ctx, c); err != nil {
+	if err := testenv.AggregateClusterRoles(ctx, c); err != nil {
 		return "", nil, err
 	}
 
-	user, err := env.AddUser(envtest.User{Name: DeliveryAPIUser}, env.Config)
+	user, err := env.AddUser(envtest.User{Name: User}, env.Config)
 	if err != nil {
 		return "", nil, fmt.Errorf("adding the delivery API's user: %w", err)
 	}
@@ -61,7 +66,7 @@ func DeliveryAPI(ctx context.Context, env *envtest.Environment, c client.Client,
 	if err := os.WriteFile(kubeconfigFile, kubeconfig, 0o600); err != nil {
 		return "", nil, err
 	}
-	tls := apiserver.ServingTLS{Namespace: "herald-system", Secret: "herald-apiserver-tls", Service: "herald-apiserver", APIService: DeliveryAPIService}
+	tls := apiserver.ServingTLS{Namespace: "herald-system", Secret: "herald-apiserver-tls", Service: "herald-apiserver", APIService: APIService}
 	if tls.Core, err = kubernetes.NewForConfig(user.Config()); err != nil {
 		return "", nil, err
 	}
@@ -101,13 +106,13 @@ func DeliveryAPI(ctx context.Context, env *envtest.Environment, c client.Client,
 	go func() { defer close(done); _ = srv.PrepareRun().RunWithContext(runCtx) }()
 	stop = func() { cancel(); <-done }
 
-	if err := ServeLocal(ctx, c, DeliveryAPIService, port); err != nil {
+	if err := testenv.ServeLocal(ctx, c, APIService, port); err != nil {
 		stop()
 		return "", nil, err
 	}
 	var why string
 	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		ok, w, err := APIServiceAvailable(ctx, c, DeliveryAPIService)
+		ok, w, err := testenv.APIServiceAvailable(ctx, c, APIService)
 		why = w
 		return ok, err
 	})
