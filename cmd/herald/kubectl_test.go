@@ -34,7 +34,7 @@ func TestKrewManifest(t *testing.T) {
 	rendered := uris.ReplaceAllString(string(raw), "uri: $1\n    sha256: 0000")
 	rendered = regexp.MustCompile(`\{\{\s*\.TagName\s*\}\}`).ReplaceAllString(rendered, tag)
 	var m struct {
-		Kind     string `json:"kind"`
+		Kind     string                `json:"kind"`
 		Metadata struct{ Name string } `json:"metadata"`
 		Spec     struct {
 			Version   string `json:"version"`

@@ -29,8 +29,6 @@ func TestAPIServer(t *testing.T) {
 	RunSpecs(t, "Delivery API Suite")
 }
 
-const heraldNS = "herald-system"
-
 var (
 	env        *envtest.Environment
 	cfg        *rest.Config

@@ -395,12 +395,6 @@ func (r *WebhookEndpointReconciler) reconcileDelivery(ctx context.Context, ep *v
 			errs = append(errs, err)
 		} else {
 			obs.Backlog = &b
-			backlogGauge.WithLabelValues(ep.Namespace, ep.Name).Set(float64(b.Backlog))
-			lag := 0.0
-			if b.OldestPending != nil {
-				lag = obs.Now.Sub(*b.OldestPending).Seconds()
-			}
-			lagGauge.WithLabelValues(ep.Namespace, ep.Name).Set(lag)
 		}
 	}
 	kv, err := r.healthKV(ctx, ep.Namespace)
@@ -412,6 +406,7 @@ func (r *WebhookEndpointReconciler) reconcileDelivery(ctx context.Context, ep *v
 	} else {
 		obs.HealthKnown = true
 	}
+	exportEndpointMetrics(ep, obs)
 	return errors.Join(errs...)
 }
 

@@ -190,6 +190,7 @@ var _ = Describe("Dispatcher", func() {
 				g.Expect(string(dls[0].Body)).To(ContainSubstring(`"id":"` + id + `"`))
 			}).Should(Succeed())
 			Consistently(rc.count, 500*time.Millisecond).Should(Equal(1))
+			Expect(dispatcher.ResponsesCounted(ns, "crm", code)).To(Equal(1.0), "herald_responses_total by code")
 		},
 		Entry("400", 400), Entry("401", 401), Entry("403", 403),
 		Entry("404", 404), Entry("410", 410), Entry("422", 422),

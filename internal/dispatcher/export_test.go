@@ -1,5 +1,11 @@
 package dispatcher
 
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
 // WithoutVersionRecords and WithoutDeliveryLog switch off one durable write
 // each, for BenchmarkDeliveryCost only: it shows what each costs.
 func WithoutVersionRecords() Option {
@@ -17,4 +23,9 @@ func (d *Dispatcher) VersionCacheBytes() int64 { return d.versionCache.used.Load
 // and no adaptive rate, for BenchmarkRecovery's baseline only.
 func WithoutAdaptiveLimits() Option {
 	return func(o *options) error { o.fixedLimits = true; return nil }
+}
+
+// ResponsesCounted is herald_responses_total for one endpoint and code.
+func ResponsesCounted(namespace, endpoint string, code int) float64 {
+	return testutil.ToFloat64(responses.WithLabelValues(namespace, endpoint, strconv.Itoa(code)))
 }

@@ -1,6 +1,10 @@
 package dispatcher
 
 import (
+	"strconv"
+	"sync"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 )
@@ -10,6 +14,12 @@ var (
 		Name: "herald_deliveries_total",
 		Help: "Delivery attempts by outcome: delivered, retrying, dead, superseded.",
 	}, []string{"namespace", "endpoint", "outcome"})
+	// The status code of each attempt, so a cluster of 401s at one
+	// endpoint (a rotated secret) stands apart from 503s (an outage).
+	responses = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "herald_responses_total",
+		Help: "Attempts by the receiver's HTTP status code; code 0: no answer (timeout, refused connection, egress refused).",
+	}, []string{"namespace", "endpoint", "code"})
 	attemptSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "herald_attempt_duration_seconds",
 		Help:    "Time from sending a webhook to its response (or failure).",
@@ -50,7 +60,7 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(deliveries, attemptSeconds, inFlightGauge, overTarget,
+	metrics.Registry.MustRegister(deliveries, responses, attemptSeconds, inFlightGauge, overTarget,
 		bookkeepingFailures, pendingWrites, concurrencyLimit, adaptiveRate, logPublishFailures, logEntriesLost)
 }
 
@@ -65,6 +75,9 @@ type endpointMetrics struct {
 	pending             prometheus.Gauge
 	concurrencyLimit    prometheus.Gauge
 	adaptiveRate        prometheus.Gauge
+	// codes are the herald_responses_total series by status code, made on
+	// a code's first answer; read without a lock on every attempt.
+	codes *sync.Map
 }
 
 func newEndpointMetrics(namespace, endpoint string) endpointMetrics {
@@ -78,6 +91,7 @@ func newEndpointMetrics(namespace, endpoint string) endpointMetrics {
 
 		concurrencyLimit: concurrencyLimit.WithLabelValues(namespace, endpoint),
 		adaptiveRate:     adaptiveRate.WithLabelValues(namespace, endpoint),
+		codes:            &sync.Map{},
 	}
 	for _, o := range []string{OutcomeDelivered, OutcomeRetrying, OutcomeDead, OutcomeSuperseded} {
 		m.outcomes[o] = deliveries.WithLabelValues(namespace, endpoint, o)
@@ -86,6 +100,16 @@ func newEndpointMetrics(namespace, endpoint string) endpointMetrics {
 }
 
 func (m endpointMetrics) outcome(o string) { m.outcomes[o].Inc() }
+
+// attempted counts one attempt's answer: its latency and status code.
+func (m endpointMetrics) attempted(status int, latency time.Duration) {
+	m.latency.Observe(latency.Seconds())
+	c, ok := m.codes.Load(status)
+	if !ok {
+		c, _ = m.codes.LoadOrStore(status, responses.WithLabelValues(m.namespace, m.endpoint, strconv.Itoa(status)))
+	}
+	c.(prometheus.Counter).Inc()
+}
 
 func (m endpointMetrics) bookkeepingFailed(what string) {
 	bookkeepingFailures.WithLabelValues(m.namespace, m.endpoint, what).Inc()

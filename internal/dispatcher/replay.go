@@ -333,7 +333,7 @@ func (w *worker) handleReplay(ctx context.Context, stream jetstream.Stream, e ev
 	now = time.Now()
 	a.Attempt++
 	a.Time, a.StatusCode, a.LatencyMS, a.Response = now, status, float64(latency.Microseconds())/1000, respBody
-	w.metrics.latency.Observe(latency.Seconds())
+	w.metrics.attempted(status, latency)
 	v := classify(&ep.Policy, status, herr)
 	if herr != nil {
 		a.Error = errorMessage(herr)

@@ -944,7 +944,7 @@ func (w *worker) handle(ctx context.Context, e event) {
 	p.sent++
 	now := time.Now()
 	a.Attempt, a.Time, a.StatusCode, a.LatencyMS, a.Response = p.sent, now, status, float64(latency.Microseconds())/1000, respBody
-	w.metrics.latency.Observe(latency.Seconds())
+	w.metrics.attempted(status, latency)
 	v := classify(&ep.Policy, status, herr)
 	if herr != nil {
 		a.Error = errorMessage(herr)
