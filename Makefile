@@ -16,6 +16,11 @@ GOLANGCI_LINT := go tool -modfile=$(CURDIR)/hack/tools/lint/go.mod golangci-lint
 NATS_SERVER := $(BIN)/nats-server
 HERALD := $(BIN)/herald
 PLUGIN_DIR ?= $(BIN)
+HERALD_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/herald
+# promtool, for the alert rules' tests, at the Prometheus release whose Go
+# module the proxy serves (v0.316.0 is Prometheus 3.16).
+PROMETHEUS_VERSION ?= v0.316.0
+PROMTOOL := $(HERALD_CACHE)/promtool-$(PROMETHEUS_VERSION)/promtool
 GINKGO_FLAGS ?=
 
 .PHONY: all
@@ -83,11 +88,17 @@ envtest: ## Build (once) and link kube-apiserver and etcd into bin/k8s/.
 	@K8S_VERSION=$(K8S_VERSION) ETCD_VERSION=$(ETCD_VERSION) hack/control-plane.sh $(BIN) >/dev/null
 
 .PHONY: test
-test: verify-generated verify-tidy vet lint envtest ## Run the unit and integration tests (real API server, real NATS).
-	KUBEBUILDER_ASSETS=$(BIN)/k8s/$(K8S_VERSION) go test -race ./... -count=1 -timeout 30m $(GINKGO_FLAGS) 2>&1 | tee $(BIN)/test.log | grep -Ev '^\s*$$' ; \
+test: verify-generated verify-tidy vet lint envtest promtool ## Run the unit and integration tests (real API server, real NATS, promtool for the alerts).
+	PROMTOOL=$(PROMTOOL) KUBEBUILDER_ASSETS=$(BIN)/k8s/$(K8S_VERSION) go test -race ./... -count=1 -timeout 30m $(GINKGO_FLAGS) 2>&1 | tee $(BIN)/test.log | grep -Ev '^\s*$$' ; \
 	status=$${PIPESTATUS[0]}; \
 	echo; echo "go test summary:"; grep -E '^(ok|FAIL|---|\?)' $(BIN)/test.log | grep -v 'no test files' || true; \
 	exit $$status
+
+.PHONY: promtool
+promtool: $(PROMTOOL) ## Build (once, cached) promtool, which the alert rules' tests run.
+
+$(PROMTOOL):
+	GOBIN=$(dir $(PROMTOOL)) CGO_ENABLED=0 go install -trimpath github.com/prometheus/prometheus/cmd/promtool@$(PROMETHEUS_VERSION)
 
 .PHONY: bench
 bench: ## Run the delivery benchmarks (deliveries/s against a JetStream forwarder and raw HTTP, latency, isolation, recovery) and the publish benchmark.
@@ -183,6 +194,7 @@ dev: build nats-server envtest ## Run Herald locally: API server, etcd, NATS, ma
 	KUBEBUILDER_ASSETS=$(BIN)/k8s/$(K8S_VERSION) $(BIN)/herald-dev --bin $(BIN)
 
 .PHONY: build-installer
-build-installer: manifests ## Write dist/install.yaml (CRDs, RBAC, manager).
+build-installer: manifests ## Write dist/install.yaml (CRDs, RBAC, manager) and dist/install-monitoring.yaml (the same with monitors and alerts).
 	mkdir -p dist
 	kubectl kustomize config/default > dist/install.yaml
+	kubectl kustomize config/monitoring > dist/install-monitoring.yaml
