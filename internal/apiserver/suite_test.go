@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
@@ -46,33 +45,10 @@ var (
 // installs them.
 var _ = BeforeSuite(func(ctx SpecContext) {
 	logf.SetLogger(zap.New(zap.WriteTo(GinkgoWriter), zap.UseDevMode(true)))
-	dir := GinkgoT().TempDir()
-	var err error
-	env, err = testenv.ControlPlane()
-	Expect(err).NotTo(HaveOccurred())
-	frontProxy, err = testenv.ConfigureAggregation(env, dir)
-	Expect(err).NotTo(HaveOccurred())
-	cfg, err = env.Start()
-	Expect(err).NotTo(HaveOccurred())
-	DeferCleanup(env.Stop)
-	k8s, err = client.New(cfg, client.Options{Scheme: testenv.Scheme()})
-	Expect(err).NotTo(HaveOccurred())
-
-	By("starting NATS")
-	ns, err := testenv.NATS(filepath.Join(dir, "nats"))
-	Expect(err).NotTo(HaveOccurred())
-	DeferCleanup(ns.Shutdown)
-	nc, err := nats.Connect(ns.ClientURL())
-	Expect(err).NotTo(HaveOccurred())
-	DeferCleanup(nc.Close)
-	js, err = jetstream.New(nc)
-	Expect(err).NotTo(HaveOccurred())
-
-	By("starting herald apiserver as its ServiceAccount, on 127.0.0.1, with the shipped RBAC and APIService")
-	var stop func()
-	heraldAddr, stop, err = apiservertest.Start(ctx, env, k8s, js, dir)
+	e, stop, err := apiservertest.StartEnv(ctx, GinkgoT().TempDir())
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(stop)
+	env, cfg, k8s, js, frontProxy, heraldAddr = e.Env, e.Config, e.Client, e.JS, e.FrontProxy, e.Addr
 }, NodeTimeout(3*time.Minute))
 
 // viewer is a user with the built-in view role in namespaces, and a

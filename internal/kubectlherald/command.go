@@ -94,12 +94,18 @@ func (o *options) namespace() (string, error) {
 	return ns, nil
 }
 
-func (o *options) deliveryClient() (*delivery.Client, error) {
+// deliveryAPI is the namespace to read and a client of the delivery API.
+func (o *options) deliveryAPI() (string, *delivery.Client, error) {
+	ns, err := o.namespace()
+	if err != nil {
+		return "", nil, err
+	}
 	cfg, err := o.flags.ToRESTConfig()
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
-	return delivery.NewForConfig(cfg)
+	c, err := delivery.NewForConfig(cfg)
+	return ns, c, err
 }
 
 func (o *options) client() (client.WithWatch, error) {
@@ -108,6 +114,16 @@ func (o *options) client() (client.WithWatch, error) {
 		return nil, err
 	}
 	return client.NewWithWatch(cfg, client.Options{Scheme: scheme})
+}
+
+// printed prints obj when -o asks for it, and says whether it did; the
+// command prints its own table otherwise.
+func (o *options) printed(obj runtime.Object) (bool, error) {
+	p, err := o.printer()
+	if err != nil || p == nil {
+		return false, err
+	}
+	return true, p.PrintObj(obj, o.streams.Out)
 }
 
 // printer is the -o printer, or nil for the command's own table.

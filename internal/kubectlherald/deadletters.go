@@ -25,25 +25,18 @@ attempts, the last status code and error, and the replay that has
 delivered it since, if one has. Replay them with kubectl herald replay.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ns, err := o.namespace()
-			if err != nil {
-				return err
-			}
-			c, err := o.deliveryClient()
+			ns, c, err := o.deliveryAPI()
 			if err != nil {
 				return err
 			}
 			opts := metav1.ListOptions{FieldSelector: deadLetterSelector(endpoint, reason)}
-			p, err := o.printer()
-			if err != nil {
-				return err
-			}
-			if p != nil {
+			if o.output != "" {
 				list, err := c.DeadLetters(cmd.Context(), ns, opts)
 				if err != nil {
 					return fmt.Errorf("listing dead letters: %w", err)
 				}
-				return p.PrintObj(list, o.streams.Out)
+				_, err = o.printed(list)
+				return err
 			}
 			t, err := c.Table(cmd.Context(), ns, "deadletters", opts)
 			if err != nil {

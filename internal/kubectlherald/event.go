@@ -24,11 +24,7 @@ that has tried it: phase, attempts, next retry, then each attempt's time,
 status code, latency, error and the start of the receiver's answer.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ns, err := o.namespace()
-			if err != nil {
-				return err
-			}
-			c, err := o.deliveryClient()
+			ns, c, err := o.deliveryAPI()
 			if err != nil {
 				return err
 			}
@@ -51,11 +47,8 @@ status code, latency, error and the start of the receiver's answer.`,
 				}
 				ds[i] = *d
 			}
-			if p, err := o.printer(); err != nil || p != nil {
-				if err != nil {
-					return err
-				}
-				return p.PrintObj(&deliveryv1.WebhookDeliveryList{Items: ds}, o.streams.Out)
+			if done, err := o.printed(&deliveryv1.WebhookDeliveryList{Items: ds}); done || err != nil {
+				return err
 			}
 			return printEvent(o.streams.Out, ns, args[0], ds, time.Now())
 		},

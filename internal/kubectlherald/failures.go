@@ -26,11 +26,7 @@ timeout or a refused connection), how long the oldest has waited, and
 the latest error.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ns, err := o.namespace()
-			if err != nil {
-				return err
-			}
-			c, err := o.deliveryClient()
+			ns, c, err := o.deliveryAPI()
 			if err != nil {
 				return err
 			}
@@ -38,11 +34,8 @@ the latest error.`,
 			if err != nil {
 				return fmt.Errorf("reading the delivery summaries: %w", err)
 			}
-			if p, err := o.printer(); err != nil || p != nil {
-				if err != nil {
-					return err
-				}
-				return p.PrintObj(list, o.streams.Out)
+			if done, err := o.printed(list); done || err != nil {
+				return err
 			}
 			return printFailures(o.streams.Out, list.Items, o.allNamespaces, time.Now())
 		},

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
@@ -56,33 +55,13 @@ var (
 // in-process with the replay controller, as `make dev` runs it.
 var _ = BeforeSuite(func(ctx SpecContext) {
 	logf.SetLogger(zap.New(zap.WriteTo(GinkgoWriter), zap.UseDevMode(true)))
-	dir := GinkgoT().TempDir()
-	var err error
-	env, err = testenv.ControlPlane()
+	e, stop, err := apiservertest.StartEnv(ctx, GinkgoT().TempDir())
 	Expect(err).NotTo(HaveOccurred())
-	_, err = testenv.ConfigureAggregation(env, dir)
-	Expect(err).NotTo(HaveOccurred())
-	cfg, err = env.Start()
-	Expect(err).NotTo(HaveOccurred())
-	DeferCleanup(env.Stop)
-	k8s, err = client.New(cfg, client.Options{Scheme: testenv.Scheme()})
-	Expect(err).NotTo(HaveOccurred())
+	DeferCleanup(stop)
+	env, cfg, k8s, js = e.Env, e.Config, e.Client, e.JS
 	adminKC = kubeconfigOf(envtest.User{Name: "support-admin", Groups: []string{"system:masters"}})
-
-	ns, err := testenv.NATS(filepath.Join(dir, "nats"))
-	Expect(err).NotTo(HaveOccurred())
-	DeferCleanup(ns.Shutdown)
-	nc, err := nats.Connect(ns.ClientURL())
-	Expect(err).NotTo(HaveOccurred())
-	DeferCleanup(nc.Close)
-	js, err = jetstream.New(nc)
-	Expect(err).NotTo(HaveOccurred())
 	pub, err = events.NewPublisher(js)
 	Expect(err).NotTo(HaveOccurred())
-
-	_, stopAPI, err := apiservertest.Start(ctx, env, k8s, js, dir)
-	Expect(err).NotTo(HaveOccurred())
-	DeferCleanup(stopAPI)
 
 	startManager()
 }, NodeTimeout(3*time.Minute))

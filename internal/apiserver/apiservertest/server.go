@@ -10,13 +10,16 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -121,4 +124,66 @@ func Start(ctx context.Context, env *envtest.Environment, c client.Client, js je
 		return "", nil, fmt.Errorf("the delivery API did not become Available (%s): %w", why, err)
 	}
 	return ln.Addr().String(), stop, nil
+}
+
+// Env is a test cluster with the delivery API in it: kube-apiserver and
+// etcd with the aggregation layer on, a NATS server, and the delivery API
+// server reading it.
+type Env struct {
+	Env        *envtest.Environment
+	Config     *rest.Config // system:masters
+	Client     client.Client
+	JS         jetstream.JetStream
+	FrontProxy *testenv.FrontProxy
+	// Addr is the delivery API server's own address.
+	Addr string
+}
+
+// StartEnv starts an Env with its files in dir; stop ends all of it.
+func StartEnv(ctx context.Context, dir string) (e *Env, stop func(), err error) {
+	var stops []func()
+	stop = func() {
+		for _, s := range slices.Backward(stops) {
+			s()
+		}
+	}
+	defer func() {
+		if err != nil {
+			stop()
+		}
+	}()
+	e = &Env{}
+	if e.Env, err = testenv.ControlPlane(); err != nil {
+		return nil, stop, err
+	}
+	if e.FrontProxy, err = testenv.ConfigureAggregation(e.Env, dir); err != nil {
+		return nil, stop, err
+	}
+	if e.Config, err = e.Env.Start(); err != nil {
+		return nil, stop, fmt.Errorf("starting the control plane: %w", err)
+	}
+	stops = append(stops, func() { _ = e.Env.Stop() })
+	if e.Client, err = client.New(e.Config, client.Options{Scheme: testenv.Scheme()}); err != nil {
+		return nil, stop, err
+	}
+	ns, err := testenv.NATS(filepath.Join(dir, "nats"))
+	if err != nil {
+		return nil, stop, err
+	}
+	stops = append(stops, ns.Shutdown)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		return nil, stop, err
+	}
+	stops = append(stops, nc.Close)
+	if e.JS, err = jetstream.New(nc); err != nil {
+		return nil, stop, err
+	}
+	addr, stopAPI, err := Start(ctx, e.Env, e.Client, e.JS, dir)
+	if err != nil {
+		return nil, stop, err
+	}
+	stops = append(stops, stopAPI)
+	e.Addr = addr
+	return e, stop, nil
 }
