@@ -57,7 +57,9 @@ func newReceiver() *receiver {
 			code = http.StatusOK
 		}
 		w.WriteHeader(code)
-		_, _ = fmt.Fprintf(w, `{"answer":%d}`, code)
+		// A hostile receiver's answer tries to clear the support person's
+		// terminal.
+		_, _ = fmt.Fprintf(w, `{"answer":%d}`+"\x1b[2J", code)
 	}))
 	return r
 }
@@ -172,6 +174,8 @@ var _ = Describe("kubectl herald on the brief's example: billing delivered, CRM 
 		// "ERP refused: 503, retry in 29s".
 		Expect(out).To(MatchRegexp(`(?m)^erp\s+Retrying\s+1\s+503\s+HTTPError\s+in \d+s\s`))
 		Expect(out).To(ContainSubstring("erp: attempts"))
+		Expect(out).NotTo(ContainSubstring("\x1b"), "a receiver's answer cannot steer the terminal")
+		Expect(out).To(ContainSubstring(`{"answer":503}^[[2J`))
 		Expect(out).To(MatchRegexp(`(?m)^1\s+\S+Z\s+retrying\s+503\s+\S+s\s.*\{"answer":503\}`))
 
 		var list deliveryv1.WebhookDeliveryList

@@ -4,6 +4,8 @@ import (
 	"io"
 	"strings"
 	"unicode/utf8"
+
+	"k8s.io/cli-runtime/pkg/printers"
 )
 
 // A cell is a table's text with a colour for terminals. Every coloured
@@ -48,6 +50,11 @@ func (t *table) header(names ...string) {
 func (t *table) write(w io.Writer, colour bool) error {
 	var widths []int
 	for _, r := range t.rows {
+		for i := range r {
+			// Receivers write errors and answers: none of it may steer
+			// the terminal.
+			r[i].text = printers.EscapeTerminal(r[i].text)
+		}
 		for i, c := range r {
 			if i == len(widths) {
 				widths = append(widths, 0)
