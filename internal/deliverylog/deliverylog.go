@@ -289,6 +289,9 @@ func fromAttempt(namespace string, a *dispatcher.Attempt, logSeq uint64) v1.Webh
 			DeadLetterReason: a.DeadReason, Message: a.Why, Replay: a.Replay,
 		},
 	}
+	if a.LatencyMS > 0 {
+		d.Status.LastLatency = &metav1.Duration{Duration: time.Duration(a.LatencyMS * float64(time.Millisecond))}
+	}
 	if a.NextAttempt != nil && a.Outcome == dispatcher.OutcomeRetrying {
 		t := metav1.NewTime(*a.NextAttempt)
 		d.Status.NextAttemptTime = &t

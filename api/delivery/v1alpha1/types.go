@@ -86,6 +86,9 @@ type WebhookDeliveryStatus struct {
 	LastError string `json:"lastError,omitempty"`
 	// LastResponse is the start of the last response body, as logged.
 	LastResponse string `json:"lastResponse,omitempty"`
+	// LastLatency is how long the receiver took to answer the last
+	// attempt; absent when no attempt was made.
+	LastLatency *metav1.Duration `json:"lastLatency,omitempty"`
 	// NextAttemptTime is when the next attempt is due, while Retrying.
 	NextAttemptTime *metav1.Time `json:"nextAttemptTime,omitempty"`
 	// DeadLetterReason is why it was dead-lettered, when Failed:

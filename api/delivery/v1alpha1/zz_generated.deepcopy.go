@@ -21,6 +21,7 @@ limitations under the License.
 package v1alpha1
 
 import (
+	"k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 )
 
@@ -375,6 +376,11 @@ func (in *WebhookDeliveryStatus) DeepCopyInto(out *WebhookDeliveryStatus) {
 	if in.LastAttemptTime != nil {
 		in, out := &in.LastAttemptTime, &out.LastAttemptTime
 		*out = (*in).DeepCopy()
+	}
+	if in.LastLatency != nil {
+		in, out := &in.LastLatency, &out.LastLatency
+		*out = new(v1.Duration)
+		**out = **in
 	}
 	if in.NextAttemptTime != nil {
 		in, out := &in.NextAttemptTime, &out.NextAttemptTime

@@ -941,6 +941,12 @@ func schema_herald_api_delivery_v1alpha1_WebhookDeliveryStatus(ref common.Refere
 							Format:      "",
 						},
 					},
+					"lastLatency": {
+						SchemaProps: spec.SchemaProps{
+							Description: "LastLatency is how long the receiver took to answer the last attempt; absent when no attempt was made.",
+							Ref:         ref(v1.Duration{}.OpenAPIModelName()),
+						},
+					},
 					"nextAttemptTime": {
 						SchemaProps: spec.SchemaProps{
 							Description: "NextAttemptTime is when the next attempt is due, while Retrying.",
@@ -986,7 +992,7 @@ func schema_herald_api_delivery_v1alpha1_WebhookDeliveryStatus(ref common.Refere
 			},
 		},
 		Dependencies: []string{
-			v1alpha1.Attempt{}.OpenAPIModelName(), v1.Time{}.OpenAPIModelName()},
+			v1alpha1.Attempt{}.OpenAPIModelName(), v1.Duration{}.OpenAPIModelName(), v1.Time{}.OpenAPIModelName()},
 	}
 }
 
