@@ -13,10 +13,10 @@ import (
 	"github.com/spf13/cobra"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/herald-dev/herald/api/v1alpha1"
+	"github.com/herald-dev/herald/internal/replays"
 )
 
 // replayFlags are `kubectl herald replay`'s.
@@ -139,7 +139,7 @@ func runReplay(ctx context.Context, c client.WithWatch, o *options, f *replayFla
 	out := o.streams.Out
 	dry := spec
 	dry.DryRun = true
-	rp, err := createAndWait(ctx, c, ns, spec.Endpoint+"-dry-", dry, f.poll, nil)
+	rp, err := replays.CreateAndWait(ctx, c, ns, spec.Endpoint+"-dry-", dry, f.poll, nil)
 	if dryRun := rp; dryRun != nil {
 		// The dry run has said what it had to; the replay is what stays.
 		defer func() { _ = client.IgnoreNotFound(c.Delete(context.WithoutCancel(ctx), dryRun)) }()
@@ -147,7 +147,7 @@ func runReplay(ctx context.Context, c client.WithWatch, o *options, f *replayFla
 	if err != nil {
 		return err
 	}
-	would := rp.Status.Matched - rp.Status.Skipped
+	would := replays.WouldSend(rp)
 	fmt.Fprintf(out, "Dry run: %d of %d matched events would be sent to %s, %d skipped.\n", would, rp.Status.Matched, spec.Endpoint, rp.Status.Skipped)
 	if f.dryRun || would == 0 {
 		if len(rp.Status.Events) > 0 {
@@ -173,7 +173,7 @@ func runReplay(ctx context.Context, c client.WithWatch, o *options, f *replayFla
 		}
 	}
 	bar := newProgress(out)
-	rp, err = createAndWait(ctx, c, ns, spec.Endpoint+"-", spec, f.poll, func(rp *v1.WebhookReplay) {
+	rp, err = replays.CreateAndWait(ctx, c, ns, spec.Endpoint+"-", spec, f.poll, func(rp *v1.WebhookReplay) {
 		if bar.started == "" {
 			bar.started = rp.Name
 			fmt.Fprintf(out, "webhookreplay/%s created\n", rp.Name)
@@ -185,33 +185,6 @@ func runReplay(ctx context.Context, c client.WithWatch, o *options, f *replayFla
 		return err
 	}
 	return report(out, rp)
-}
-
-// createAndWait creates a replay from spec and waits until it ends, or
-// stalls (a missing endpoint, a selection over the limit), calling seen
-// with each state read.
-func createAndWait(ctx context.Context, c client.WithWatch, ns, prefix string, spec v1.WebhookReplaySpec, poll time.Duration, seen func(*v1.WebhookReplay)) (*v1.WebhookReplay, error) {
-	rp := &v1.WebhookReplay{ObjectMeta: metav1.ObjectMeta{Namespace: ns, GenerateName: prefix}, Spec: spec}
-	if err := c.Create(ctx, rp); err != nil {
-		return nil, fmt.Errorf("creating the replay: %w", err)
-	}
-	err := wait.PollUntilContextCancel(ctx, poll, true, func(ctx context.Context) (bool, error) {
-		if err := c.Get(ctx, client.ObjectKeyFromObject(rp), rp); err != nil {
-			return false, fmt.Errorf("reading replay %s: %w", rp.Name, err)
-		}
-		if seen != nil {
-			seen(rp)
-		}
-		if s := apimeta.FindStatusCondition(rp.Status.Conditions, v1.StalledCondition); s != nil && s.Status == metav1.ConditionTrue {
-			return false, fmt.Errorf("replay %s stalled (%s): %s", rp.Name, s.Reason, s.Message)
-		}
-		return ended(rp.Status.Phase), nil
-	})
-	return rp, err
-}
-
-func ended(p v1.ReplayPhase) bool {
-	return p == v1.ReplaySucceeded || p == v1.ReplayPartiallyFailed || p == v1.ReplayFailed
 }
 
 // report prints how the replay ended, and fails unless it succeeded.
