@@ -88,11 +88,15 @@ envtest: ## Build (once) and link kube-apiserver and etcd into bin/k8s/.
 	@K8S_VERSION=$(K8S_VERSION) ETCD_VERSION=$(ETCD_VERSION) hack/control-plane.sh $(BIN) >/dev/null
 
 .PHONY: test
-test: verify-generated verify-tidy vet lint envtest promtool ## Run the unit and integration tests (real API server, real NATS, promtool for the alerts).
-	PROMTOOL=$(PROMTOOL) KUBEBUILDER_ASSETS=$(BIN)/k8s/$(K8S_VERSION) go test -race ./... -count=1 -timeout 30m $(GINKGO_FLAGS) 2>&1 | tee $(BIN)/test.log | grep -Ev '^\s*$$' ; \
+test: verify-generated verify-tidy vet lint envtest promtool chromium ## Run the unit and integration tests (real API server, real NATS, promtool for the alerts, Chromium for the console).
+	CHROMIUM=$$(command -v chromium) PROMTOOL=$(PROMTOOL) KUBEBUILDER_ASSETS=$(BIN)/k8s/$(K8S_VERSION) go test -race ./... -count=1 -timeout 30m $(GINKGO_FLAGS) 2>&1 | tee $(BIN)/test.log | grep -Ev '^\s*$$' ; \
 	status=$${PIPESTATUS[0]}; \
 	echo; echo "go test summary:"; grep -E '^(ok|FAIL|---|\?)' $(BIN)/test.log | grep -v 'no test files' || true; \
 	exit $$status
+
+.PHONY: chromium
+chromium: ## Install Debian's Chromium (once), the headless browser the console's tests drive.
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
 .PHONY: promtool
 promtool: $(PROMTOOL) ## Build (once, cached) promtool, which the alert rules' tests run.

@@ -12,7 +12,7 @@ import (
 const pluginName = "kubectl-herald"
 
 func init() {
-	register("kubectl", "the kubectl plugin (installed as kubectl-herald): failures, event, deadletters, replay", kubectlherald.Run)
+	register("kubectl", "the kubectl plugin (installed as kubectl-herald): failures, event, deadletters, replay, console", kubectlherald.Run)
 }
 
 // asPlugin says whether argv0 is the plugin's name (kubectl-herald, or

@@ -62,7 +62,7 @@ endpoint, the dead letters, and replays followed to their end.`,
 	cmd.SetOut(streams.Out)
 	cmd.SetErr(streams.ErrOut)
 	o.flags.AddFlags(cmd.PersistentFlags())
-	cmd.AddCommand(failuresCommand(o), eventCommand(o), deadLettersCommand(o), replayCommand(o))
+	cmd.AddCommand(failuresCommand(o), eventCommand(o), deadLettersCommand(o), replayCommand(o), consoleCommand(o))
 	return cmd
 }
 

@@ -27,7 +27,7 @@ import (
 type receiver struct {
 	*httptest.Server
 	mu      sync.Mutex
-	codes   map[string]int
+	codes   map[string]int // by path, or by "path id" for one event
 	delays  map[string]time.Duration
 	arrived map[string]int
 	closed  chan struct{}
@@ -44,7 +44,11 @@ func newReceiver() *receiver {
 	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		r.mu.Lock()
 		code, delay := r.codes[req.URL.Path], r.delays[req.URL.Path]
-		r.arrived[req.URL.Path+" "+req.Header.Get("webhook-id")]++
+		one := req.URL.Path + " " + req.Header.Get("webhook-id")
+		if c, ok := r.codes[one]; ok {
+			code, delay = c, 0
+		}
+		r.arrived[one]++
 		r.mu.Unlock()
 		select {
 		case <-time.After(delay):
@@ -70,10 +74,54 @@ func (r *receiver) behave(path string, code int, delay time.Duration) {
 	r.codes[path], r.delays[path] = code, delay
 }
 
+// refuse answers code at once to one event at path, whatever the path does.
+func (r *receiver) refuse(path, id string, code int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.codes[path+" "+id] = code
+}
+
+// fix makes path answer 200 at once, to every event.
+func (r *receiver) fix(path string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k := range r.codes {
+		if strings.HasPrefix(k, path+" ") {
+			delete(r.codes, k)
+		}
+	}
+	r.codes[path], r.delays[path] = http.StatusOK, 0
+}
+
 func (r *receiver) count(path, id string) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.arrived[path+" "+id]
+}
+
+// createEndpoint makes an endpoint with its own signing secret, and waits
+// until it is Ready.
+func createEndpoint(ctx context.Context, ns, name, url, policy string, types ...string) {
+	GinkgoHelper()
+	Expect(k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name + "-signing"},
+		StringData: map[string]string{"v1": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}})).To(Succeed())
+	Expect(k8s.Create(ctx, &v1.WebhookEndpoint{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: v1.WebhookEndpointSpec{
+		URL: url, EventTypes: types, SigningSecretRef: v1.LocalObjectReference{Name: name + "-signing"},
+		RetryPolicyRef: &v1.LocalObjectReference{Name: policy}, Timeout: &metav1.Duration{Duration: 300 * time.Millisecond},
+	}})).To(Succeed())
+	Eventually(func(g Gomega) {
+		ep := &v1.WebhookEndpoint{}
+		g.Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, ep)).To(Succeed())
+		g.Expect(apimeta.IsStatusConditionTrue(ep.Status.Conditions, v1.ReadyCondition)).To(BeTrue())
+	}).WithTimeout(30 * time.Second).Should(Succeed())
+}
+
+// createPolicy makes a retry policy: every apart, for window.
+func createPolicy(ctx context.Context, ns, name string, every, window time.Duration) {
+	GinkgoHelper()
+	Expect(k8s.Create(ctx, &v1.RetryPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: v1.RetryPolicySpec{
+		Schedule: []metav1.Duration{{Duration: every}}, Window: &metav1.Duration{Duration: window},
+	}})).To(Succeed())
 }
 
 var _ = Describe("kubectl herald on the brief's example: billing delivered, CRM timing out, the ERP refusing", Ordered, func() {
@@ -83,23 +131,11 @@ var _ = Describe("kubectl herald on the brief's example: billing delivered, CRM 
 
 	endpoint := func(ctx context.Context, name, policy string) {
 		GinkgoHelper()
-		Expect(k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name + "-signing"},
-			StringData: map[string]string{"v1": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}})).To(Succeed())
-		Expect(k8s.Create(ctx, &v1.WebhookEndpoint{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: v1.WebhookEndpointSpec{
-			URL: rr.URL + "/" + name, EventTypes: []string{"subscription.*"}, SigningSecretRef: v1.LocalObjectReference{Name: name + "-signing"},
-			RetryPolicyRef: &v1.LocalObjectReference{Name: policy}, Timeout: &metav1.Duration{Duration: 300 * time.Millisecond},
-		}})).To(Succeed())
-		Eventually(func(g Gomega) {
-			ep := &v1.WebhookEndpoint{}
-			g.Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, ep)).To(Succeed())
-			g.Expect(apimeta.IsStatusConditionTrue(ep.Status.Conditions, v1.ReadyCondition)).To(BeTrue())
-		}).WithTimeout(30 * time.Second).Should(Succeed())
+		createEndpoint(ctx, ns, name, rr.URL+"/"+name, policy, "subscription.*")
 	}
 	policy := func(ctx context.Context, name string, every, window time.Duration) {
 		GinkgoHelper()
-		Expect(k8s.Create(ctx, &v1.RetryPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: v1.RetryPolicySpec{
-			Schedule: []metav1.Duration{{Duration: every}}, Window: &metav1.Duration{Duration: window},
-		}})).To(Succeed())
+		createPolicy(ctx, ns, name, every, window)
 	}
 	run := func(ctx context.Context, args ...string) string {
 		GinkgoHelper()
