@@ -319,7 +319,7 @@ func publishWhile(t *tenant, path, typ string, n, after int, breakIt func()) []s
 // it must arrive.
 func expectEveryOneDelivered(t *tenant, endpointName, path string, ids []string) {
 	GinkgoHelper()
-	Eventually(allArrived(t, path, ids[len(ids)-publishKeys:])).WithTimeout(5*time.Minute).WithPolling(2*time.Second).Should(Succeed())
+	Eventually(allArrived(t, path, ids[len(ids)-publishKeys:])).WithTimeout(5 * time.Minute).WithPolling(2 * time.Second).Should(Succeed())
 	var counts map[string]int
 	var superseded int
 	Eventually(func(g Gomega) {
