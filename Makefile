@@ -88,7 +88,9 @@ envtest: ## Build (once) and link kube-apiserver and etcd into bin/k8s/.
 	@K8S_VERSION=$(K8S_VERSION) ETCD_VERSION=$(ETCD_VERSION) hack/control-plane.sh $(BIN) >/dev/null
 
 .PHONY: test
-test: verify-generated verify-tidy vet lint envtest promtool chromium ## Run the unit and integration tests (real API server, real NATS, promtool for the alerts, Chromium for the console).
+test: verify-generated verify-tidy vet lint envtest ## Run the unit and integration tests (real API server, real NATS, promtool for the alerts, Chromium for the console).
+	@# Together: Chromium's download from Debian overlaps promtool's build on a cold machine.
+	@$(MAKE) --no-print-directory -j2 promtool chromium
 	CHROMIUM=$$(command -v chromium) PROMTOOL=$(PROMTOOL) KUBEBUILDER_ASSETS=$(BIN)/k8s/$(K8S_VERSION) go test -race ./... -count=1 -timeout 30m $(GINKGO_FLAGS) 2>&1 | tee $(BIN)/test.log | grep -Ev '^\s*$$' ; \
 	status=$${PIPESTATUS[0]}; \
 	echo; echo "go test summary:"; grep -E '^(ok|FAIL|---|\?)' $(BIN)/test.log | grep -v 'no test files' || true; \
