@@ -165,7 +165,7 @@ var _ = Describe("the web console on the brief's example: billing delivered, CRM
 		// The page refreshes itself: no reload here, status arrives live.
 		Eventually(func() string { return textOf(b, `tr[data-endpoint="store/crm"]`) }).WithTimeout(30 * time.Second).
 			Should(And(ContainSubstring("Failing"), ContainSubstring("Timeout")))
-		Expect(eval[string](b, `document.querySelector("section.namespace table.endpoints tbody tr").dataset.endpoint`)).
+		Expect(eval[string](b, `document.querySelector('section[data-namespace="store"] table.endpoints tbody tr').dataset.endpoint`)).
 			To(Equal("store/crm"), "the failing endpoint comes first")
 		Eventually(func() string { return textOf(b, `tr[data-endpoint="store/billing"]`) }).WithTimeout(30 * time.Second).
 			Should(And(ContainSubstring("Delivering"), MatchRegexp(`\d+s ago`)))
