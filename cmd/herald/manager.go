@@ -56,6 +56,7 @@ type managerFlags struct {
 	natsReaders                string
 	leaderElect                bool
 	metricsAddr, probeAddr     string
+	pprofAddr                  string
 	metricsSecure              bool
 	ensureInterval             time.Duration
 	resyncInterval, writeEvery time.Duration
@@ -109,6 +110,7 @@ func runManager(ctx context.Context, args []string) error {
 	fs.StringVar(&f.metricsAddr, "metrics-bind-address", "0", "metrics address (:8443 for https, :8080 for http, 0 to disable)")
 	fs.BoolVar(&f.metricsSecure, "metrics-secure", true, "serve metrics over https behind Kubernetes authn/authz")
 	fs.StringVar(&f.probeAddr, "health-probe-bind-address", ":8081", "health and readiness probe address")
+	fs.StringVar(&f.pprofAddr, "pprof-bind-address", "", "address of Go's profiler (/debug/pprof), for measuring the manager: keep it on loopback; empty disables it")
 	fs.DurationVar(&f.ensureInterval, "ensure-interval", 5*time.Minute, "how often streams and buckets are brought back to their configured limits, and the empty streams of namespaces without endpoints removed")
 	fs.DurationVar(&f.resyncInterval, "resync-interval", controller.DefaultResyncInterval, "periodic pass per endpoint (consumer drift, backlog, lag)")
 	fs.DurationVar(&f.writeEvery, "status-write-interval", controller.DefaultMinStatusWriteInterval, "least time between two status writes of one endpoint that change no condition")
@@ -185,6 +187,7 @@ func runManager(ctx context.Context, args []string) error {
 		Scheme:                        scheme,
 		Metrics:                       metricsOpts,
 		HealthProbeBindAddress:        f.probeAddr,
+		PprofBindAddress:              f.pprofAddr,
 		LeaderElection:                f.leaderElect,
 		LeaderElectionID:              "herald-manager.herald.dev",
 		LeaderElectionReleaseOnCancel: true,

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -116,6 +117,9 @@ func run(ctx context.Context, bin string, namespaces, perNS int, idle, readyWith
 
 	total := namespaces * perNS
 	fmt.Printf("creating %d namespaces with %d endpoints each ...\n", namespaces, perNS)
+	// The manager's CPU profile over the first minute of the way to Ready
+	// (make dev serves Go's profiler on 127.0.0.1:8082).
+	profiled := profile(ctx, "profile?seconds=60", filepath.Join(outDir, "ready.cpu.pprof"))
 	t0 := time.Now()
 	if err := create(ctx, c, namespaces, perNS, receiver.URL); err != nil {
 		return err
@@ -130,6 +134,9 @@ func run(ctx context.Context, bin string, namespaces, perNS int, idle, readyWith
 	atReady, err := sample(manager, nats)
 	if err != nil {
 		return err
+	}
+	if err := <-profiled; err != nil {
+		fmt.Println("no CPU profile:", err)
 	}
 
 	// Let the last status writes of the start-up settle, then measure.
@@ -146,6 +153,9 @@ func run(ctx context.Context, bin string, namespaces, perNS int, idle, readyWith
 	idleEnd, err := sample(manager, nats)
 	if err != nil {
 		return err
+	}
+	if err := <-profile(ctx, "heap", filepath.Join(outDir, "idle.heap.pprof")); err != nil {
+		fmt.Println("no heap profile:", err)
 	}
 	per1000 := func(cpu float64) float64 { return cpu / float64(total) * 1000 }
 	mgrCPU := idleEnd.managerCPU.Seconds() - idleStart.managerCPU.Seconds()
@@ -608,4 +618,37 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	case <-t.C:
 		return true
 	}
+}
+
+// profile fetches one of the manager's profiles into path, in the
+// background; the channel says how it went.
+func profile(ctx context.Context, which, path string) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		done <- func() error {
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:8082/debug/pprof/"+which, nil)
+			if err != nil {
+				return err
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("%s: %s", which, resp.Status)
+			}
+			f, err := os.Create(path)
+			if err != nil {
+				return err
+			}
+			if _, err := io.Copy(f, resp.Body); err != nil {
+				_ = f.Close()
+				return err
+			}
+			fmt.Println("profile:", path)
+			return f.Close()
+		}()
+	}()
+	return done
 }

@@ -131,6 +131,7 @@ func run(ctx context.Context, bin string, natsPort int, receiverAddr string, api
 		command("manager", filepath.Join(bin, "herald"), "manager", "--dispatch=in-process", "--nats-url="+natsURL,
 			"--nats-keys-dir="+keysDir,
 			"--metrics-bind-address=127.0.0.1:8080", "--metrics-secure=false", "--health-probe-bind-address=127.0.0.1:8081",
+			"--pprof-bind-address=127.0.0.1:8082",
 			// The demo receiver is on loopback, which the egress guard
 			// refuses unless opened.
 			"--egress-allow=127.0.0.0/8"),
