@@ -20,7 +20,7 @@ import (
 )
 
 func init() {
-	register("apiserver", "serve the delivery API (webhookdeliveries, deadletters, deliverysummaries) behind kube-apiserver", runAPIServer)
+	register("apiserver", "serve the delivery API (webhookdeliveries, deadletters, deliverysummaries) behind kube-apiserver", server(runAPIServer))
 }
 
 func runAPIServer(ctx context.Context, args []string) error {

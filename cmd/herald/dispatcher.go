@@ -20,7 +20,7 @@ import (
 )
 
 func init() {
-	register("dispatcher", "deliver the webhooks of one namespace (run by the operator as a Deployment)", runDispatcher)
+	register("dispatcher", "deliver the webhooks of one namespace (run by the operator as a Deployment)", server(runDispatcher))
 }
 
 func runDispatcher(ctx context.Context, args []string) error {

@@ -32,7 +32,7 @@ import (
 )
 
 func init() {
-	register("manager", "run the operator (reconcilers; --dispatch=in-process also delivers)", runManager)
+	register("manager", "run the operator (reconcilers; --dispatch=in-process also delivers)", server(runManager))
 }
 
 type managerFlags struct {

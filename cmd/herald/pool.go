@@ -31,7 +31,7 @@ import (
 
 func init() {
 	register("dispatcher-pool", "deliver the webhooks of every namespace labelled "+
-		heraldv1.DispatcherLabel+"="+heraldv1.DispatcherShared+", each as its own NATS identity (one Deployment beside the operator)", runDispatcherPool)
+		heraldv1.DispatcherLabel+"="+heraldv1.DispatcherShared+", each as its own NATS identity (one Deployment beside the operator)", server(runDispatcherPool))
 }
 
 // poolTokenTTL is how long a minted dispatcher token lives; it is renewed
