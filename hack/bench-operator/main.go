@@ -39,6 +39,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
@@ -55,17 +56,18 @@ func main() {
 	perNS := flag.Int("per-namespace", 10, "endpoints per namespace")
 	idle := flag.Duration("idle", time.Minute, "how long to measure the idle cost once all are Ready")
 	readyWithin := flag.Duration("ready-within", 15*time.Minute, "give up waiting for Ready after this")
+	memLimit := flag.String("manager-memory-limit", "922MiB", "the manager's GOMEMLIMIT: what it sets itself in a container with a 1 GiB memory limit (90% of it); empty for none")
 	flag.Parse()
 	ctrllog.SetLogger(logr.Discard())
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *bin, *namespaces, *perNS, *idle, *readyWithin); err != nil {
+	if err := run(ctx, *bin, *namespaces, *perNS, *idle, *readyWithin, *memLimit); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-operator:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, bin string, namespaces, perNS int, idle, readyWithin time.Duration) error {
+func run(ctx context.Context, bin string, namespaces, perNS int, idle, readyWithin time.Duration, memLimit string) error {
 	bin, err := filepath.Abs(bin)
 	if err != nil {
 		return err
@@ -91,7 +93,7 @@ func run(ctx context.Context, bin string, namespaces, perNS int, idle, readyWith
 		"--apiserver-port", strconv.Itoa(freePort()),
 		// Each namespace reserves 2.31 GiB of stream budgets by default:
 		// 1,000 of them need the store set above the disk on purpose.
-		"--nats-max-file-store", "4T")
+		"--nats-max-file-store", "4T", "--manager-memory-limit", memLimit)
 	dev.Stdout, dev.Stderr = logFile, logFile
 	if err := dev.Start(); err != nil {
 		return fmt.Errorf("starting herald-dev: %w", err)
@@ -147,8 +149,12 @@ func run(ctx context.Context, bin string, namespaces, perNS int, idle, readyWith
 	if err != nil {
 		return err
 	}
+	idleProfile := profile(ctx, fmt.Sprintf("profile?seconds=%d", int(idle.Seconds()*2/3)), filepath.Join(outDir, "idle.cpu.pprof"))
 	if !sleep(ctx, idle) {
 		return ctx.Err()
+	}
+	if err := <-idleProfile; err != nil {
+		fmt.Println("no idle CPU profile:", err)
 	}
 	idleEnd, err := sample(manager, nats)
 	if err != nil {
@@ -377,7 +383,7 @@ func freePort() int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func waitForDev(ctx context.Context, kubeconfig string) (client.Client, error) {
+func waitForDev(ctx context.Context, kubeconfig string) (client.WithWatch, error) {
 	deadline := time.Now().Add(3 * time.Minute)
 	for time.Now().Before(deadline) {
 		if _, err := os.Stat(kubeconfig); err == nil {
@@ -398,7 +404,7 @@ func waitForDev(ctx context.Context, kubeconfig string) (client.Client, error) {
 	return nil, errors.New("make dev did not come up within 3 minutes")
 }
 
-func newClient(kubeconfig string) (client.Client, error) {
+func newClient(kubeconfig string) (client.WithWatch, error) {
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		return nil, err
@@ -413,7 +419,7 @@ func newClient(kubeconfig string) (client.Client, error) {
 	if err := v1.AddToScheme(scheme); err != nil {
 		return nil, err
 	}
-	return client.New(cfg, client.Options{Scheme: scheme})
+	return client.NewWithWatch(cfg, client.Options{Scheme: scheme})
 }
 
 func create(ctx context.Context, c client.Client, namespaces, perNS int, url string) error {
@@ -471,32 +477,72 @@ func createNamespace(ctx context.Context, c client.Client, ns string, perNS int,
 	return nil
 }
 
-func waitReady(ctx context.Context, c client.Client, want int, within time.Duration) (int, error) {
-	deadline := time.Now().Add(within)
-	last := -1
+// waitReady counts Ready endpoints from one list and then a watch: a list
+// of 10,000 endpoints every few seconds would cost the API server more
+// CPU than what it measures can spare.
+func waitReady(ctx context.Context, c client.WithWatch, want int, within time.Duration) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, within)
+	defer cancel()
+	ready := map[types.NamespacedName]bool{}
+	n := 0
+	count := func() int { return n }
+	set := func(key types.NamespacedName, r bool) {
+		if ready[key] {
+			n--
+		}
+		if r {
+			n++
+		}
+		ready[key] = r
+	}
+	note := func(ep *v1.WebhookEndpoint) {
+		set(client.ObjectKeyFromObject(ep), apimeta.IsStatusConditionTrue(ep.Status.Conditions, v1.ReadyCondition))
+	}
+	last, lastAt := -1, time.Time{}
+	report := func(n int) {
+		if n != last && (n >= want || time.Since(lastAt) >= 5*time.Second) {
+			fmt.Printf("  %s  %d of %d Ready\n", time.Now().Format("15:04:05"), n, want)
+			last, lastAt = n, time.Now()
+		}
+	}
 	for {
+		// (Re)list, then watch from there; a closed watch lists again.
 		var l v1.WebhookEndpointList
 		if err := c.List(ctx, &l); err != nil {
-			return 0, fmt.Errorf("listing endpoints: %w", err)
+			return count(), fmt.Errorf("listing endpoints (%d of %d Ready): %w", count(), want, err)
 		}
-		n := 0
+		clear(ready)
+		n = 0
 		for i := range l.Items {
-			if apimeta.IsStatusConditionTrue(l.Items[i].Status.Conditions, v1.ReadyCondition) {
-				n++
-			}
+			note(&l.Items[i])
 		}
-		if n != last {
-			fmt.Printf("  %s  %d of %d Ready\n", time.Now().Format("15:04:05"), n, want)
-			last = n
-		}
+		report(n)
 		if n >= want {
 			return n, nil
 		}
-		if time.Now().After(deadline) {
-			return n, fmt.Errorf("only %d of %d endpoints Ready after %s", n, want, within)
+		w, err := c.Watch(ctx, &v1.WebhookEndpointList{}, &client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: l.ResourceVersion}})
+		if err != nil {
+			return count(), fmt.Errorf("watching endpoints: %w", err)
 		}
-		if !sleep(ctx, 2*time.Second) {
-			return n, ctx.Err()
+		for ev := range w.ResultChan() {
+			ep, ok := ev.Object.(*v1.WebhookEndpoint)
+			if !ok {
+				continue
+			}
+			if ev.Type == watch.Deleted {
+				set(client.ObjectKeyFromObject(ep), false)
+			} else {
+				note(ep)
+			}
+			report(n)
+			if n >= want {
+				w.Stop()
+				return n, nil
+			}
+		}
+		w.Stop()
+		if ctx.Err() != nil {
+			return count(), fmt.Errorf("only %d of %d endpoints Ready after %s", count(), want, within)
 		}
 	}
 }

@@ -35,6 +35,9 @@ import (
 	"github.com/herald-dev/herald/internal/testenv"
 )
 
+// managerMemLimit is the --manager-memory-limit flag.
+var managerMemLimit string
+
 // maxFileStore is the --nats-max-file-store flag.
 var maxFileStore string
 
@@ -43,6 +46,7 @@ func main() {
 	natsPort := flag.Int("nats-port", 4222, "NATS client port")
 	receiverAddr := flag.String("receiver", "127.0.0.1:8090", "demo receiver address")
 	apiPort := flag.Int("apiserver-port", 8444, "port of the delivery API server (herald apiserver) on 127.0.0.1")
+	flag.StringVar(&managerMemLimit, "manager-memory-limit", "", "GOMEMLIMIT of the manager (as the Go runtime takes it, 922MiB say): what it sets itself from its container's memory limit in a cluster (90% of it), which make dev's processes do not have; empty for none")
 	flag.StringVar(&maxFileStore, "nats-max-file-store", "", "JetStream max_file_store (as nats-server takes it, 4T say): every namespace reserves its streams' budgets against it, so many namespaces need it set above the disk on purpose (docs/operations.md, Storage)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -147,6 +151,9 @@ func run(ctx context.Context, bin string, natsPort int, receiverAddr string, api
 	// As in a cluster: the manager runs in herald-system, beside the
 	// delivery API server's ServiceAccount (--nats-readers).
 	procs[1].Env = append(os.Environ(), "KUBECONFIG="+kcPath, "POD_NAMESPACE=herald-system")
+	if managerMemLimit != "" {
+		procs[1].Env = append(procs[1].Env, "GOMEMLIMIT="+managerMemLimit)
+	}
 	procs[3].Env = append(os.Environ(), "KUBECONFIG="+apiKubeconfig)
 	// Secrets stay off the command line, where every user can read them.
 	procs[2].Env = append(os.Environ(), "HERALD_RECEIVER_SECRET="+strings.Join(sampleSecrets(), ","))
