@@ -32,7 +32,7 @@ type minute struct {
 }
 
 // charts bins deliveries by the minute of their latest attempt over the
-// hour before now: attempts by outcome, and the receiver's latency. The
+// hour before now (sixty minutes, the last one the current, partial one): attempts by outcome, and the receiver's latency. The
 // delivery API lists one row per delivery (its latest attempt), so an
 // event retried three times in the hour counts once, where it stands.
 func charts(ds []deliveryv1.WebhookDelivery, now time.Time) (attempts, latency chart) {
@@ -45,8 +45,12 @@ func charts(ds []deliveryv1.WebhookDelivery, now time.Time) (attempts, latency c
 			continue // not tried yet
 		}
 		last := st.LastAttemptTime.Time
-		if last.Before(start) || last.After(now) {
+		if last.Before(start) {
 			continue
+		}
+		// A cluster clock ahead of this machine's: the newest minute.
+		if last.After(now) {
+			last = now
 		}
 		m := &mins[int(last.Sub(start)/time.Minute)]
 		switch st.Phase {

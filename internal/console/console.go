@@ -20,6 +20,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -65,9 +66,11 @@ type Server struct {
 	kube     client.Client
 	delivery *delivery.Client
 	opts     Options
+	key      string // the session key: in the printed URL, then a cookie
 	csrf     string
 	pages    map[string]*template.Template
 	static   http.Handler
+	charts   sync.Map // "namespace/endpoint" -> drawn
 }
 
 // New makes a console that acts as cfg's user.
@@ -86,10 +89,14 @@ func New(cfg *rest.Config, o Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("making a delivery API client: %w", err)
 	}
-	token := make([]byte, 32)
+	token, key := make([]byte, 32), make([]byte, 32)
 	if _, err := rand.Read(token); err != nil {
 		return nil, fmt.Errorf("making the CSRF token: %w", err)
 	}
+	if _, err := rand.Read(key); err != nil {
+		return nil, fmt.Errorf("making the session key: %w", err)
+	}
+	// (rand.Read never fails on Linux; the checks are for other systems.)
 	pages, err := parsePages()
 	if err != nil {
 		return nil, err
@@ -99,15 +106,21 @@ func New(cfg *rest.Config, o Options) (*Server, error) {
 		return nil, err
 	}
 	return &Server{
-		kube: kube, delivery: dc, opts: o, csrf: hex.EncodeToString(token), pages: pages,
+		kube: kube, delivery: dc, opts: o, csrf: hex.EncodeToString(token), key: hex.EncodeToString(key), pages: pages,
 		static: http.StripPrefix("/static/", http.FileServerFS(static)),
 	}, nil
 }
 
+// Key is the session key: the address to open is /?key=<Key>. Anyone on
+// the machine can reach 127.0.0.1, and the console acts with its user's
+// credentials, so nothing is served without it.
+func (s *Server) Key() string { return s.key }
+
 // Handler is the console's HTTP handler, with its guards: requests for
-// another host are refused (DNS rebinding), every page forbids framing and
-// foreign scripts, and every POST must carry the console's CSRF token and
-// come from its own origin.
+// another host are refused (DNS rebinding); nothing is served without the
+// session key (from the printed address, then a cookie); every page
+// forbids framing and foreign scripts; and every POST must carry the
+// console's CSRF token and come from its own origin.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /static/", s.static)
@@ -134,6 +147,9 @@ func (s *Server) guard(next http.Handler) http.Handler {
 		// "Origin: null" with the console's own forms.
 		h.Set("Referrer-Policy", "same-origin")
 		h.Set("Cache-Control", "no-store")
+		if !s.session(w, r) {
+			return
+		}
 		if r.Method == http.MethodPost && !s.sameOrigin(r) {
 			http.Error(w, "refused: this form did not come from this console (CSRF)", http.StatusForbidden)
 			return
@@ -141,6 +157,32 @@ func (s *Server) guard(next http.Handler) http.Handler {
 		next.ServeHTTP(w, r)
 	})
 }
+
+// session lets through a request with the session cookie. One with the
+// key in its query gets the cookie and is sent on without the key, so it
+// leaves the address bar and the history; anything else is refused.
+func (s *Server) session(w http.ResponseWriter, r *http.Request) bool {
+	// Cookies do not tell ports apart: two consoles on one machine each
+	// keep their own.
+	_, port, _ := net.SplitHostPort(r.Host)
+	name := "herald-console-" + port
+	if c, err := r.Cookie(name); err == nil && equal(c.Value, s.key) {
+		return true
+	}
+	q := r.URL.Query()
+	if equal(q.Get("key"), s.key) {
+		http.SetCookie(w, &http.Cookie{Name: name, Value: s.key, Path: "/", HttpOnly: true, SameSite: http.SameSiteStrictMode})
+		q.Del("key")
+		u := *r.URL
+		u.RawQuery = q.Encode()
+		http.Redirect(w, r, u.RequestURI(), http.StatusSeeOther)
+		return false
+	}
+	http.Error(w, "open the address kubectl herald console printed: it carries this console's key", http.StatusUnauthorized)
+	return false
+}
+
+func equal(a, b string) bool { return subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1 }
 
 // sameOrigin checks a POST's token and, where the browser says, its origin.
 func (s *Server) sameOrigin(r *http.Request) bool {
@@ -153,7 +195,7 @@ func (s *Server) sameOrigin(r *http.Request) bool {
 			return false
 		}
 	}
-	return subtle.ConstantTimeCompare([]byte(r.PostFormValue("csrf")), []byte(s.csrf)) == 1
+	return equal(r.PostFormValue("csrf"), s.csrf)
 }
 
 func loopbackHost(hostport string) bool {

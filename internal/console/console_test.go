@@ -48,20 +48,22 @@ func TestChartsBinByLatestAttempt(t *testing.T) {
 }
 
 func TestGuardRefusesOtherHostsAndForeignPosts(t *testing.T) {
-	s := &Server{csrf: "token"}
+	s := &Server{csrf: "token", key: "k"}
 	h := s.guard(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) }))
 	for _, c := range []struct {
 		name, method, host, body, origin, site string
 		want                                   int
+		noSession                              bool
 	}{
-		{"loopback get", http.MethodGet, "127.0.0.1:8042", "", "", "", http.StatusNoContent},
-		{"localhost get", http.MethodGet, "localhost:8042", "", "", "", http.StatusNoContent},
-		{"rebound name", http.MethodGet, "evil.example:8042", "", "", "", http.StatusMisdirectedRequest},
-		{"post with token", http.MethodPost, "127.0.0.1:8042", "csrf=token", "http://127.0.0.1:8042", "same-origin", http.StatusNoContent},
-		{"post without token", http.MethodPost, "127.0.0.1:8042", "", "", "", http.StatusForbidden},
-		{"post from another origin", http.MethodPost, "127.0.0.1:8042", "csrf=token", "http://evil.example", "", http.StatusForbidden},
-		{"post from another site", http.MethodPost, "127.0.0.1:8042", "csrf=token", "", "cross-site", http.StatusForbidden},
-		{"post with Origin null", http.MethodPost, "127.0.0.1:8042", "csrf=token", "null", "", http.StatusForbidden},
+		{name: "no key", method: http.MethodGet, host: "127.0.0.1:8042", want: http.StatusUnauthorized, noSession: true},
+		{"loopback get", http.MethodGet, "127.0.0.1:8042", "", "", "", http.StatusNoContent, false},
+		{"localhost get", http.MethodGet, "localhost:8042", "", "", "", http.StatusNoContent, false},
+		{"rebound name", http.MethodGet, "evil.example:8042", "", "", "", http.StatusMisdirectedRequest, false},
+		{"post with token", http.MethodPost, "127.0.0.1:8042", "csrf=token", "http://127.0.0.1:8042", "same-origin", http.StatusNoContent, false},
+		{"post without token", http.MethodPost, "127.0.0.1:8042", "", "", "", http.StatusForbidden, false},
+		{"post from another origin", http.MethodPost, "127.0.0.1:8042", "csrf=token", "http://evil.example", "", http.StatusForbidden, false},
+		{"post from another site", http.MethodPost, "127.0.0.1:8042", "csrf=token", "", "cross-site", http.StatusForbidden, false},
+		{"post with Origin null", http.MethodPost, "127.0.0.1:8042", "csrf=token", "null", "", http.StatusForbidden, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			r := httptest.NewRequest(c.method, "http://"+c.host+"/", strings.NewReader(c.body))
@@ -72,6 +74,9 @@ func TestGuardRefusesOtherHostsAndForeignPosts(t *testing.T) {
 			if c.site != "" {
 				r.Header.Set("Sec-Fetch-Site", c.site)
 			}
+			if !c.noSession {
+				r.AddCookie(&http.Cookie{Name: "herald-console-8042", Value: "k"})
+			}
 			w := httptest.NewRecorder()
 			h.ServeHTTP(w, r)
 			if w.Code != c.want {
@@ -81,5 +86,24 @@ func TestGuardRefusesOtherHostsAndForeignPosts(t *testing.T) {
 				t.Errorf("no framing guard: %q", csp)
 			}
 		})
+	}
+}
+
+func TestKeyInTheAddressBecomesACookie(t *testing.T) {
+	s := &Server{key: "k"}
+	h := s.guard(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) }))
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "http://127.0.0.1:8042/events/x?key=k&y=1", nil))
+	if w.Code != http.StatusSeeOther || w.Header().Get("Location") != "/events/x?y=1" {
+		t.Fatalf("got %d to %q, want 303 to /events/x?y=1", w.Code, w.Header().Get("Location"))
+	}
+	c := w.Result().Cookies()
+	if len(c) != 1 || c[0].Name != "herald-console-8042" || c[0].Value != "k" || !c[0].HttpOnly || c[0].SameSite != http.SameSiteStrictMode {
+		t.Fatalf("cookie = %+v", c)
+	}
+	w = httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "http://127.0.0.1:8042/?key=wrong", nil))
+	if w.Code != http.StatusUnauthorized {
+		t.Fatalf("a wrong key: got %d, want 401", w.Code)
 	}
 }

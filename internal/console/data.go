@@ -142,11 +142,13 @@ type endpointPage struct {
 	Codes      []deliveryv1.CodeCount
 	Retrying   []deliveryv1.WebhookDelivery
 	Dead       []deliveryv1.DeadLetter
-	Replays    []v1.WebhookReplay
-	Attempts   chart
-	Latency    chart
-	Sampled    int // deliveries the charts were drawn from
-	CanReplay  bool
+	// MoreRetrying and MoreDead count the rows past the first page.
+	MoreRetrying, MoreDead int64
+	Replays                []v1.WebhookReplay
+	Attempts               chart
+	Latency                chart
+	Sampled                int // deliveries the charts were drawn from
+	CanReplay              bool
 }
 
 // chartDeliveries bounds the deliveries read for an endpoint's charts:
@@ -176,12 +178,12 @@ func (s *Server) endpointData(ctx context.Context, ns, name string) (*endpointPa
 	if err != nil {
 		return nil, err
 	}
-	p.Retrying = retrying.Items
+	p.Retrying, p.MoreRetrying = retrying.Items, remaining(retrying.ListMeta)
 	dead, err := s.delivery.DeadLetters(ctx, ns, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector(deliveryv1.FieldEndpoint, name).String(), Limit: 100})
 	if err != nil {
 		return nil, err
 	}
-	p.Dead = dead.Items
+	p.Dead, p.MoreDead = dead.Items, remaining(dead.ListMeta)
 	var replays v1.WebhookReplayList
 	if err := s.kube.List(ctx, &replays, client.InNamespace(ns)); err != nil && !apierrors.IsForbidden(err) {
 		return nil, err
@@ -194,15 +196,47 @@ func (s *Server) endpointData(ctx context.Context, ns, name string) (*endpointPa
 	slices.SortFunc(p.Replays, func(a, b v1.WebhookReplay) int {
 		return b.CreationTimestamp.Compare(a.CreationTimestamp.Time)
 	})
-	recent, err := s.delivery.Deliveries(ctx, ns, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector(deliveryv1.FieldEndpoint, name).String(), Limit: chartDeliveries})
+	c, err := s.chartsOf(ctx, ns, name)
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
-	p.Sampled = len(recent.Items)
-	p.Attempts, p.Latency = charts(recent.Items, now)
+	p.Attempts, p.Latency, p.Sampled = c.attempts, c.latency, c.sampled
 	p.CanReplay = s.can(ctx, "create", "webhookreplays", ns)
 	return p, nil
+}
+
+func remaining(l metav1.ListMeta) int64 {
+	if l.RemainingItemCount != nil {
+		return *l.RemainingItemCount
+	}
+	return 0
+}
+
+// drawn is an endpoint's charts, as last drawn.
+type drawn struct {
+	at                time.Time
+	attempts, latency chart
+	sampled           int
+}
+
+// chartEvery is how long an endpoint's charts are kept: reading up to
+// 5,000 deliveries for every two-second refresh of every open page would
+// load the delivery API and NATS far more than a minute's chart needs.
+const chartEvery = 30 * time.Second
+
+func (s *Server) chartsOf(ctx context.Context, ns, name string) (drawn, error) {
+	key := ns + "/" + name
+	if v, ok := s.charts.Load(key); ok && time.Since(v.(drawn).at) < chartEvery {
+		return v.(drawn), nil
+	}
+	recent, err := s.delivery.Deliveries(ctx, ns, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector(deliveryv1.FieldEndpoint, name).String(), Limit: chartDeliveries})
+	if err != nil {
+		return drawn{}, err
+	}
+	d := drawn{at: time.Now(), sampled: len(recent.Items)}
+	d.attempts, d.latency = charts(recent.Items, d.at)
+	s.charts.Store(key, d)
+	return d, nil
 }
 
 // eventAt is one event at one endpoint, with its attempts.

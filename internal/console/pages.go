@@ -8,6 +8,7 @@ import (
 	"html/template"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -161,6 +162,13 @@ func replaySpec(r *http.Request) (v1.WebhookReplaySpec, error) {
 	if (len(spec.EventIDs) > 0) == (spec.DeadLetters != nil) {
 		return spec, errors.New("choose either event ids or the dead letters")
 	}
+	if l := r.PostFormValue("limit"); l != "" {
+		n, err := strconv.ParseInt(l, 10, 32)
+		if err != nil || n < 1 || n > v1.MaxReplayLimit {
+			return spec, fmt.Errorf("limit %q is not a count from 1 to %d", l, v1.MaxReplayLimit)
+		}
+		spec.Limit = int32(n)
+	}
 	return spec, nil
 }
 
@@ -188,6 +196,10 @@ func (s *Server) dryRun(w http.ResponseWriter, r *http.Request) {
 	}
 	dry := spec
 	dry.DryRun = true
+	// The dry run counts whatever the selection holds; the replay it
+	// confirms is held to that count (confirm.html), so what arrives
+	// meanwhile is refused, not sent.
+	dry.Limit = v1.MaxReplayLimit
 	ctx, cancel := context.WithTimeout(r.Context(), dryTimeout)
 	defer cancel()
 	rp, err := replays.CreateAndWait(ctx, s.kube, ns, spec.Endpoint+"-dry-", dry, s.opts.ReplayPoll, nil)

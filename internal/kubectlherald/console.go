@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"html"
 	"net"
 	"net/http"
 	"os"
@@ -49,10 +50,13 @@ browser where there is one, and runs until interrupted.`,
 			if err != nil {
 				return fmt.Errorf("listening on 127.0.0.1:%d: %w", port, err)
 			}
-			url := "http://" + ln.Addr().String() + "/"
+			// The key makes the address the way in: other users of this
+			// machine reach 127.0.0.1 too.
+			url := "http://" + ln.Addr().String() + "/?key=" + srv.Key()
 			fmt.Fprintf(o.streams.Out, "Herald console at %s (Ctrl-C stops it)\n", url)
 			if open {
-				openBrowser(o, url)
+				stop := openBrowser(o, url)
+				defer stop()
 			}
 			return serve(cmd.Context(), ln, srv.Handler())
 		},
@@ -63,7 +67,9 @@ browser where there is one, and runs until interrupted.`,
 }
 
 func serve(ctx context.Context, ln net.Listener, h http.Handler) error {
-	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	// Requests end with the command, so a dry run waiting on Ctrl-C
+	// returns and deletes itself before the process exits.
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
 	stopped := make(chan struct{})
 	go func() {
 		defer close(stopped)
@@ -81,8 +87,11 @@ func serve(ctx context.Context, ln net.Listener, h http.Handler) error {
 }
 
 // openBrowser asks the desktop to open url, where there is a desktop; it
-// says so when there is none, and the printed address is the way in.
-func openBrowser(o *options, url string) {
+// says so when there is none, and the printed address is the way in. The
+// browser gets a file (readable by this user only) that redirects to url,
+// not url itself: a command line is visible to every user of the
+// machine, and url carries the console's key. stop removes the file.
+func openBrowser(o *options, url string) (stop func()) {
 	var name string
 	switch {
 	case runtime.GOOS == "darwin":
@@ -95,11 +104,28 @@ func openBrowser(o *options, url string) {
 	path, err := exec.LookPath(name)
 	if name == "" || err != nil {
 		fmt.Fprintln(o.streams.ErrOut, "No browser to open here: open the address above.")
-		return
+		return func() {}
 	}
-	if err := exec.Command(path, url).Start(); err != nil {
+	f, err := os.CreateTemp("", "herald-console-*.html") // 0600
+	if err != nil {
+		fmt.Fprintf(o.streams.ErrOut, "Opening the browser: %v\n", err)
+		return func() {}
+	}
+	stop = func() { _ = os.Remove(f.Name()) }
+	_, err = fmt.Fprintf(f, `<!doctype html><meta http-equiv="refresh" content="0;url=%s"><a href="%s">Herald console</a>`, html.EscapeString(url), html.EscapeString(url))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		cmd := exec.Command(path, f.Name())
+		if err = cmd.Start(); err == nil {
+			go func() { _ = cmd.Wait() }() // reaped, not left a zombie
+		}
+	}
+	if err != nil {
 		fmt.Fprintf(o.streams.ErrOut, "Opening the browser: %v\n", err)
 	}
+	return stop
 }
 
 // stderrLogger logs the console's errors (never the user's credentials:

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/cookiejar"
 	"net/url"
 	"os"
 	"os/exec"
@@ -25,8 +26,9 @@ import (
 )
 
 // startConsole runs `kubectl herald console` as the user of kubeconfig
-// until the spec ends, and returns the address it printed.
-func startConsole(kubeconfig string, args ...string) string {
+// until the spec ends, and returns its address and the address it printed
+// (with the session key).
+func startConsole(kubeconfig string, args ...string) (base, keyed string) {
 	GinkgoHelper()
 	pr, pw := io.Pipe()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -44,9 +46,9 @@ func startConsole(kubeconfig string, args ...string) string {
 	line, err := bufio.NewReader(pr).ReadString('\n')
 	Expect(err).NotTo(HaveOccurred())
 	go func() { _, _ = io.Copy(io.Discard, pr) }()
-	addr := regexp.MustCompile(`http://127\.0\.0\.1:\d+/`).FindString(line)
-	Expect(addr).NotTo(BeEmpty(), "the console prints where it listens: %q", line)
-	return strings.TrimSuffix(addr, "/")
+	m := regexp.MustCompile(`(http://127\.0\.0\.1:\d+)/\?key=[0-9a-f]{64}`).FindStringSubmatch(line)
+	Expect(m).NotTo(BeEmpty(), "the console prints where it listens, with its key: %q", line)
+	return m[1], m[0]
 }
 
 // chromium is Debian's Chromium (make chromium installs it), or $CHROMIUM.
@@ -129,7 +131,7 @@ func screenshot(b context.Context, name string) {
 var _ = Describe("the web console on the brief's example: billing delivered, CRM timing out, a dead letter replayed", Ordered, func() {
 	const ns, other = "store", "backoffice"
 	var rr *receiver
-	var admin string // the admin's console
+	var admin string // the admin's console (its browser has the key)
 	var b context.Context
 
 	BeforeAll(func(ctx SpecContext) {
@@ -156,8 +158,11 @@ var _ = Describe("the web console on the brief's example: billing delivered, CRM
 			return rr.count("/billing", "sub_7") + rr.count("/billing", "inv_9") + rr.count("/ledger", "inv_10")
 		}).
 			WithTimeout(30 * time.Second).Should(Equal(3))
-		admin = startConsole(adminKC)
+		var keyed string
+		admin, keyed = startConsole(adminKC)
 		b = newBrowser()
+		browse(b, chromedp.Navigate(keyed)) // the key becomes a cookie
+		Expect(eval[string](b, `location.search`)).To(BeEmpty(), "the key leaves the address bar")
 	}, NodeTimeout(3*time.Minute))
 
 	It("overview: every namespace, CRM failing first, with its backlog and last failure", func() {
@@ -234,10 +239,26 @@ var _ = Describe("the web console on the brief's example: billing delivered, CRM
 		browse(b, chromedp.EmulateViewport(1280, 800))
 	})
 
-	It("refuses what did not come from its own page: no CSRF token, another origin, another host", func() {
+	It("refuses whoever lacks its key, and what did not come from its own page: no CSRF token, another origin, another host", func() {
+		By("another user of the machine, without the key")
+		resp, err := http.Get(admin + "/")
+		Expect(err).NotTo(HaveOccurred())
+		_ = resp.Body.Close()
+		Expect(resp.StatusCode).To(Equal(http.StatusUnauthorized))
+
+		By("with the key, but forms not from the console's page")
+		_, keyed := startConsole(adminKC)
+		jar, err := cookiejar.New(nil)
+		Expect(err).NotTo(HaveOccurred())
+		c := &http.Client{Jar: jar}
+		resp, err = c.Get(keyed)
+		Expect(err).NotTo(HaveOccurred())
+		_ = resp.Body.Close()
+		Expect(resp.StatusCode).To(Equal(http.StatusOK))
+		base := resp.Request.URL.Scheme + "://" + resp.Request.URL.Host
 		post := func(host string, form url.Values, origin string) *http.Response {
 			GinkgoHelper()
-			req, err := http.NewRequest(http.MethodPost, admin+"/ns/store/replays", strings.NewReader(form.Encode()))
+			req, err := http.NewRequest(http.MethodPost, base+"/ns/store/replays", strings.NewReader(form.Encode()))
 			Expect(err).NotTo(HaveOccurred())
 			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 			if host != "" {
@@ -246,7 +267,7 @@ var _ = Describe("the web console on the brief's example: billing delivered, CRM
 			if origin != "" {
 				req.Header.Set("Origin", origin)
 			}
-			resp, err := http.DefaultClient.Do(req)
+			resp, err := c.Do(req)
 			Expect(err).NotTo(HaveOccurred())
 			_ = resp.Body.Close()
 			return resp
@@ -262,8 +283,9 @@ var _ = Describe("the web console on the brief's example: billing delivered, CRM
 	It("shows a view user their namespace only, and no replay where RBAC forbids it", func(ctx SpecContext) {
 		// A namespace's user may not list across the cluster: the console
 		// shows their kubeconfig's namespace, or -n's.
-		viewerConsole := startConsole(viewer(ctx, "console-viewer", ns), "-n", ns)
+		viewerConsole, keyed := startConsole(viewer(ctx, "console-viewer", ns), "-n", ns)
 		v := newBrowser()
+		browse(v, chromedp.Navigate(keyed))
 		browse(v, chromedp.Navigate(viewerConsole+"/"), chromedp.WaitVisible(chromedp.CSS("table.endpoints")))
 		main := textOf(v, "main")
 		Expect(main).To(ContainSubstring("crm"))

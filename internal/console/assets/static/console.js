@@ -64,10 +64,11 @@
     busy = true;
     fetch(location.href, { headers: { "X-Herald-Refresh": "1" }, credentials: "same-origin" })
       .then(function (r) {
+        if (!r.ok) return null; // a failed read: keep the page, try again
         // The server says when a page stops changing (a replay that ended).
         var next = r.headers.get("X-Herald-Refresh");
         if (next !== null) main.setAttribute("data-refresh", next);
-        return r.ok ? r.text() : null;
+        return r.text();
       })
       .then(function (html) {
         if (html !== null) {
