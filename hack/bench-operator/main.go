@@ -27,7 +27,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -54,20 +53,23 @@ func main() {
 	bin := flag.String("bin", "bin", "directory with herald, herald-dev and nats-server")
 	namespaces := flag.Int("namespaces", 1000, "namespaces")
 	perNS := flag.Int("per-namespace", 10, "endpoints per namespace")
-	idle := flag.Duration("idle", time.Minute, "how long to measure the idle cost once all are Ready")
+	idle := flag.Duration("idle", 5*time.Minute, "how long to measure the manager's and nats-server's idle cost once all are Ready: the manager's slowest periodic pass (--ensure-interval) runs every 5 minutes, so a shorter window may or may not hold one")
+	podIdle := flag.Duration("pod-idle", time.Minute, "how long to measure one namespace's dispatcher, and the shared pool, idle")
+	busyEvery := flag.Duration("busy-every", 10*time.Second, "after the idle phase, every endpoint gets an event this often while status writes and status age are measured; 0 skips it")
+	busyFor := flag.Duration("busy", 2*time.Minute, "how long the busy phase is measured, after a warm-up of two periods")
 	readyWithin := flag.Duration("ready-within", 15*time.Minute, "give up waiting for Ready after this")
 	memLimit := flag.String("manager-memory-limit", "922MiB", "the manager's GOMEMLIMIT: what it sets itself in a container with a 1 GiB memory limit (90% of it); empty for none")
 	flag.Parse()
 	ctrllog.SetLogger(logr.Discard())
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *bin, *namespaces, *perNS, *idle, *readyWithin, *memLimit); err != nil {
+	if err := run(ctx, *bin, *namespaces, *perNS, *idle, *readyWithin, *memLimit, *podIdle, *busyEvery, *busyFor); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-operator:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, bin string, namespaces, perNS int, idle, readyWithin time.Duration, memLimit string) error {
+func run(ctx context.Context, bin string, namespaces, perNS int, idle, readyWithin time.Duration, memLimit string, podIdle, busyEvery, busyFor time.Duration) error {
 	bin, err := filepath.Abs(bin)
 	if err != nil {
 		return err
@@ -149,12 +151,17 @@ func run(ctx context.Context, bin string, namespaces, perNS int, idle, readyWith
 	if err != nil {
 		return err
 	}
-	idleProfile := profile(ctx, fmt.Sprintf("profile?seconds=%d", int(idle.Seconds()*2/3)), filepath.Join(outDir, "idle.cpu.pprof"))
+	idleSeconds := fmt.Sprintf("profile?seconds=%d", int(idle.Seconds()*2/3))
+	idleProfile := profile(ctx, idleSeconds, filepath.Join(outDir, "idle.cpu.pprof"))
+	natsProfile := profileFrom(ctx, natsPprof, idleSeconds, filepath.Join(outDir, "idle.nats.cpu.pprof"))
 	if !sleep(ctx, idle) {
 		return ctx.Err()
 	}
 	if err := <-idleProfile; err != nil {
 		fmt.Println("no idle CPU profile:", err)
+	}
+	if err := <-natsProfile; err != nil {
+		fmt.Println("no idle CPU profile of nats-server:", err)
 	}
 	idleEnd, err := sample(manager, nats)
 	if err != nil {
@@ -188,9 +195,22 @@ requests at the receiver       %d
 		(idleEnd.statusWrites-idleStart.statusWrites)/secs, idleEnd.statusWrites-idleStart.statusWrites, secs,
 		atReady.statusWrites-base.statusWrites, received.Load())
 
+	if busyEvery > 0 {
+		b, err := busy(ctx, c, fmt.Sprintf("nats://127.0.0.1:%d", natsPort), namespaces, busyEvery, busyFor, manager, nats, received)
+		if err != nil {
+			return fmt.Errorf("busy phase: %w", err)
+		}
+		fmt.Printf(`busy: an event every %s to each endpoint (%.0f deliveries/s wanted)
+  delivered                    %.0f/s at the receiver over %.0f s (%d published, %d refused)
+  status writes                %.1f/s
+  lastSuccessTime age          p50 %s, p99 %s, max %s (%d endpoints never delivered)
+`, busyEvery, float64(total)/busyEvery.Seconds(), b.deliveries, b.secs, b.published, b.failed,
+			b.writesPerSec, b.age(0.5), b.age(0.99), b.age(1), b.neverDelivered)
+	}
+
 	// Deployment mode's unit: one namespace's dispatcher, as its pod runs
 	// it (its own ServiceAccount's NATS identity), idle.
-	pod, err := dispatcherPod(ctx, c, bin, outDir, fmt.Sprintf("nats://127.0.0.1:%d", natsPort), "tenant-0000", idle)
+	pod, err := dispatcherPod(ctx, c, bin, outDir, fmt.Sprintf("nats://127.0.0.1:%d", natsPort), "tenant-0000", podIdle)
 	if err != nil {
 		return err
 	}
@@ -199,7 +219,7 @@ requests at the receiver       %d
 
 	// The shared mode: every namespace in one `herald dispatcher-pool`,
 	// each as its own dispatcher identity.
-	pool, err := poolCost(ctx, c, bin, outDir, fmt.Sprintf("nats://127.0.0.1:%d", natsPort), namespaces, idle)
+	pool, err := poolCost(ctx, c, bin, outDir, fmt.Sprintf("nats://127.0.0.1:%d", natsPort), namespaces, podIdle)
 	if err != nil {
 		return err
 	}
@@ -423,34 +443,9 @@ func newClient(kubeconfig string) (client.WithWatch, error) {
 }
 
 func create(ctx context.Context, c client.Client, namespaces, perNS int, url string) error {
-	work := make(chan int)
-	errc := make(chan error, 1)
-	var wg sync.WaitGroup
-	for range 16 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range work {
-				if err := createNamespace(ctx, c, fmt.Sprintf("tenant-%04d", i), perNS, url); err != nil {
-					select {
-					case errc <- err:
-					default:
-					}
-				}
-			}
-		}()
-	}
-	for i := range namespaces {
-		work <- i
-	}
-	close(work)
-	wg.Wait()
-	select {
-	case err := <-errc:
-		return err
-	default:
-		return nil
-	}
+	return forEach(ctx, namespaces, func(i int) error {
+		return createNamespace(ctx, c, fmt.Sprintf("tenant-%04d", i), perNS, url)
+	})
 }
 
 func createNamespace(ctx context.Context, c client.Client, ns string, perNS int, url string) error {
@@ -669,10 +664,21 @@ func sleep(ctx context.Context, d time.Duration) bool {
 // profile fetches one of the manager's profiles into path, in the
 // background; the channel says how it went.
 func profile(ctx context.Context, which, path string) <-chan error {
+	return profileFrom(ctx, managerPprof, which, path)
+}
+
+// make dev serves Go's profiler for the manager and nats-server here.
+const (
+	managerPprof = "http://127.0.0.1:8082/debug/pprof/"
+	natsPprof    = "http://127.0.0.1:8083/debug/pprof/"
+)
+
+// profileFrom fetches profile which from the profiler at base into path.
+func profileFrom(ctx context.Context, base, which, path string) <-chan error {
 	done := make(chan error, 1)
 	go func() {
 		done <- func() error {
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:8082/debug/pprof/"+which, nil)
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+which, nil)
 			if err != nil {
 				return err
 			}

@@ -38,6 +38,9 @@ import (
 // managerMemLimit is the --manager-memory-limit flag.
 var managerMemLimit string
 
+// natsProfPort is where nats-server serves Go's profiler, on 127.0.0.1.
+const natsProfPort = 8083
+
 // maxFileStore is the --nats-max-file-store flag.
 var maxFileStore string
 
@@ -237,7 +240,9 @@ func writeNATSConfig(devDir string, port int, jsDir string) (conf, keysDir strin
 	if maxFileStore != "" {
 		js += ", max_file_store: " + maxFileStore
 	}
-	text := fmt.Sprintf("listen: \"127.0.0.1:%d\"\njetstream { %s }\n%s", port, js, auth)
+	// Go's profiler on loopback, next to the manager's (8082): nats-server
+	// binds prof_port to the listen host.
+	text := fmt.Sprintf("listen: \"127.0.0.1:%d\"\nprof_port: %d\njetstream { %s }\n%s", port, natsProfPort, js, auth)
 	return conf, keysDir, os.WriteFile(conf, []byte(text), 0o600)
 }
 
