@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -233,18 +234,65 @@ func BucketStreamConfig(cfg jetstream.KeyValueConfig) jetstream.StreamConfig {
 }
 
 // EnsureNamespace creates one namespace's streams and buckets, or brings
-// their limits back to l.
+// their limits back to l. A stream in shape is only read: an update is
+// far from free on the server (it checks the new subjects against every
+// stream of the account and rewrites the stream's metadata file), and the
+// periodic pass over 1,000 namespaces made 7,000 of them every 5 minutes,
+// most of NATS's idle CPU at that scale (docs/performance.md).
 func EnsureNamespace(ctx context.Context, js jetstream.JetStream, l Limits, namespace string) error {
 	cfgs := NamespaceStreamConfigs(l, namespace)
 	for _, b := range BucketConfigs(l, namespace) {
 		cfgs = append(cfgs, BucketStreamConfig(b))
 	}
 	for _, cfg := range cfgs {
-		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+		if err := ensureStream(ctx, js, cfg); err != nil {
 			return fmt.Errorf("ensuring stream %s: %w", cfg.Name, err)
 		}
 	}
 	return nil
+}
+
+func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig) error {
+	s, err := js.Stream(ctx, want.Name)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		_, err = js.CreateOrUpdateStream(ctx, want) // racing another creator is fine
+		return err
+	case err != nil:
+		return err
+	case !StreamDrifted(want, s.CachedInfo().Config):
+		return nil
+	}
+	_, err = js.UpdateStream(ctx, want)
+	return err
+}
+
+// StreamDrifted reports whether a stream's config has moved from what
+// Herald set, in the fields Herald sets, with the server's defaults for
+// those it leaves zero.
+func StreamDrifted(want, got jetstream.StreamConfig) bool {
+	unset := func(n int64) int64 {
+		if n == 0 {
+			return -1
+		}
+		return n
+	}
+	w := want
+	w.Replicas = max(w.Replicas, 1)
+	w.MaxBytes, w.MaxMsgs = unset(w.MaxBytes), unset(w.MaxMsgs)
+	w.MaxMsgsPerSubject, w.MaxConsumers = unset(w.MaxMsgsPerSubject), int(unset(int64(w.MaxConsumers)))
+	w.MaxMsgSize = int32(unset(int64(w.MaxMsgSize)))
+	if w.Duplicates == 0 {
+		w.Duplicates = got.Duplicates // the server's default depends on MaxAge
+	}
+	return w.Description != got.Description ||
+		!slices.Equal(w.Subjects, got.Subjects) ||
+		w.Storage != got.Storage || w.Retention != got.Retention || w.Discard != got.Discard ||
+		w.Replicas != got.Replicas ||
+		w.MaxAge != got.MaxAge || w.MaxBytes != got.MaxBytes || w.MaxMsgs != got.MaxMsgs ||
+		w.MaxMsgsPerSubject != got.MaxMsgsPerSubject || w.MaxConsumers != got.MaxConsumers ||
+		w.MaxMsgSize != got.MaxMsgSize || w.Duplicates != got.Duplicates ||
+		w.AllowDirect != got.AllowDirect || w.DenyDelete != got.DenyDelete || w.AllowRollup != got.AllowRollup
 }
 
 // RemoveEmpty deletes those of a namespace's streams and buckets that
