@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -44,6 +45,12 @@ type options struct {
 	noVersionRecords bool
 	fixedLimits      bool // adaptive limits off, for BenchmarkRecovery's baseline
 	noDeliveryLog    bool
+	// The delivery log's publisher: unconfirmed entries at most, how long
+	// one waits for its confirmation, and failed entries queued for a
+	// retry. Tests make them small.
+	logMaxPending int
+	logAckTimeout time.Duration
+	logRetries    int
 }
 
 // Option configures a Dispatcher.
@@ -181,11 +188,14 @@ type Dispatcher struct {
 	// the ack that follows it).
 	logJS    jetstream.JetStream
 	logRetry chan *nats.Msg
-	opts     options
-	buckets  sync.Map           // namespace -> *buckets: its versions and health records, opened once
-	opening  singleflight.Group // namespace -> the one open of its buckets under way
-	logs     sync.Map           // namespace -> jetstream.Stream: delivery logs, read back for dead letters and redeliveries
-	dlqs     sync.Map           // namespace -> jetstream.Stream: dead letters, marked when a replay delivers one
+	// logStopped is set once retryLog has returned: an entry failing after
+	// it is counted lost at once.
+	logStopped atomic.Bool
+	opts       options
+	buckets    sync.Map           // namespace -> *buckets: its versions and health records, opened once
+	opening    singleflight.Group // namespace -> the one open of its buckets under way
+	logs       sync.Map           // namespace -> jetstream.Stream: delivery logs, read back for dead letters and redeliveries
+	dlqs       sync.Map           // namespace -> jetstream.Stream: dead letters, marked when a replay delivers one
 
 	mu sync.Mutex
 	// ctx is set by Run; workers live under it. Endpoints upserted before
@@ -224,6 +234,10 @@ func New(ctx context.Context, js jetstream.JetStream, opts ...Option) (*Dispatch
 		egress:          egress.New(egress.Config{}),
 
 		versionCacheBytes: DefaultVersionCacheBytes,
+
+		logMaxPending: logMaxPending,
+		logAckTimeout: logAckTimeout,
+		logRetries:    logRetries,
 	}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
@@ -231,14 +245,15 @@ func New(ctx context.Context, js jetstream.JetStream, opts ...Option) (*Dispatch
 		}
 	}
 	d := &Dispatcher{js: js, opts: o,
-		logRetry: make(chan *nats.Msg, logRetries),
+		logRetry: make(chan *nats.Msg, o.logRetries),
 		workers:  map[string]*worker{}, newest: map[string]*worker{}, pending: map[string]Endpoint{},
 		versionCache: o.versionCache}
 	if d.versionCache == nil {
 		d.versionCache = newCacheBudget(o.versionCacheBytes)
 	}
 	var err error
-	d.logJS, err = jetstream.New(js.Conn(), jetstream.WithPublishAsyncErrHandler(d.logFailed))
+	d.logJS, err = jetstream.New(js.Conn(), jetstream.WithPublishAsyncErrHandler(d.logFailed),
+		jetstream.WithPublishAsyncMaxPending(o.logMaxPending), jetstream.WithPublishAsyncTimeout(o.logAckTimeout))
 	if err != nil {
 		return nil, fmt.Errorf("opening JetStream for the delivery log: %w", err)
 	}
@@ -322,14 +337,24 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		delete(d.pending, id)
 	}
 	d.mu.Unlock()
-	d.wg.Add(1)
-	go func() { defer d.wg.Done(); d.retryLog(ctx) }()
+	// The log's retries outlive ctx: the workers' last entries, written
+	// while they drain, are retried too, for at most logFlushTimeout
+	// once the workers have stopped.
+	logCtx, stopLog := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopLog()
+	flush := make(chan struct{})
+	logDone := make(chan struct{})
+	go func() { defer close(logDone); d.retryLog(logCtx, flush) }()
 	d.wg.Add(1)
 	go func() { defer d.wg.Done(); d.watchReconnects(ctx) }()
 
 	<-ctx.Done()
 	// ctx is done, so every worker is already stopping; wait for them all.
 	d.wg.Wait()
+	t := time.AfterFunc(logFlushTimeout, stopLog)
+	defer t.Stop()
+	close(flush)
+	<-logDone
 	return nil
 }
 

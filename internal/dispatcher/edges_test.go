@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	natsserver "github.com/nats-io/nats-server/v2/server"
@@ -105,6 +106,50 @@ func (s *isolated) setStream(name string, mutate func(*jetstream.StreamConfig)) 
 	mutate(&cfg)
 	_, err = s.js.UpdateStream(context.Background(), cfg)
 	Expect(err).NotTo(HaveOccurred())
+}
+
+// loggedDelivered counts the events of the spec's endpoint "crm" whose
+// newest delivery-log entry says delivered.
+func (s *isolated) loggedDelivered(g Gomega, ns string) int {
+	out := map[string]string{}
+	for _, m := range readAllOn(g, s.js, streams.AttemptsStream(ns), streams.AttemptSubject(ns, "crm", "*"), false) {
+		var a dispatcher.Attempt
+		g.Expect(json.Unmarshal(m.Data(), &a)).To(Succeed())
+		out[a.EventID] = a.Outcome
+	}
+	delivered := 0
+	for _, o := range out {
+		if o == dispatcher.OutcomeDelivered {
+			delivered++
+		}
+	}
+	return delivered
+}
+
+// holdLog stands between the dispatcher and a namespace's delivery log, as
+// a NATS server too busy to confirm would: entries published to the log
+// get no answer until release, which stores every one held (answering its
+// publisher as the stream would) and gives the log back.
+func (s *isolated) holdLog(ns string) (release func()) {
+	GinkgoHelper()
+	subjects := []string{streams.AttemptsPrefix + "." + ns + ".>"}
+	s.setStream(streams.AttemptsStream(ns), func(c *jetstream.StreamConfig) { c.Subjects = []string{"herald.held.>"} })
+	var mu sync.Mutex
+	var held []*nats.Msg
+	sub, err := s.nc.Subscribe(subjects[0], func(m *nats.Msg) { mu.Lock(); held = append(held, m); mu.Unlock() })
+	Expect(err).NotTo(HaveOccurred())
+	Expect(s.nc.Flush()).To(Succeed())
+	return func() {
+		GinkgoHelper()
+		Expect(sub.Unsubscribe()).To(Succeed())
+		s.setStream(streams.AttemptsStream(ns), func(c *jetstream.StreamConfig) { c.Subjects = subjects })
+		mu.Lock()
+		defer mu.Unlock()
+		for _, m := range held {
+			Expect(s.nc.PublishMsg(&nats.Msg{Subject: m.Subject, Reply: m.Reply, Data: m.Data})).To(Succeed())
+		}
+		Expect(s.nc.Flush()).To(Succeed())
+	}
 }
 
 // versionsOf lists the versions a receiver got, in arrival order.
@@ -480,18 +525,62 @@ var _ = Describe("Dispatcher at the edges of the contract", func() {
 			Eventually(rc.count).Should(Equal(5))
 			Eventually(func() float64 { return metricValue("herald_delivery_log_publish_failures_total", nil) }).Should(BeNumerically(">=", before+5))
 			s.setStream(streams.AttemptsStream(ns), func(c *jetstream.StreamConfig) { c.Subjects = logSubjects })
-			Eventually(func(g Gomega) {
-				out := map[string]string{}
-				for _, m := range readAllOn(g, s.js, streams.AttemptsStream(ns), streams.AttemptSubject(ns, "crm", "*"), false) {
-					var a dispatcher.Attempt
-					g.Expect(json.Unmarshal(m.Data(), &a)).To(Succeed())
-					out[a.EventID] = a.Outcome
-				}
-				g.Expect(out).To(HaveLen(5))
-				for _, o := range out {
-					g.Expect(o).To(Equal(dispatcher.OutcomeDelivered))
-				}
-			}, 10*time.Second).Should(Succeed())
+			Eventually(func(g Gomega) { g.Expect(s.loggedDelivered(g, ns)).To(Equal(5)) }, 10*time.Second).Should(Succeed())
+		})
+	})
+
+	Context("when NATS confirms the delivery log's entries slower than they come", func() {
+		// The entries are held unconfirmed, as by a NATS server that cannot
+		// keep up: the dispatcher must slow to the log's pace, not drop
+		// entries it could not queue.
+		It("waits for the log, loses no entry, and delivers everything", func() {
+			s := newIsolated(streams.DefaultLimits(), nil)
+			rc := newReceiver(always(200))
+			s.start([]dispatcher.Option{dispatcher.WithLogPublisher(2, time.Minute, 1)}, endpoint(ns, "crm", rc.URL))
+			lost := metricValue("herald_delivery_log_lost_total", nil)
+			waits := metricValue("herald_delivery_log_publish_waits_total", nil)
+			release := s.holdLog(ns)
+			const n = 10
+			for i := range n {
+				s.publish(ns, "a.b", fmt.Sprintf("evt_s%d", i), "", 0)
+			}
+			Eventually(func() bool {
+				return metricValue("herald_delivery_log_publish_waits_total", nil) > waits ||
+					metricValue("herald_delivery_log_lost_total", nil) > lost
+			}, 10*time.Second).Should(BeTrue())
+			release()
+			Eventually(rc.count, 10*time.Second).Should(Equal(n))
+			Eventually(func(g Gomega) { g.Expect(s.loggedDelivered(g, ns)).To(Equal(n)) }, 10*time.Second).Should(Succeed())
+			Expect(metricValue("herald_delivery_log_lost_total", nil)).To(Equal(lost))
+		})
+	})
+
+	Context("when the dispatcher stops while the delivery log refuses publishes", func() {
+		It("keeps retrying the entries during the stop and writes them once the log takes them", func() {
+			s := newIsolated(streams.DefaultLimits(), nil)
+			rc := newReceiver(always(200))
+			stop := s.start(nil, endpoint(ns, "crm", rc.URL))
+			lost := metricValue("herald_delivery_log_lost_total", nil)
+			logSubjects := []string{streams.AttemptsPrefix + "." + ns + ".>"}
+			s.setStream(streams.AttemptsStream(ns), func(c *jetstream.StreamConfig) { c.Subjects = []string{"herald.switched-off.>"} })
+			const n = 3
+			for i := range n {
+				s.publish(ns, "a.b", fmt.Sprintf("evt_t%d", i), "", 0)
+			}
+			Eventually(rc.count).Should(Equal(n))
+			failures := metricValue("herald_delivery_log_publish_failures_total", nil)
+			stopped := make(chan struct{})
+			go func() { defer close(stopped); stop() }()
+			// Retries go on after the stop began, or (as before) the stop
+			// counted the queued entries lost.
+			Eventually(func() bool {
+				return metricValue("herald_delivery_log_publish_failures_total", nil) > failures ||
+					metricValue("herald_delivery_log_lost_total", nil) > lost
+			}, 10*time.Second).Should(BeTrue())
+			s.setStream(streams.AttemptsStream(ns), func(c *jetstream.StreamConfig) { c.Subjects = logSubjects })
+			Eventually(stopped, 15*time.Second).Should(BeClosed())
+			Expect(metricValue("herald_delivery_log_lost_total", nil)).To(Equal(lost))
+			Eventually(func(g Gomega) { g.Expect(s.loggedDelivered(g, ns)).To(Equal(n)) }, 10*time.Second).Should(Succeed())
 		})
 	})
 

@@ -2,6 +2,7 @@ package dispatcher
 
 import (
 	"strconv"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -28,4 +29,14 @@ func WithoutAdaptiveLimits() Option {
 // ResponsesCounted is herald_responses_total for one endpoint and code.
 func ResponsesCounted(namespace, endpoint string, code int) float64 {
 	return testutil.ToFloat64(responses.WithLabelValues(namespace, endpoint, strconv.Itoa(code)))
+}
+
+// WithLogPublisher makes the delivery log's publisher small: at most
+// maxPending entries unconfirmed, each confirmed within ackTimeout, and
+// retries failed entries waiting for a retry.
+func WithLogPublisher(maxPending int, ackTimeout time.Duration, retries int) Option {
+	return func(o *options) error {
+		o.logMaxPending, o.logAckTimeout, o.logRetries = maxPending, ackTimeout, retries
+		return nil
+	}
 }

@@ -45,8 +45,10 @@ type Attempt struct {
 
 // logAttempt appends a to the delivery log without waiting for the ack;
 // the log is an audit trail, and waiting would put a round trip on every
-// delivery. A publish that fails is retried (see logFailed), so no entry
-// is lost without a metric and a log line saying so.
+// delivery. When NATS falls behind confirming entries, logAttempt waits
+// for room: the dispatcher slows to the pace of its log instead of
+// dropping entries. A publish that fails is retried (see logFailed), so no
+// entry is lost without a metric and a log line saying so.
 func (d *Dispatcher) logAttempt(a *Attempt) {
 	if d.opts.noDeliveryLog {
 		return
@@ -57,7 +59,16 @@ func (d *Dispatcher) logAttempt(a *Attempt) {
 		return
 	}
 	subject := streams.AttemptSubject(a.Namespace, a.Endpoint, a.EventID)
-	if _, err := d.logJS.PublishAsync(subject, b); err != nil {
+	_, err = d.logJS.PublishAsync(subject, b)
+	if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+		logPublishWaits.Inc()
+		// Each try waits a while for a confirmation to free a place; the
+		// confirmations come, or time out (logAckTimeout) into the retry.
+		for errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+			_, err = d.logJS.PublishAsync(subject, b)
+		}
+	}
+	if err != nil {
 		d.logFailed(nil, &nats.Msg{Subject: subject, Data: b}, err)
 	}
 }
@@ -78,14 +89,30 @@ func (d *Dispatcher) logAttemptSync(ctx context.Context, a *Attempt) error {
 	return nil
 }
 
-// logRetries is how many failed log entries may wait for their retry;
-// past it an entry is counted lost.
-const logRetries = 10_000
+const (
+	// logRetries is how many failed log entries may wait for their retry;
+	// past it an entry is counted lost.
+	logRetries = 10_000
+	// logMaxPending is nats.go's default: entries published and not yet
+	// confirmed, past which a publish waits.
+	logMaxPending = 4000
+	// logAckTimeout ends the wait for a confirmation that never comes, so
+	// an unanswered entry is retried rather than held forever.
+	logAckTimeout = 30 * time.Second
+)
 
 // logFailed is the delivery log's asynchronous publish error handler: the
-// entry is queued for retryLog.
+// entry is queued for retryLog. It must not block: nats.go calls it with
+// its publisher's lock held when a confirmation times out. Past the queue,
+// an entry is lost rather than delivery stopped: one namespace's log that
+// refuses its entries must not hold up the others' deliveries.
 func (d *Dispatcher) logFailed(_ jetstream.JetStream, msg *nats.Msg, err error) {
 	logPublishFailures.Inc()
+	if d.logStopped.Load() {
+		logEntriesLost.Inc()
+		d.opts.log.Error(err, "delivery log entry lost: it failed after the dispatcher stopped", "subject", msg.Subject)
+		return
+	}
 	select {
 	case d.logRetry <- msg:
 	default:
@@ -94,35 +121,69 @@ func (d *Dispatcher) logFailed(_ jetstream.JetStream, msg *nats.Msg, err error) 
 	}
 }
 
-// retryLog re-publishes failed log entries synchronously, a few times with
-// backoff, until ctx ends; an entry that still fails is counted lost.
-func (d *Dispatcher) retryLog(ctx context.Context) {
+// logFlushTimeout bounds what a stop spends writing the log entries still
+// unconfirmed or queued once every worker has stopped. With the default
+// drain timeout (30 s) it fits a pod's termination grace period (45 s).
+const logFlushTimeout = 10 * time.Second
+
+// retryLog re-publishes failed log entries synchronously, a few times
+// with backoff, until ctx ends. When flush closes (every worker has
+// stopped, so nothing new is logged) it waits for the entries still
+// unconfirmed, retries the queue until it is empty and returns; entries
+// left when ctx ends are counted lost.
+func (d *Dispatcher) retryLog(ctx context.Context, flush <-chan struct{}) {
+	defer d.logStopped.Store(true)
 	for {
-		var msg *nats.Msg
 		select {
 		case <-ctx.Done():
-			// Say what a stop leaves unwritten.
-			for n := len(d.logRetry); n > 0; n-- {
-				m := <-d.logRetry
-				logEntriesLost.Inc()
-				d.opts.log.Error(ctx.Err(), "delivery log entry lost: the dispatcher stopped before its retry", "subject", m.Subject)
-			}
+			d.countUnwritten(ctx.Err())
 			return
-		case msg = <-d.logRetry:
-		}
-		var err error
-		for i, backoff := 0, 100*time.Millisecond; i < 5; i, backoff = i+1, backoff*2 {
-			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			_, err = d.js.Publish(pctx, msg.Subject, msg.Data)
-			cancel()
-			if err == nil || !sleep(ctx, backoff) {
-				break
+		case msg := <-d.logRetry:
+			d.republish(ctx, msg)
+		case <-flush:
+			select {
+			case <-d.logJS.PublishAsyncComplete():
+			case <-ctx.Done():
+			}
+			for {
+				select {
+				case msg := <-d.logRetry:
+					d.republish(ctx, msg)
+					continue
+				default:
+				}
+				d.countUnwritten(ctx.Err())
+				return
 			}
 		}
-		if err != nil {
-			logEntriesLost.Inc()
-			d.opts.log.Error(err, "delivery log entry lost after retries", "subject", msg.Subject)
+	}
+}
+
+// republish writes one failed entry, trying a few times with backoff.
+func (d *Dispatcher) republish(ctx context.Context, msg *nats.Msg) {
+	var err error
+	for i, backoff := 0, 100*time.Millisecond; i < 5; i, backoff = i+1, backoff*2 {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err = d.js.Publish(pctx, msg.Subject, msg.Data)
+		cancel()
+		if err == nil {
+			return
 		}
+		logPublishFailures.Inc()
+		if !sleep(ctx, backoff) {
+			break
+		}
+	}
+	logEntriesLost.Inc()
+	d.opts.log.Error(err, "delivery log entry lost after retries", "subject", msg.Subject)
+}
+
+// countUnwritten says what a stop leaves unwritten.
+func (d *Dispatcher) countUnwritten(err error) {
+	for n := len(d.logRetry); n > 0; n-- {
+		m := <-d.logRetry
+		logEntriesLost.Inc()
+		d.opts.log.Error(err, "delivery log entry lost: the dispatcher stopped before its retry", "subject", m.Subject)
 	}
 }
 

@@ -51,7 +51,11 @@ var (
 	}, []string{"namespace", "endpoint"})
 	logPublishFailures = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "herald_delivery_log_publish_failures_total",
-		Help: "Delivery-log publishes that failed and were queued for a retry.",
+		Help: "Delivery-log publishes that failed: first publishes queued for a retry, and failed retries.",
+	})
+	logPublishWaits = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "herald_delivery_log_publish_waits_total",
+		Help: "Delivery-log entries that waited for NATS to confirm earlier ones: the dispatcher slowed to the log's pace.",
 	})
 	logEntriesLost = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "herald_delivery_log_lost_total",
@@ -61,7 +65,7 @@ var (
 
 func init() {
 	metrics.Registry.MustRegister(deliveries, responses, attemptSeconds, inFlightGauge, overTarget,
-		bookkeepingFailures, pendingWrites, concurrencyLimit, adaptiveRate, logPublishFailures, logEntriesLost)
+		bookkeepingFailures, pendingWrites, concurrencyLimit, adaptiveRate, logPublishFailures, logPublishWaits, logEntriesLost)
 }
 
 // endpointMetrics are one endpoint's series, looked up once per worker
