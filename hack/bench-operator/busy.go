@@ -31,6 +31,8 @@ type busyStats struct {
 	ages           []time.Duration // now - status.lastSuccessTime, per endpoint
 	neverDelivered int
 	secs           float64
+	// logLost and logWaits are the manager's counters at the end.
+	logLost, logWaits float64
 }
 
 // busy has every endpoint deliver an event every `every`: each namespace
@@ -117,6 +119,7 @@ func busy(ctx context.Context, c client.Client, natsURL string, namespaces int, 
 	st.secs = end.at.Sub(start.at).Seconds()
 	st.writesPerSec = (end.statusWrites - start.statusWrites) / st.secs
 	st.deliveries = float64(received.Load()-got) / st.secs
+	st.logLost, st.logWaits = end.logLost, end.logWaits
 
 	var eps v1.WebhookEndpointList
 	if err := c.List(ctx, &eps); err != nil {

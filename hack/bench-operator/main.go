@@ -204,8 +204,9 @@ requests at the receiver       %d
   delivered                    %.0f/s at the receiver over %.0f s (%d published, %d refused)
   status writes                %.1f/s
   lastSuccessTime age          p50 %s, p99 %s, max %s (%d endpoints never delivered)
+  delivery log                 %.0f entries lost, %.0f waited for NATS (since the manager started)
 `, busyEvery, float64(total)/busyEvery.Seconds(), b.deliveries, b.secs, b.published, b.failed,
-			b.writesPerSec, b.age(0.5), b.age(0.99), b.age(1), b.neverDelivered)
+			b.writesPerSec, b.age(0.5), b.age(0.99), b.age(1), b.neverDelivered, b.logLost, b.logWaits)
 	}
 
 	// Deployment mode's unit: one namespace's dispatcher, as its pod runs
@@ -582,6 +583,9 @@ type snapshot struct {
 	managerRSS, natsRSS float64 // MiB
 	managerHeap         float64 // MiB
 	statusWrites        float64
+	// The delivery log's entries lost, and those that waited for NATS to
+	// confirm earlier ones, since the manager started.
+	logLost, logWaits float64
 }
 
 func sample(manager, nats int) (snapshot, error) {
@@ -598,6 +602,7 @@ func sample(manager, nats int) (snapshot, error) {
 		return s, err
 	}
 	s.statusWrites = m["herald_status_writes_total"]
+	s.logLost, s.logWaits = m["herald_delivery_log_lost_total"], m["herald_delivery_log_publish_waits_total"]
 	s.managerHeap = m["go_memstats_heap_inuse_bytes"] / (1 << 20)
 	return s, nil
 }
