@@ -8,9 +8,12 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"testing"
 	"time"
 
 	natsserver "github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -52,6 +55,27 @@ func ControlPlane() (*envtest.Environment, error) {
 // NATS starts an in-process nats-server with JetStream on a random
 // loopback port, storing in dir.
 func NATS(dir string) (*natsserver.Server, error) { return NATSOn(dir, -1) }
+
+// JetStream starts NATS for one test, as NATS does, and connects to it;
+// both end with the test.
+func JetStream(t testing.TB) jetstream.JetStream {
+	t.Helper()
+	srv, err := NATS(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
 
 // NATSOn starts it on a given port: a restart is a new server on the old
 // port and directory.

@@ -22,20 +22,7 @@ func jetStream(t testing.TB) jetstream.JetStream {
 // jetStreamWith is jetStream with the namespaces' streams made with limits.
 func jetStreamWith(t testing.TB, limits streams.Limits) jetstream.JetStream {
 	t.Helper()
-	srv, err := testenv.NATS(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := testenv.JetStream(t)
 	for _, ns := range []string{"shop", "another-tenant"} {
 		if err := streams.EnsureNamespace(context.Background(), js, limits, ns); err != nil {
 			t.Fatal(err)
